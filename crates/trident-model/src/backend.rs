@@ -1,0 +1,251 @@
+//! The operations the XLM-R encoder graph needs from a compute device. The graph
+//! (`encoder.rs`) is written once against this trait; `cpu` and `trident-cuda` implement it.
+//!
+//! Layout conventions shared by every backend:
+//! - A batch is *packed*: the tokens of all sequences back to back, no padding
+//!   (`PackedBatch::cu_seqlens` gives each sequence's start, FlashAttention-style).
+//! - Activations are row-major `[tokens × features]`.
+//! - Linear weights arrive as PyTorch stores them, `[out × in]`, and compute `y = x·Wᵀ + b`.
+
+use std::sync::Arc;
+
+use trident_core::Modes;
+
+/// Typed error of a backend operation, naming the operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{backend} backend: {op} failed: {msg}")]
+pub struct BackendError {
+    pub backend: &'static str,
+    pub op: String,
+    pub msg: String,
+}
+
+impl BackendError {
+    pub fn new(backend: &'static str, op: impl Into<String>, msg: impl std::fmt::Display) -> Self {
+        BackendError { backend, op: op.into(), msg: msg.to_string() }
+    }
+}
+
+pub type BResult<T> = Result<T, BackendError>;
+
+/// Where a host tensor's f32 values live: memory-mapped from a safetensors file (zero copy)
+/// or owned (converted dtypes, pickles, random weights).
+pub enum Storage {
+    Owned(Vec<f32>),
+    Mapped(memmap2::Mmap),
+}
+
+/// A row-major f32 tensor on the host. Cheap to clone (shared storage).
+#[derive(Clone)]
+pub struct HostTensor {
+    storage: Arc<Storage>,
+    /// Offset in f32 elements into the storage.
+    offset: usize,
+    shape: Vec<usize>,
+}
+
+impl HostTensor {
+    pub fn from_vec(data: Vec<f32>, shape: Vec<usize>) -> Self {
+        assert_eq!(data.len(), shape.iter().product::<usize>(), "shape/data length mismatch");
+        HostTensor { storage: Arc::new(Storage::Owned(data)), offset: 0, shape }
+    }
+
+    /// A view into a mapped file. `byte_offset` must be 4-byte aligned and in bounds
+    /// (checked), the bytes little-endian f32.
+    pub fn from_mmap(map: Arc<Storage>, byte_offset: usize, shape: Vec<usize>) -> Option<Self> {
+        let n: usize = shape.iter().product();
+        let Storage::Mapped(m) = &*map else { return None };
+        let base = m.as_ptr() as usize + byte_offset;
+        if base % 4 != 0 || byte_offset + 4 * n > m.len() || cfg!(target_endian = "big") {
+            return None;
+        }
+        Some(HostTensor { storage: map, offset: byte_offset / 4, shape })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn data(&self) -> &[f32] {
+        let n = self.len();
+        match &*self.storage {
+            Storage::Owned(v) => &v[self.offset..self.offset + n],
+            Storage::Mapped(m) => {
+                // SAFETY: alignment, bounds and endianness were checked in `from_mmap`; the map
+                // is read-only and lives as long as `self.storage`.
+                let p = m.as_ptr() as *const f32;
+                unsafe { std::slice::from_raw_parts(p.add(self.offset), n) }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for HostTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostTensor{:?}", self.shape)
+    }
+}
+
+/// One `[out × in]` weight with its `[out]` bias.
+#[derive(Clone, Debug)]
+pub struct LinearParts {
+    pub weight: HostTensor,
+    pub bias: HostTensor,
+}
+
+/// A packed batch of token sequences (no padding), as the host prepares it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PackedBatch {
+    /// Token ids of all sequences back to back.
+    pub ids: Vec<u32>,
+    /// XLM-R position ids (see `PackedBatch::new`).
+    pub positions: Vec<u32>,
+    /// `n_seqs + 1` offsets: sequence `i` is tokens `cu_seqlens[i]..cu_seqlens[i+1]`.
+    pub cu_seqlens: Vec<u32>,
+    pub max_seqlen: usize,
+}
+
+impl PackedBatch {
+    /// Packs sequences. Position ids follow XLM-R: `p_i = (#non-pad tokens in 0..=i) + pad_id`
+    /// for non-pad tokens and `pad_id` for pad tokens (so real tokens get 2, 3, …).
+    pub fn new<S: AsRef<[u32]>>(seqs: &[S], pad_id: u32) -> Self {
+        let total: usize = seqs.iter().map(|s| s.as_ref().len()).sum();
+        let mut b = PackedBatch {
+            ids: Vec::with_capacity(total),
+            positions: Vec::with_capacity(total),
+            cu_seqlens: Vec::with_capacity(seqs.len() + 1),
+            max_seqlen: 0,
+        };
+        b.cu_seqlens.push(0);
+        for s in seqs {
+            let s = s.as_ref();
+            let mut count = 0u32;
+            for &t in s {
+                b.ids.push(t);
+                if t == pad_id {
+                    b.positions.push(pad_id);
+                } else {
+                    count += 1;
+                    b.positions.push(count + pad_id);
+                }
+            }
+            b.max_seqlen = b.max_seqlen.max(s.len());
+            b.cu_seqlens.push(b.ids.len() as u32);
+        }
+        b
+    }
+
+    pub fn n_seqs(&self) -> usize {
+        self.cu_seqlens.len().saturating_sub(1)
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn seq_range(&self, i: usize) -> std::ops::Range<usize> {
+        self.cu_seqlens[i] as usize..self.cu_seqlens[i + 1] as usize
+    }
+}
+
+/// Activation applied after a linear layer's bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    /// Exact GELU, `0.5·x·(1 + erf(x/√2))` (never the tanh approximation).
+    Gelu,
+}
+
+/// What the fused BGE-M3 heads return to the host for one batch (only requested parts are
+/// filled; the others are empty).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeadOutput {
+    /// `n_seqs × hidden`: the L2-normalised CLS (first token) state of each sequence.
+    pub dense: Vec<f32>,
+    /// `n_tokens`: `ReLU(h·w_sparse + b_sparse)` per token (pooling per id is done on the host).
+    pub token_weights: Vec<f32>,
+    /// `Σ(len_i − 1) × colbert_dim`: L2-normalised `h·W_colbertᵀ + b` rows for tokens 1..len_i-1
+    /// of each sequence, in batch order.
+    pub colbert: Vec<f32>,
+    pub colbert_dim: usize,
+}
+
+/// A compute device able to run the XLM-R encoder graph. Ops take `&self`; a backend that needs
+/// mutable state (streams, buffer pools) keeps it inside. One backend instance is used by one
+/// worker thread at a time.
+pub trait Backend: Send + 'static {
+    /// A `[rows × cols]` activation living on the device.
+    type Act: Send;
+    /// A packed batch's index data (ids, positions, cu_seqlens) on the device.
+    type Batch: Send;
+    type Linear: Send + Sync;
+    type Norm: Send + Sync;
+    type Embeddings: Send + Sync;
+
+    /// Short human-readable description, e.g. "cpu (2 threads, f32)" or "cuda:0 H100 bf16".
+    fn describe(&self) -> String;
+
+    /// Load a linear layer. Several parts are concatenated along the output dimension
+    /// (fused QKV: `[Wq; Wk; Wv]`), so the output has `Σ out_i` columns in part order.
+    fn load_linear(&self, name: &str, parts: &[LinearParts]) -> BResult<Self::Linear>;
+    fn load_norm(&self, name: &str, gamma: &HostTensor, beta: &HostTensor, eps: f32) -> BResult<Self::Norm>;
+    /// Word `[vocab × H]`, position `[max_pos × H]` and token-type row 0 of `[types × H]`, then LayerNorm.
+    fn load_embeddings(
+        &self,
+        word: &HostTensor,
+        position: &HostTensor,
+        token_type: &HostTensor,
+        norm: Self::Norm,
+    ) -> BResult<Self::Embeddings>;
+
+    fn upload_batch(&self, batch: &PackedBatch) -> BResult<Self::Batch>;
+
+    /// `LN(word[id] + position[pos] + token_type[0])` for every token → `[tokens × H]`.
+    fn embed(&self, batch: &Self::Batch, emb: &Self::Embeddings) -> BResult<Self::Act>;
+    /// `act(x·Wᵀ + b)`.
+    fn linear(&self, x: &Self::Act, w: &Self::Linear, act: Activation) -> BResult<Self::Act>;
+    /// `LN(x·Wᵀ + b + residual)` (post-LN residual block).
+    fn linear_residual_norm(
+        &self,
+        x: &Self::Act,
+        w: &Self::Linear,
+        residual: &Self::Act,
+        norm: &Self::Norm,
+    ) -> BResult<Self::Act>;
+    /// Multi-head self-attention within each packed sequence. `qkv` is `[tokens × 3H]` laid out
+    /// `[q | k | v]`, each split into `heads` heads of `H / heads`; result `[tokens × H]`,
+    /// `softmax(q·kᵀ/√d)·v` with heads concatenated.
+    fn attention(&self, qkv: &Self::Act, batch: &Self::Batch, heads: usize) -> BResult<Self::Act>;
+    /// The fused BGE-M3 heads over the last hidden state `h` `[tokens × H]`: only the modes asked
+    /// for are computed. `sparse` is `[1 × H]` (+ bias), `colbert` `[C × H]` (+ bias).
+    fn heads(
+        &self,
+        h: &Self::Act,
+        batch: &Self::Batch,
+        sparse: &Self::Linear,
+        colbert: &Self::Linear,
+        modes: Modes,
+    ) -> BResult<HeadOutput>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_follow_xlmr() {
+        let b = PackedBatch::new(&[vec![0u32, 5, 1, 7, 2], vec![0, 2]], 1);
+        assert_eq!(b.positions, vec![2, 3, 1, 4, 5, 2, 3]);
+        assert_eq!(b.cu_seqlens, vec![0, 5, 7]);
+        assert_eq!(b.max_seqlen, 5);
+        assert_eq!(b.seq_range(1), 5..7);
+    }
+}
