@@ -1,3 +1,47 @@
-fn main() {
-    println!("trident");
+//! `trident`: the one binary. Each subcommand lives in its own module under `cmd/`.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "trident", version, about = "BGE-M3 embeddings (dense, sparse, ColBERT) from streams of text")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed JSON Lines documents from a file or stdin; write one JSON object per line.
+    Embed(cmd::embed::EmbedArgs),
+    /// Score (query, passage) pairs with dense, lexical and ColBERT similarity.
+    Score(cmd::score::ScoreArgs),
+    /// Measure encoder throughput on a corpus.
+    Bench(cmd::bench::BenchArgs),
+    /// Run a cluster node: Kafka in, Kafka/Redis out.
+    Node(cmd::node::NodeArgs),
+    /// Print stored results from the Redis result store by document id.
+    Lookup(cmd::lookup::LookupArgs),
+    /// Serve the HTTP API.
+    Serve(cmd::serve::ServeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Embed(a) => cmd::embed::run(a),
+        Command::Score(a) => cmd::score::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Node(a) => cmd::node::run(a),
+        Command::Lookup(a) => cmd::lookup::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("trident: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }
