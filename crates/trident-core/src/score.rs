@@ -1,0 +1,435 @@
+//! BGE-M3 similarity scores between a query and a passage embedding: dense dot product,
+//! lexical matching, ColBERT max-sim, and the reference's weighted hybrids
+//! (`compute_score_per_pair` of FlagEmbedding, SPEC §6).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::types::Embedding;
+
+/// Why a score could not be computed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScoreError {
+    #[error("weights: expected 3 comma-separated numbers [dense, sparse, colbert], got {0:?}")]
+    WeightCount(String),
+    #[error("weights: {0:?} is not a number")]
+    WeightNotNumber(String),
+    #[error("weights: every weight must be finite, got {0:?}")]
+    WeightNotFinite([f32; 3]),
+    #[error(
+        "weights {0:?}: the dense and sparse weights sum to 0, so \"sparse+dense\" \
+         (divided by w_dense + w_sparse) is undefined"
+    )]
+    DenseSparseSumZero([f32; 3]),
+    #[error(
+        "weights {0:?}: the weights sum to 0, so \"colbert+sparse+dense\" \
+         (divided by their sum) is undefined"
+    )]
+    SumZero([f32; 3]),
+    #[error("{what}: query has {query} components but passage has {passage}")]
+    DimMismatch { what: &'static str, query: usize, passage: usize },
+    #[error("colbert: {side} has no vectors (every BGE-M3 sequence has at least the </s> row)")]
+    EmptyColbert { side: &'static str },
+    #[error("colbert: {side} has {len} values, not a multiple of the vector size {dim}")]
+    RaggedColbert { side: &'static str, len: usize, dim: usize },
+    #[error("{mode}: the {side} embedding lacks this output (it was not computed)")]
+    MissingMode { mode: &'static str, side: &'static str },
+}
+
+/// Mode weights ordered as the reference orders them: `[dense, sparse, colbert]`.
+/// Validated on construction: both hybrid divisors are non-zero.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Weights([f32; 3]);
+
+impl Weights {
+    /// The reference's default when the caller passes none.
+    pub const REFERENCE_DEFAULT: Weights = Weights([1.0, 1.0, 1.0]);
+
+    pub fn new(w: [f32; 3]) -> Result<Weights, ScoreError> {
+        if w.iter().any(|x| !x.is_finite()) {
+            return Err(ScoreError::WeightNotFinite(w));
+        }
+        if w[0] + w[1] == 0.0 {
+            return Err(ScoreError::DenseSparseSumZero(w));
+        }
+        if w[0] + w[1] + w[2] == 0.0 {
+            return Err(ScoreError::SumZero(w));
+        }
+        Ok(Weights(w))
+    }
+
+    /// Builds weights from a list that must hold exactly three values.
+    pub fn from_slice(w: &[f32]) -> Result<Weights, ScoreError> {
+        let arr: [f32; 3] = w.try_into().map_err(|_| ScoreError::WeightCount(format!("{w:?}")))?;
+        Weights::new(arr)
+    }
+
+    pub fn get(&self) -> [f32; 3] {
+        self.0
+    }
+}
+
+impl Default for Weights {
+    /// trident's CLI default, the weights BGE-M3's model card recommends: [0.4, 0.2, 0.4].
+    fn default() -> Self {
+        Weights([0.4, 0.2, 0.4])
+    }
+}
+
+impl FromStr for Weights {
+    type Err = ScoreError;
+
+    /// Parses `"0.4,0.2,0.4"` (spaces around values allowed).
+    fn from_str(s: &str) -> Result<Weights, ScoreError> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        if parts.len() != 3 {
+            return Err(ScoreError::WeightCount(s.to_string()));
+        }
+        let mut w = [0f32; 3];
+        for (slot, p) in w.iter_mut().zip(&parts) {
+            *slot = p.parse().map_err(|_| ScoreError::WeightNotNumber(p.to_string()))?;
+        }
+        Weights::new(w)
+    }
+}
+
+impl fmt::Display for Weights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{},{}", self.0[0], self.0[1], self.0[2])
+    }
+}
+
+/// Dot product of two dense vectors (both unit length, so this is their cosine).
+pub fn dense_score(q: &[f32], p: &[f32]) -> Result<f32, ScoreError> {
+    if q.len() != p.len() {
+        return Err(ScoreError::DimMismatch { what: "dense", query: q.len(), passage: p.len() });
+    }
+    Ok(q.iter().zip(p).map(|(a, b)| a * b).sum())
+}
+
+/// `Σ_{t ∈ keys(q) ∩ keys(p)} q[t]·p[t]`, accumulated in f32 in the key order of `q` as
+/// `compute_lexical_matching_score` does; 0 when no token is shared.
+pub fn lexical_score(q: &[(u32, f32)], p: &[(u32, f32)]) -> f32 {
+    let p: HashMap<u32, f32> = p.iter().copied().collect();
+    q.iter().filter_map(|(t, wq)| p.get(t).map(|wp| wq * wp)).fold(0.0f32, |acc, x| acc + x)
+}
+
+/// ColBERT max-sim `(1/|q|) Σ_i max_j q_i·p_j` over row-major matrices of `dim` columns,
+/// without padding rows (the clean per-pair formula of SPEC §6.1).
+pub fn colbert_score(q: &[f32], p: &[f32], dim: usize) -> Result<f32, ScoreError> {
+    for (side, m) in [("query", q), ("passage", p)] {
+        if m.is_empty() || dim == 0 {
+            return Err(ScoreError::EmptyColbert { side });
+        }
+        if m.len() % dim != 0 {
+            return Err(ScoreError::RaggedColbert { side, len: m.len(), dim });
+        }
+    }
+    let rows = q.len() / dim;
+    let total: f32 = q
+        .chunks_exact(dim)
+        .map(|qi| {
+            p.chunks_exact(dim)
+                .map(|pj| qi.iter().zip(pj).map(|(a, b)| a * b).sum::<f32>())
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+        .sum();
+    Ok(total / rows as f32)
+}
+
+/// The five numbers `compute_score` reports for one pair, with its key names.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PairScores {
+    pub dense: f32,
+    pub sparse: f32,
+    pub colbert: f32,
+    #[serde(rename = "sparse+dense")]
+    pub sparse_dense: f32,
+    #[serde(rename = "colbert+sparse+dense")]
+    pub colbert_sparse_dense: f32,
+}
+
+impl PairScores {
+    /// Combines the three mode scores with `[w_dense, w_sparse, w_colbert]` as the reference does:
+    /// `sparse+dense = (w1·sparse + w0·dense)/(w0+w1)`,
+    /// `colbert+sparse+dense = (w0·dense + w1·sparse + w2·colbert)/(w0+w1+w2)`.
+    pub fn combine(dense: f32, sparse: f32, colbert: f32, w: &Weights) -> PairScores {
+        let [w0, w1, w2] = w.0;
+        PairScores {
+            dense,
+            sparse,
+            colbert,
+            sparse_dense: (w1 * sparse + w0 * dense) / (w0 + w1),
+            colbert_sparse_dense: (w2 * colbert + w1 * sparse + w0 * dense) / (w0 + w1 + w2),
+        }
+    }
+
+    /// One JSON line: `{"dense","sparse","colbert","sparse+dense","colbert+sparse+dense"}`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("scores serialise")
+    }
+}
+
+/// All scores of a (query, passage) pair of embeddings; both need all three outputs.
+pub fn score_pair(q: &Embedding, p: &Embedding, w: &Weights) -> Result<PairScores, ScoreError> {
+    fn need<'a, T: ?Sized>(
+        x: Option<&'a T>,
+        mode: &'static str,
+        side: &'static str,
+    ) -> Result<&'a T, ScoreError> {
+        x.ok_or(ScoreError::MissingMode { mode, side })
+    }
+    let dense = dense_score(
+        need(q.dense.as_deref(), "dense", "query")?,
+        need(p.dense.as_deref(), "dense", "passage")?,
+    )?;
+    let sparse = lexical_score(
+        need(q.sparse.as_deref(), "sparse", "query")?,
+        need(p.sparse.as_deref(), "sparse", "passage")?,
+    );
+    if q.colbert_dim != p.colbert_dim {
+        return Err(ScoreError::DimMismatch {
+            what: "colbert",
+            query: q.colbert_dim,
+            passage: p.colbert_dim,
+        });
+    }
+    let colbert = colbert_score(
+        need(q.colbert.as_deref(), "colbert", "query")?,
+        need(p.colbert.as_deref(), "colbert", "passage")?,
+        q.colbert_dim,
+    )?;
+    Ok(PairScores::combine(dense, sparse, colbert, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+
+    /// A JSON object read in file order (serde_json's own map sorts keys; lexical
+    /// accumulation order matters).
+    struct OrderedWeights(Vec<(u32, f32)>);
+
+    impl<'de> Deserialize<'de> for OrderedWeights {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = OrderedWeights;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("an object of token id -> weight")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some((k, w)) = m.next_entry::<String, f32>()? {
+                        v.push((k.parse().map_err(serde::de::Error::custom)?, w));
+                    }
+                    Ok(OrderedWeights(v))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct Item {
+        text_index: usize,
+        dense_vecs: Vec<f32>,
+        lexical_weights: OrderedWeights,
+        colbert_vecs: Vec<Vec<f32>>,
+    }
+
+    #[derive(Deserialize)]
+    struct ScoreSet {
+        weights: Vec<f32>,
+        dense: Vec<f32>,
+        sparse: Vec<f32>,
+        colbert: Vec<f32>,
+        #[serde(rename = "sparse+dense")]
+        sparse_dense: Vec<f32>,
+        #[serde(rename = "colbert+sparse+dense")]
+        colbert_sparse_dense: Vec<f32>,
+    }
+
+    #[derive(Deserialize)]
+    struct FromEncode {
+        dense: Vec<f32>,
+        sparse: Vec<f32>,
+        colbert: Vec<f32>,
+    }
+
+    #[derive(Deserialize)]
+    struct Scores {
+        compute_score_per_pair: Vec<ScoreSet>,
+        from_encode: FromEncode,
+    }
+
+    #[derive(Deserialize)]
+    struct Tolerance {
+        scores: f32,
+    }
+
+    #[derive(Deserialize)]
+    struct Expected {
+        texts: Vec<String>,
+        encode: HashMap<String, Vec<Item>>,
+        pairs: Vec<(String, String)>,
+        scores: Scores,
+        tolerance: Tolerance,
+    }
+
+    fn expected() -> Expected {
+        let path =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-m3/expected.json");
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"))
+    }
+
+    fn close(actual: f32, expected: f32, tol: f32) -> bool {
+        (actual - expected).abs() <= tol * (1.0 + expected.abs())
+    }
+
+    fn embedding(item: &Item) -> Embedding {
+        let dim = item.colbert_vecs[0].len();
+        Embedding {
+            tokens: item.colbert_vecs.len() + 1,
+            truncated: false,
+            dense: Some(item.dense_vecs.clone()),
+            sparse: Some(item.lexical_weights.0.clone()),
+            colbert: Some(item.colbert_vecs.concat()),
+            colbert_dim: dim,
+        }
+    }
+
+    /// Scores recomputed from the recorded `encode` outputs match `from_encode` and
+    /// `compute_score_per_pair` for every pair whose two texts were encoded.
+    #[test]
+    fn scores_from_recorded_encode_outputs_match_reference() {
+        let exp = expected();
+        let tol = exp.tolerance.scores;
+        let by_text: HashMap<&str, &Item> =
+            exp.encode["8192"].iter().map(|it| (exp.texts[it.text_index].as_str(), it)).collect();
+        let mut checked = 0;
+        for (k, (q, p)) in exp.pairs.iter().enumerate() {
+            let (Some(qi), Some(pi)) = (by_text.get(q.as_str()), by_text.get(p.as_str())) else {
+                continue;
+            };
+            let (qe, pe) = (embedding(qi), embedding(pi));
+            for set in &exp.scores.compute_score_per_pair {
+                let w = Weights::from_slice(&set.weights).unwrap();
+                let s = score_pair(&qe, &pe, &w).unwrap();
+                let fe = &exp.scores.from_encode;
+                for (name, got, want) in [
+                    ("dense/from_encode", s.dense, fe.dense[k]),
+                    ("sparse/from_encode", s.sparse, fe.sparse[k]),
+                    ("colbert/from_encode", s.colbert, fe.colbert[k]),
+                    ("dense", s.dense, set.dense[k]),
+                    ("sparse", s.sparse, set.sparse[k]),
+                    ("colbert", s.colbert, set.colbert[k]),
+                    ("sparse+dense", s.sparse_dense, set.sparse_dense[k]),
+                    ("colbert+sparse+dense", s.colbert_sparse_dense, set.colbert_sparse_dense[k]),
+                ] {
+                    assert!(
+                        close(got, want, tol),
+                        "pair {k} weights {:?} {name}: got {got}, expected {want}",
+                        set.weights
+                    );
+                }
+            }
+            checked += 1;
+        }
+        // Pairs 0, 1, 12, 13, 14 and 15 have both texts among the encoded ones.
+        assert!(checked >= 6, "only {checked} pairs had recorded encode outputs");
+    }
+
+    /// The hybrid formulas reproduce the reference's combined columns for all 16 pairs and
+    /// all three weight sets.
+    #[test]
+    fn hybrid_combination_matches_compute_score_per_pair() {
+        let exp = expected();
+        let tol = exp.tolerance.scores;
+        assert_eq!(exp.scores.compute_score_per_pair.len(), 3);
+        for set in &exp.scores.compute_score_per_pair {
+            let w = Weights::from_slice(&set.weights).unwrap();
+            assert_eq!(set.dense.len(), exp.pairs.len());
+            for k in 0..exp.pairs.len() {
+                let s = PairScores::combine(set.dense[k], set.sparse[k], set.colbert[k], &w);
+                assert!(
+                    close(s.sparse_dense, set.sparse_dense[k], tol),
+                    "pair {k} {:?}",
+                    set.weights
+                );
+                assert!(
+                    close(s.colbert_sparse_dense, set.colbert_sparse_dense[k], tol),
+                    "pair {k} {:?}",
+                    set.weights
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weights_parse_and_reject() {
+        assert_eq!("0.4, 0.2,0.4".parse::<Weights>().unwrap().get(), [0.4, 0.2, 0.4]);
+        assert!(matches!("1,2".parse::<Weights>(), Err(ScoreError::WeightCount(_))));
+        assert!(matches!("1,2,3,4".parse::<Weights>(), Err(ScoreError::WeightCount(_))));
+        assert!(matches!("1,x,3".parse::<Weights>(), Err(ScoreError::WeightNotNumber(_))));
+        assert!(matches!("0,0,0".parse::<Weights>(), Err(ScoreError::DenseSparseSumZero(_))));
+        assert!(matches!("0,0,1".parse::<Weights>(), Err(ScoreError::DenseSparseSumZero(_))));
+        assert!(matches!("1,-1,0".parse::<Weights>(), Err(ScoreError::DenseSparseSumZero(_))));
+        assert!(matches!("1,1,-2".parse::<Weights>(), Err(ScoreError::SumZero(_))));
+        assert!(matches!("nan,1,1".parse::<Weights>(), Err(ScoreError::WeightNotFinite(_))));
+        assert!(matches!(Weights::from_slice(&[1.0]), Err(ScoreError::WeightCount(_))));
+    }
+
+    #[test]
+    fn lexical_uses_shared_keys_only() {
+        let q = [(5, 0.5), (7, 2.0), (9, 1.0)];
+        let p = [(9, 3.0), (5, 0.25), (11, 4.0)];
+        assert_eq!(lexical_score(&q, &p), 0.5 * 0.25 + 3.0);
+        assert_eq!(lexical_score(&q, &[]), 0.0);
+    }
+
+    #[test]
+    fn colbert_takes_max_per_query_row_and_averages() {
+        // q rows: (1,0), (0,1); p rows: (0.6,0.8), (-1,0).
+        let q = [1.0, 0.0, 0.0, 1.0];
+        let p = [0.6, 0.8, -1.0, 0.0];
+        assert!((colbert_score(&q, &p, 2).unwrap() - (0.6 + 0.8) / 2.0).abs() < 1e-7);
+        // A negative maximum is kept (no implicit zero from padding).
+        let q = [-1.0, 0.0];
+        assert!((colbert_score(&q, &[1.0, 0.0], 2).unwrap() + 1.0).abs() < 1e-7);
+        assert!(matches!(colbert_score(&[], &p, 2), Err(ScoreError::EmptyColbert { .. })));
+        assert!(matches!(colbert_score(&q, &[1.0], 2), Err(ScoreError::RaggedColbert { .. })));
+    }
+
+    #[test]
+    fn json_uses_reference_key_names() {
+        let s = PairScores::combine(0.5, 0.25, 1.0, &Weights::new([1.0, 1.0, 2.0]).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(v["dense"], 0.5);
+        assert_eq!(v["sparse+dense"], 0.375);
+        assert_eq!(v["colbert+sparse+dense"], 0.6875);
+        assert_eq!(v.as_object().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn missing_mode_is_an_error() {
+        let e = Embedding {
+            tokens: 2,
+            truncated: false,
+            dense: Some(vec![1.0]),
+            sparse: None,
+            colbert: Some(vec![1.0]),
+            colbert_dim: 1,
+        };
+        assert_eq!(
+            score_pair(&e, &e, &Weights::default()),
+            Err(ScoreError::MissingMode { mode: "sparse", side: "query" })
+        );
+    }
+}
