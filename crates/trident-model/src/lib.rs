@@ -2,5 +2,30 @@
 //! the `Backend` trait, BGE-M3 head post-processing, and the CPU backend.
 
 pub mod backend;
+pub mod checkpoint;
+pub mod config;
+pub mod cpu;
+pub mod encoder;
+pub mod error;
+pub mod special;
+pub mod tokenizer;
+
+use std::path::Path;
 
 pub use backend::{Activation, Backend, BackendError, HeadOutput, HostTensor, LinearParts, PackedBatch};
+pub use checkpoint::Checkpoint;
+pub use config::ModelConfig;
+pub use encoder::{Embedder, Encoder};
+pub use error::ModelError;
+pub use special::SpecialIds;
+pub use tokenizer::Tokenizer;
+
+/// Opens a model directory for CPU inference: its tokenizer and an encoder on `threads`
+/// threads (0 = all cores).
+pub fn load_cpu(dir: &Path, threads: usize) -> Result<(Tokenizer, Box<dyn Embedder>), ModelError> {
+    let tokenizer = Tokenizer::from_dir(dir)?;
+    let ckpt = Checkpoint::open(dir)?;
+    let mut enc = Encoder::new(&ckpt, cpu::CpuBackend::new(threads))?;
+    enc.set_special_ids(tokenizer.special_ids());
+    Ok((tokenizer, Box::new(enc)))
+}

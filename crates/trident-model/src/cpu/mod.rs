@@ -1,0 +1,293 @@
+//! The CPU backend: f32 throughout, GEMMs from the `gemm` crate on a dedicated rayon pool,
+//! weights read in place (memory-mapped when the checkpoint is safetensors), element-wise
+//! work fused into one pass after each GEMM.
+
+mod attention;
+mod gemm;
+mod ops;
+
+use std::sync::Arc;
+
+use ::gemm::Parallelism;
+use rayon::prelude::*;
+use trident_core::Modes;
+
+use crate::backend::{Activation, BResult, Backend, BackendError, HeadOutput, HostTensor, LinearParts, PackedBatch};
+use gemm::View;
+
+/// A `[rows × cols]` row-major activation.
+pub struct CpuAct {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// A linear layer: the parts' weights in place (`[out_i × in]` each), their biases concatenated.
+pub struct CpuLinear {
+    name: String,
+    weights: Vec<HostTensor>,
+    bias: Vec<f32>,
+    in_dim: usize,
+    out_dim: usize,
+}
+
+pub struct CpuNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+pub struct CpuEmbeddings {
+    word: HostTensor,
+    position: HostTensor,
+    token_type: Vec<f32>,
+    norm: CpuNorm,
+}
+
+pub struct CpuBackend {
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+}
+
+impl CpuBackend {
+    /// A backend running on its own pool of `threads` threads (0 = all cores).
+    pub fn new(threads: usize) -> Self {
+        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("trident-cpu-{i}"))
+            .build()
+            .expect("rayon thread pool");
+        CpuBackend { pool: Arc::new(pool), threads }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn par(&self) -> Parallelism {
+        if self.threads > 1 {
+            Parallelism::Rayon(self.threads)
+        } else {
+            Parallelism::None
+        }
+    }
+
+    fn err(op: &str, msg: impl std::fmt::Display) -> BackendError {
+        BackendError::new("cpu", op, msg)
+    }
+
+    /// `x·Wᵀ` for every part into its column slice of a fresh `[rows × out]` buffer (no bias).
+    fn matmul(&self, x: &CpuAct, w: &CpuLinear) -> BResult<Vec<f32>> {
+        if x.cols != w.in_dim {
+            return Err(Self::err(&w.name, format!("input has {} columns, layer expects {}", x.cols, w.in_dim)));
+        }
+        let (m, n) = (x.rows, w.out_dim);
+        let mut y = vec![0f32; m * n];
+        let mut col = 0;
+        for part in &w.weights {
+            let out_i = part.shape()[0];
+            // SAFETY: x is [m × in], the part is [out_i × in], y has room for columns col..col+out_i.
+            unsafe {
+                gemm::matmul_bt(
+                    m,
+                    out_i,
+                    w.in_dim,
+                    y.as_mut_ptr().add(col),
+                    n,
+                    View { ptr: x.data.as_ptr(), ld: x.cols },
+                    View { ptr: part.data().as_ptr(), ld: w.in_dim },
+                    1.0,
+                    false,
+                    self.par(),
+                );
+            }
+            col += out_i;
+        }
+        Ok(y)
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+fn check_len(op: &str, t: &HostTensor, want: usize) -> BResult<()> {
+    if t.len() != want {
+        return Err(CpuBackend::err(op, format!("tensor has shape {:?}, expected {want} values", t.shape())));
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    type Act = CpuAct;
+    type Batch = PackedBatch;
+    type Linear = CpuLinear;
+    type Norm = CpuNorm;
+    type Embeddings = CpuEmbeddings;
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads, f32)", self.threads)
+    }
+
+    fn load_linear(&self, name: &str, parts: &[LinearParts]) -> BResult<CpuLinear> {
+        let Some(first) = parts.first() else { return Err(Self::err(name, "no weight parts")) };
+        let in_dim = *first.weight.shape().last().unwrap_or(&0);
+        let mut bias = Vec::new();
+        for p in parts {
+            let s = p.weight.shape();
+            if s.len() != 2 || s[1] != in_dim {
+                return Err(Self::err(name, format!("weight shape {s:?}, expected [out, {in_dim}]")));
+            }
+            check_len(name, &p.bias, s[0])?;
+            bias.extend_from_slice(p.bias.data());
+        }
+        Ok(CpuLinear {
+            name: name.to_string(),
+            weights: parts.iter().map(|p| p.weight.clone()).collect(),
+            out_dim: bias.len(),
+            bias,
+            in_dim,
+        })
+    }
+
+    fn load_norm(&self, name: &str, gamma: &HostTensor, beta: &HostTensor, eps: f32) -> BResult<CpuNorm> {
+        check_len(name, beta, gamma.len())?;
+        Ok(CpuNorm { gamma: gamma.data().to_vec(), beta: beta.data().to_vec(), eps })
+    }
+
+    fn load_embeddings(
+        &self,
+        word: &HostTensor,
+        position: &HostTensor,
+        token_type: &HostTensor,
+        norm: CpuNorm,
+    ) -> BResult<CpuEmbeddings> {
+        let h = norm.gamma.len();
+        for (what, t) in [("word embeddings", word), ("position embeddings", position), ("token type embeddings", token_type)] {
+            if t.shape().len() != 2 || t.shape()[1] != h || t.shape()[0] == 0 {
+                return Err(Self::err(what, format!("shape {:?}, expected [n, {h}]", t.shape())));
+            }
+        }
+        Ok(CpuEmbeddings {
+            word: word.clone(),
+            position: position.clone(),
+            token_type: token_type.data()[..h].to_vec(),
+            norm,
+        })
+    }
+
+    fn upload_batch(&self, batch: &PackedBatch) -> BResult<PackedBatch> {
+        Ok(batch.clone())
+    }
+
+    fn embed(&self, batch: &PackedBatch, emb: &CpuEmbeddings) -> BResult<CpuAct> {
+        let h = emb.token_type.len();
+        let (vocab, max_pos) = (emb.word.shape()[0], emb.position.shape()[0]);
+        if let Some((&t, &p)) = batch.ids.iter().zip(&batch.positions).find(|(&t, &p)| t as usize >= vocab || p as usize >= max_pos) {
+            return Err(Self::err("embed", format!("token id {t} / position {p} outside tables of {vocab} / {max_pos} rows")));
+        }
+        let mut data = vec![0f32; batch.n_tokens() * h];
+        let (word, pos) = (emb.word.data(), emb.position.data());
+        self.pool.install(|| {
+            data.par_chunks_mut(h).enumerate().for_each(|(i, row)| {
+                let (t, p) = (batch.ids[i] as usize, batch.positions[i] as usize);
+                let (w, ps) = (&word[t * h..(t + 1) * h], &pos[p * h..(p + 1) * h]);
+                for c in 0..h {
+                    row[c] = w[c] + ps[c] + emb.token_type[c];
+                }
+                ops::layer_norm(row, &emb.norm.gamma, &emb.norm.beta, emb.norm.eps);
+            })
+        });
+        Ok(CpuAct { data, rows: batch.n_tokens(), cols: h })
+    }
+
+    fn linear(&self, x: &CpuAct, w: &CpuLinear, act: Activation) -> BResult<CpuAct> {
+        let mut y = self.pool.install(|| self.matmul(x, w))?;
+        let n = w.out_dim;
+        self.pool.install(|| {
+            y.par_chunks_mut(n).for_each(|row| {
+                for (v, b) in row.iter_mut().zip(&w.bias) {
+                    *v += b;
+                }
+                if act == Activation::Gelu {
+                    row.iter_mut().for_each(|v| *v = ops::gelu(*v));
+                }
+            })
+        });
+        Ok(CpuAct { data: y, rows: x.rows, cols: n })
+    }
+
+    fn linear_residual_norm(&self, x: &CpuAct, w: &CpuLinear, residual: &CpuAct, norm: &CpuNorm) -> BResult<CpuAct> {
+        let n = w.out_dim;
+        if residual.rows != x.rows || residual.cols != n || norm.gamma.len() != n {
+            return Err(Self::err(&w.name, format!("residual [{}×{}] does not match output [{}×{n}]", residual.rows, residual.cols, x.rows)));
+        }
+        let mut y = self.pool.install(|| self.matmul(x, w))?;
+        self.pool.install(|| {
+            y.par_chunks_mut(n).zip(residual.data.par_chunks(n)).for_each(|(row, res)| {
+                for ((v, b), r) in row.iter_mut().zip(&w.bias).zip(res) {
+                    *v += b + r;
+                }
+                ops::layer_norm(row, &norm.gamma, &norm.beta, norm.eps);
+            })
+        });
+        Ok(CpuAct { data: y, rows: x.rows, cols: n })
+    }
+
+    fn attention(&self, qkv: &CpuAct, batch: &PackedBatch, heads: usize) -> BResult<CpuAct> {
+        if qkv.cols % 3 != 0 || (qkv.cols / 3) % heads != 0 || qkv.rows != batch.n_tokens() {
+            return Err(Self::err("attention", format!("qkv [{}×{}] does not split into 3 × {heads} heads over {} tokens", qkv.rows, qkv.cols, batch.n_tokens())));
+        }
+        let hidden = qkv.cols / 3;
+        let data = self.pool.install(|| attention::attention(&qkv.data, qkv.rows, hidden, heads, &batch.cu_seqlens));
+        Ok(CpuAct { data, rows: qkv.rows, cols: hidden })
+    }
+
+    fn heads(&self, h: &CpuAct, batch: &PackedBatch, sparse: &CpuLinear, colbert: &CpuLinear, modes: Modes) -> BResult<HeadOutput> {
+        let hidden = h.cols;
+        let mut out = HeadOutput { colbert_dim: colbert.out_dim, ..Default::default() };
+        if modes.dense {
+            out.dense = Vec::with_capacity(batch.n_seqs() * hidden);
+            for s in 0..batch.n_seqs() {
+                let r = batch.cu_seqlens[s] as usize;
+                out.dense.extend_from_slice(&h.data[r * hidden..(r + 1) * hidden]);
+            }
+            out.dense.chunks_exact_mut(hidden).for_each(ops::l2_normalize);
+        }
+        if modes.sparse {
+            if sparse.out_dim != 1 || sparse.in_dim != hidden {
+                return Err(Self::err("sparse head", format!("expected a [1 × {hidden}] weight, got [{} × {}]", sparse.out_dim, sparse.in_dim)));
+            }
+            let (w, b) = (sparse.weights[0].data(), sparse.bias[0]);
+            out.token_weights = self.pool.install(|| {
+                h.data
+                    .par_chunks(hidden)
+                    .map(|row| (row.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + b).max(0.0))
+                    .collect()
+            });
+        }
+        if modes.colbert {
+            // One GEMM over all rows (the few CLS rows included), then drop each sequence's CLS.
+            let c = colbert.out_dim;
+            let all = self.pool.install(|| self.matmul(h, colbert))?;
+            let mut rows = Vec::with_capacity((batch.n_tokens() - batch.n_seqs()) * c);
+            for s in 0..batch.n_seqs() {
+                let r = batch.seq_range(s);
+                rows.extend_from_slice(&all[(r.start + 1) * c..r.end * c]);
+            }
+            self.pool.install(|| {
+                rows.par_chunks_mut(c).for_each(|row| {
+                    for (v, b) in row.iter_mut().zip(&colbert.bias) {
+                        *v += b;
+                    }
+                    ops::l2_normalize(row);
+                })
+            });
+            out.colbert = rows;
+        }
+        Ok(out)
+    }
+}
