@@ -55,15 +55,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The Redis URL trident connects to (a comma-separated list for Redis Cluster). */}}
-{{- define "trident.redisUrl" -}}
-{{- if .Values.redis.clusterNodes }}
-{{- join "," .Values.redis.clusterNodes }}
-{{- else }}
-{{- .Values.redis.url }}
-{{- end }}
-{{- end }}
-
 {{- define "trident.validate" -}}
 {{- if not (has .Values.model.source (list "pvc" "download" "path")) }}
 {{- fail (printf "model.source must be one of pvc, download, path (got %q)" .Values.model.source) }}
@@ -76,6 +67,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- if not (or .Values.modes.dense .Values.modes.sparse .Values.modes.colbert) }}
 {{- fail "modes: at least one of dense, sparse, colbert must be true" }}
+{{- end }}
+{{- range $c := list "node" "server" }}
+{{- if gt (int (index $.Values $c).gpus) 1 }}
+{{- fail (printf "%s.gpus: a pod drives one GPU (got %v); scale with replicas instead" $c (index $.Values $c).gpus) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.keda.enabled (not .Values.node.enabled) }}
 {{- fail "keda.enabled scales the node Deployment: node.enabled must be true" }}
@@ -177,9 +173,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* `cpu`, or `cuda:0` when the pod has a GPU. Called with a component's values. */}}
+{{- define "trident.device" -}}
+{{- if gt (int .gpus) 0 }}cuda:0{{ else }}cpu{{ end }}
+{{- end }}
+
 {{/* Environment shared by node and server containers. */}}
 {{- define "trident.env" -}}
-- name: RUST_LOG
+- name: TRIDENT_LOG
   value: info
 - name: TRIDENT_MODEL
   value: {{ include "trident.modelDir" . | quote }}

@@ -16,10 +16,10 @@ annotations:
 
 {{- define "trident.podSpecCommon" -}}
 {{- $root := .root -}}
-{{- with $root.Values.imagePullSecrets }}
+{{- with $root.Values.imagePullSecrets -}}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
-{{- end }}
+{{ end -}}
 serviceAccountName: {{ include "trident.serviceAccountName" $root }}
 automountServiceAccountToken: false
 securityContext:
@@ -56,25 +56,34 @@ volumes:
 {{- toYaml $res }}
 {{- end }}
 
-{{/* Readiness (ready = model loaded and workers up), liveness and a generous startup probe. */}}
+{{/*
+Probes. The server's /health is ready only once the model is loaded and its workers are up; a
+node is probed on its metrics port, which it opens once its pipeline runs.
+Called with a dict: c (component values), port (port name), http (true: GET /health).
+*/}}
+{{- define "trident.probe" -}}
+{{- if .http -}}
+httpGet:
+  path: /health
+  port: {{ .port }}
+{{- else -}}
+tcpSocket:
+  port: {{ .port }}
+{{- end -}}
+{{- end }}
+
 {{- define "trident.probes" -}}
-{{- if .c.probes.enabled }}
+{{- if .c.probes.enabled -}}
 startupProbe:
-  httpGet:
-    path: /health
-    port: {{ .port }}
+  {{- include "trident.probe" . | nindent 2 }}
   periodSeconds: 5
   failureThreshold: 120
 readinessProbe:
-  httpGet:
-    path: /health
-    port: {{ .port }}
+  {{- include "trident.probe" . | nindent 2 }}
   periodSeconds: 5
   failureThreshold: 2
 livenessProbe:
-  httpGet:
-    path: /health
-    port: {{ .port }}
+  {{- include "trident.probe" . | nindent 2 }}
   periodSeconds: 15
   timeoutSeconds: 5
   failureThreshold: 4
