@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# GPU check of the CUDA backend on a lent GPU machine (CUDA 13 / driver 580, no Rust, no network).
+# Run from the repository root with the binaries of scripts/build-gpu-carry.sh in .carry/gpu:
+#     bash scripts/gpu-check.sh          (carry: .carry)
+# Steps, each bounded by `timeout` (≈ 7 min at most): nvidia-smi; the GPU tests (fp32 parity
+# with tests/fixtures/tiny-m3/expected.json, bf16 vs the CPU backend on the fixture and on a
+# real-shape random model, attention kernels up to 8192 tokens, buffer reuse); the benchmark;
+# compute-sanitizer memcheck on the fixture parity and attention tests. Logs go to $OUT
+# (default ./gpu-check-out); the benchmark table is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-check-out}
+mkdir -p "$OUT"
+BIN=.carry/gpu
+T0=$(date +%s)
+say() { echo "== [$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
+
+[ -x $BIN/gpu-tests ] && [ -x $BIN/gpu-bench ] || { say "missing $BIN binaries: run scripts/build-gpu-carry.sh and carry .carry"; exit 1; }
+say "binaries built from $(head -1 $BIN/COMMIT 2>/dev/null)"
+
+say "nvidia-smi"
+timeout 20 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+timeout 10 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | tee -a "$OUT/summary.txt"
+
+# CUDA 13 libraries: the toolkit's own first (its NVRTC matches the driver), then any other copy.
+say "locating CUDA libraries"
+dirs=""
+add() { case ":$dirs:" in *":$1:"*) ;; *) [ -d "$1" ] && dirs="${dirs:+$dirs:}$1" ;; esac; }
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do add "$d"; done
+has_lib() {
+  for d in ${dirs//:/ }; do [ -e "$d/$1" ] && return 0; done
+  ldconfig -p 2>/dev/null | grep -q " $1 "
+}
+for lib in libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 libcuda.so.1; do
+  if ! has_lib "$lib"; then
+    f=$(timeout 60 find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o -name "$lib" -print 2>/dev/null | head -1)
+    [ -n "$f" ] && add "$(dirname "$f")"
+  fi
+done
+export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" | tee -a "$OUT/summary.txt"
+for lib in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13; do
+  found=no
+  for d in ${LD_LIBRARY_PATH//:/ }; do [ -e "$d/$lib" ] && found="$d/$lib" && break; done
+  [ "$found" = no ] && ldconfig -p 2>/dev/null | grep -q " $lib " && found="(ldconfig)"
+  echo "  $lib: $found" | tee -a "$OUT/summary.txt"
+done
+
+export TRIDENT_FIXTURE_DIR="$PWD/tests/fixtures/tiny-m3"
+export RUST_BACKTRACE=1
+
+say "GPU tests (timeout 170 s)"
+timeout 170 $BIN/gpu-tests --test-threads=1 --nocapture > "$OUT/gpu-tests.log" 2>&1
+rc_tests=$?
+grep -E "^test |test result|worst|SKIP|panicked|deviation" "$OUT/gpu-tests.log" | tee -a "$OUT/summary.txt"
+say "GPU tests exit code $rc_tests"
+
+# A failing tensor-core attention kernel must not cost the benchmark: fall back to the generic one.
+if grep -qE "^test attention_.* FAILED" "$OUT/gpu-tests.log"; then
+  export TRIDENT_CUDA_ATTENTION=generic
+  say "tensor-core attention failed its test: benchmark uses TRIDENT_CUDA_ATTENTION=generic"
+fi
+
+say "benchmark (timeout 150 s)"
+TRIDENT_BENCH_TABLE="$OUT/bench-table.txt" timeout 150 $BIN/gpu-bench > "$OUT/gpu-bench.log" 2>&1
+rc_bench=$?
+say "benchmark exit code $rc_bench"
+
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if [ -n "$CS" ]; then
+  say "compute-sanitizer memcheck (timeout 80 s)"
+  timeout 80 "$CS" --tool memcheck --error-exitcode 9 $BIN/gpu-tests --test-threads=1 --nocapture fixture_parity_f32 attention_kernels_match_reference > "$OUT/memcheck.log" 2>&1
+  rc_mc=$?
+  grep -E "ERROR SUMMARY|test result|Invalid|out of bounds" "$OUT/memcheck.log" | head -20 | tee -a "$OUT/summary.txt"
+  say "memcheck exit code $rc_mc (124 = timed out)"
+else
+  say "compute-sanitizer not found: memcheck skipped"
+fi
+
+say "done: tests rc=$rc_tests bench rc=$rc_bench"
+echo
+if [ -s "$OUT/bench-table.txt" ]; then
+  cat "$OUT/bench-table.txt"
+else
+  echo "(no benchmark table; last lines of the benchmark log:)"
+  tail -25 "$OUT/gpu-bench.log"
+fi
