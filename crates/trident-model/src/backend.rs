@@ -196,7 +196,13 @@ pub trait Backend: Send + 'static {
     /// Load a linear layer. Several parts are concatenated along the output dimension
     /// (fused QKV: `[Wq; Wk; Wv]`), so the output has `Σ out_i` columns in part order.
     fn load_linear(&self, name: &str, parts: &[LinearParts]) -> BResult<Self::Linear>;
-    fn load_norm(&self, name: &str, gamma: &HostTensor, beta: &HostTensor, eps: f32) -> BResult<Self::Norm>;
+    fn load_norm(
+        &self,
+        name: &str,
+        gamma: &HostTensor,
+        beta: &HostTensor,
+        eps: f32,
+    ) -> BResult<Self::Norm>;
     /// Word `[vocab × H]`, position `[max_pos × H]` and token-type row 0 of `[types × H]`, then LayerNorm.
     fn load_embeddings(
         &self,

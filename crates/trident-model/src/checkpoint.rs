@@ -30,8 +30,16 @@ fn expected_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>, Head)> {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let mut v = vec![
         ("embeddings.word_embeddings.weight".to_string(), vec![c.vocab_size, h], Head::Encoder),
-        ("embeddings.position_embeddings.weight".into(), vec![c.max_position_embeddings, h], Head::Encoder),
-        ("embeddings.token_type_embeddings.weight".into(), vec![c.type_vocab_size, h], Head::Encoder),
+        (
+            "embeddings.position_embeddings.weight".into(),
+            vec![c.max_position_embeddings, h],
+            Head::Encoder,
+        ),
+        (
+            "embeddings.token_type_embeddings.weight".into(),
+            vec![c.type_vocab_size, h],
+            Head::Encoder,
+        ),
         ("embeddings.LayerNorm.weight".into(), vec![h], Head::Encoder),
         ("embeddings.LayerNorm.bias".into(), vec![h], Head::Encoder),
     ];
@@ -77,12 +85,16 @@ impl Checkpoint {
     /// Opens a Hugging Face model directory as BAAI/bge-m3 ships it.
     pub fn open(dir: &Path) -> Result<Checkpoint, ModelError> {
         if !dir.is_dir() {
-            return Err(ModelError::MissingFile { what: "model directory", path: dir.to_path_buf() });
+            return Err(ModelError::MissingFile {
+                what: "model directory",
+                path: dir.to_path_buf(),
+            });
         }
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let colbert_path = dir.join("colbert_linear.pt");
         let sparse_path = dir.join("sparse_linear.pt");
-        for (what, p) in [("colbert_linear.pt", &colbert_path), ("sparse_linear.pt", &sparse_path)] {
+        for (what, p) in [("colbert_linear.pt", &colbert_path), ("sparse_linear.pt", &sparse_path)]
+        {
             if !p.is_file() {
                 return Err(ModelError::MissingFile { what, path: p.clone() });
             }
@@ -97,13 +109,17 @@ impl Checkpoint {
             read_pickle(&bin, "", &mut tensors)?;
             bin
         } else {
-            return Err(ModelError::MissingFile { what: "model.safetensors or pytorch_model.bin", path: st });
+            return Err(ModelError::MissingFile {
+                what: "model.safetensors or pytorch_model.bin",
+                path: st,
+            });
         };
         read_pickle(&colbert_path, "colbert.", &mut tensors)?;
         read_pickle(&sparse_path, "sparse.", &mut tensors)?;
         let special_ids = SpecialIds::from_dir(dir, &config);
         let files = [encoder_file, colbert_path, sparse_path];
-        let ckpt = Checkpoint { config, special_ids, tensors, files, source: dir.display().to_string() };
+        let ckpt =
+            Checkpoint { config, special_ids, tensors, files, source: dir.display().to_string() };
         ckpt.check_shapes()?;
         Ok(ckpt)
     }
@@ -153,7 +169,10 @@ impl Checkpoint {
 
     /// Output width of the ColBERT head.
     pub fn colbert_dim(&self) -> usize {
-        self.tensors.get("colbert.weight").map(|(t, _)| t.shape()[0]).unwrap_or(self.config.hidden_size)
+        self.tensors
+            .get("colbert.weight")
+            .map(|(t, _)| t.shape()[0])
+            .unwrap_or(self.config.hidden_size)
     }
 
     /// Random weights of the real BGE-M3 shape (XLM-R large), built in memory: for benchmarks
@@ -220,7 +239,10 @@ fn random_normal(n: usize, seed: u64, mean: f32, std: f32) -> Vec<f32> {
     v
 }
 
-fn read_safetensors(path: &Path, out: &mut HashMap<String, (HostTensor, PathBuf)>) -> Result<(), ModelError> {
+fn read_safetensors(
+    path: &Path,
+    out: &mut HashMap<String, (HostTensor, PathBuf)>,
+) -> Result<(), ModelError> {
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: the file is opened read-only; like every mmap-based loader we assume nobody
     // truncates it while the model is in use.
@@ -240,17 +262,23 @@ fn read_safetensors(path: &Path, out: &mut HashMap<String, (HostTensor, PathBuf)
                     Some(t) => t,
                     // Unaligned data: fall back to a copy.
                     None => HostTensor::from_vec(
-                        data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                        data.chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect(),
                         shape,
                     ),
                 }
             }
             safetensors::Dtype::F16 => HostTensor::from_vec(
-                data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                data.chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
                 shape,
             ),
             safetensors::Dtype::BF16 => HostTensor::from_vec(
-                data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                data.chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
                 shape,
             ),
             other => {
@@ -277,9 +305,16 @@ fn strip_prefix(name: &str) -> &str {
 
 /// Reads a PyTorch zip pickle (`torch.save` of a state dict) with candle's pickle reader,
 /// converting every floating tensor to owned f32 and prefixing its name.
-fn read_pickle(path: &Path, prefix: &str, out: &mut HashMap<String, (HostTensor, PathBuf)>) -> Result<(), ModelError> {
+fn read_pickle(
+    path: &Path,
+    prefix: &str,
+    out: &mut HashMap<String, (HostTensor, PathBuf)>,
+) -> Result<(), ModelError> {
     use candle_core::pickle::PthTensors;
-    let corrupt = |e: candle_core::Error| ModelError::CorruptFile { path: path.to_path_buf(), msg: e.to_string() };
+    let corrupt = |e: candle_core::Error| ModelError::CorruptFile {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    };
     let pth = PthTensors::new(path, None).map_err(corrupt)?;
     if pth.tensor_infos().is_empty() {
         return Err(ModelError::CorruptFile {
@@ -303,7 +338,10 @@ fn read_pickle(path: &Path, prefix: &str, out: &mut HashMap<String, (HostTensor,
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(corrupt)?;
-        out.insert(format!("{prefix}{}", strip_prefix(name)), (HostTensor::from_vec(data, shape), path.to_path_buf()));
+        out.insert(
+            format!("{prefix}{}", strip_prefix(name)),
+            (HostTensor::from_vec(data, shape), path.to_path_buf()),
+        );
     }
     Ok(())
 }

@@ -114,14 +114,21 @@ impl ModelConfig {
             return Err(format!("`layer_norm_eps` must be positive, got {}", self.layer_norm_eps));
         }
         if self.hidden_act != "gelu" {
-            return Err(format!("`hidden_act` must be \"gelu\" (exact erf GELU), got {:?}", self.hidden_act));
+            return Err(format!(
+                "`hidden_act` must be \"gelu\" (exact erf GELU), got {:?}",
+                self.hidden_act
+            ));
         }
         if let Some(p) = &self.position_embedding_type {
             if p != "absolute" {
                 return Err(format!("`position_embedding_type` must be \"absolute\", got {p:?}"));
             }
         }
-        for (k, v) in [("pad_token_id", self.pad_token_id), ("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] {
+        for (k, v) in [
+            ("pad_token_id", self.pad_token_id),
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+        ] {
             if v as usize >= self.vocab_size {
                 return Err(format!("`{k}` ({v}) is not below `vocab_size` ({})", self.vocab_size));
             }

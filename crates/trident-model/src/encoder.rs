@@ -63,11 +63,19 @@ impl<B: Backend> Encoder<B> {
             ];
             layers.push(Layer {
                 qkv: backend.load_linear(&format!("{p}.attention.self.qkv"), &qkv_parts)?,
-                attn_out: backend
-                    .load_linear(&format!("{p}.attention.output.dense"), &[linear(ckpt, &format!("{p}.attention.output.dense"))?])?,
+                attn_out: backend.load_linear(
+                    &format!("{p}.attention.output.dense"),
+                    &[linear(ckpt, &format!("{p}.attention.output.dense"))?],
+                )?,
                 attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
-                ffn_in: backend.load_linear(&format!("{p}.intermediate.dense"), &[linear(ckpt, &format!("{p}.intermediate.dense"))?])?,
-                ffn_out: backend.load_linear(&format!("{p}.output.dense"), &[linear(ckpt, &format!("{p}.output.dense"))?])?,
+                ffn_in: backend.load_linear(
+                    &format!("{p}.intermediate.dense"),
+                    &[linear(ckpt, &format!("{p}.intermediate.dense"))?],
+                )?,
+                ffn_out: backend.load_linear(
+                    &format!("{p}.output.dense"),
+                    &[linear(ckpt, &format!("{p}.output.dense"))?],
+                )?,
                 out_norm: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
@@ -111,7 +119,9 @@ impl<B: Backend> Encoder<B> {
         let max_len = self.config.max_sequence_length();
         for (i, d) in docs.iter().enumerate() {
             if d.ids.is_empty() {
-                return Err(ModelError::Input(format!("document {i} has no token ids (expected at least <s>)")));
+                return Err(ModelError::Input(format!(
+                    "document {i} has no token ids (expected at least <s>)"
+                )));
             }
             if d.ids.len() > max_len {
                 return Err(ModelError::Input(format!(
@@ -132,7 +142,11 @@ impl<B: Backend> Encoder<B> {
 
     /// One forward pass over a packed batch; only requested modes are computed. Results are in
     /// input order.
-    pub fn encode(&self, docs: &[TokenizedDoc], modes: Modes) -> Result<Vec<Embedding>, ModelError> {
+    pub fn encode(
+        &self,
+        docs: &[TokenizedDoc],
+        modes: Modes,
+    ) -> Result<Vec<Embedding>, ModelError> {
         self.validate(docs)?;
         let mut out: Vec<Embedding> = docs
             .iter()
@@ -203,11 +217,16 @@ impl<B: Backend> Encoder<B> {
                 e.dense = Some(h.dense[i * hidden..(i + 1) * hidden].to_vec());
             }
             if modes.sparse {
-                e.sparse = Some(lexical_weights(&packed.ids[r.clone()], &h.token_weights[r.clone()], &excluded));
+                e.sparse = Some(lexical_weights(
+                    &packed.ids[r.clone()],
+                    &h.token_weights[r.clone()],
+                    &excluded,
+                ));
             }
             if modes.colbert {
                 let rows = r.len() - 1;
-                e.colbert = Some(h.colbert[colbert_row * cdim..(colbert_row + rows) * cdim].to_vec());
+                e.colbert =
+                    Some(h.colbert[colbert_row * cdim..(colbert_row + rows) * cdim].to_vec());
                 e.colbert_dim = cdim;
                 colbert_row += rows;
             }

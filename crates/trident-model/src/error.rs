@@ -22,7 +22,9 @@ pub enum ModelError {
     MissingTensor { path: PathBuf, tensor: String },
     #[error("tensor `{tensor}` in {path} has shape {actual:?}, expected {expected:?} (from config.json)")]
     Shape { path: PathBuf, tensor: String, expected: Vec<usize>, actual: Vec<usize> },
-    #[error("tensor `{tensor}` in {path} has unsupported dtype {dtype} (expected F32, F16 or BF16)")]
+    #[error(
+        "tensor `{tensor}` in {path} has unsupported dtype {dtype} (expected F32, F16 or BF16)"
+    )]
     Dtype { path: PathBuf, tensor: String, dtype: String },
     #[error("tokenizer {path}: {msg}")]
     Tokenizer { path: PathBuf, msg: String },

@@ -12,7 +12,9 @@ pub mod tokenizer;
 
 use std::path::Path;
 
-pub use backend::{Activation, Backend, BackendError, HeadOutput, HostTensor, LinearParts, PackedBatch};
+pub use backend::{
+    Activation, Backend, BackendError, HeadOutput, HostTensor, LinearParts, PackedBatch,
+};
 pub use checkpoint::Checkpoint;
 pub use config::ModelConfig;
 pub use encoder::{Embedder, Encoder};

@@ -70,8 +70,15 @@ pub(crate) struct TokenNames {
 
 impl TokenNames {
     pub fn from_dir(dir: &Path) -> Self {
-        let mut n = TokenNames { cls: "<s>".into(), pad: "<pad>".into(), eos: "</s>".into(), unk: "<unk>".into() };
-        let Ok(text) = std::fs::read_to_string(dir.join("special_tokens_map.json")) else { return n };
+        let mut n = TokenNames {
+            cls: "<s>".into(),
+            pad: "<pad>".into(),
+            eos: "</s>".into(),
+            unk: "<unk>".into(),
+        };
+        let Ok(text) = std::fs::read_to_string(dir.join("special_tokens_map.json")) else {
+            return n;
+        };
         let Ok(map) = serde_json::from_str::<Value>(&text) else { return n };
         let get = |k: &str| -> Option<String> {
             match map.get(k)? {

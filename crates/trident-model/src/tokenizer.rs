@@ -29,15 +29,27 @@ impl Tokenizer {
 
     fn load(path: &Path, names: TokenNames) -> Result<Self, ModelError> {
         if !path.is_file() {
-            return Err(ModelError::MissingFile { what: "tokenizer.json", path: path.to_path_buf() });
+            return Err(ModelError::MissingFile {
+                what: "tokenizer.json",
+                path: path.to_path_buf(),
+            });
         }
         let err = |msg: String| ModelError::Tokenizer { path: path.to_path_buf(), msg };
         let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
         // Truncation is ours (per call); padding never applies to single texts.
         inner.with_truncation(None).map_err(|e| err(e.to_string()))?;
         inner.with_padding(None);
-        let id = |s: &str| inner.token_to_id(s).ok_or_else(|| err(format!("special token {s:?} is not in the vocabulary")));
-        let special = SpecialIds { cls: id(&names.cls)?, pad: id(&names.pad)?, eos: id(&names.eos)?, unk: id(&names.unk)? };
+        let id = |s: &str| {
+            inner
+                .token_to_id(s)
+                .ok_or_else(|| err(format!("special token {s:?} is not in the vocabulary")))
+        };
+        let special = SpecialIds {
+            cls: id(&names.cls)?,
+            pad: id(&names.pad)?,
+            eos: id(&names.eos)?,
+            unk: id(&names.unk)?,
+        };
         Ok(Tokenizer { inner, special, path: path.to_path_buf() })
     }
 
@@ -58,7 +70,8 @@ impl Tokenizer {
     /// and `</s>` re-added. `max_length` ≤ 1 cannot hold the specials: the reference then does
     /// not truncate at all, and neither do we.
     pub fn encode(&self, text: &str, max_length: usize) -> Result<TokenizedDoc, ModelError> {
-        let enc = self.inner.encode_fast(text, true).map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        let enc =
+            self.inner.encode_fast(text, true).map_err(|e| ModelError::Tokenize(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();
         let truncated = max_length > 1 && ids.len() > max_length;
         if truncated {
@@ -71,7 +84,11 @@ impl Tokenizer {
     }
 
     /// `encode` for many texts, in parallel on the current rayon pool; results in input order.
-    pub fn encode_batch(&self, texts: &[&str], max_length: usize) -> Result<Vec<TokenizedDoc>, ModelError> {
+    pub fn encode_batch(
+        &self,
+        texts: &[&str],
+        max_length: usize,
+    ) -> Result<Vec<TokenizedDoc>, ModelError> {
         texts.par_iter().map(|t| self.encode(t, max_length)).collect()
     }
 }

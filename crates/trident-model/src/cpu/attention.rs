@@ -17,7 +17,13 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// `qkv` is `[tokens × 3H]` (`[q | k | v]`); returns `[tokens × H]`.
-pub fn attention(qkv: &[f32], tokens: usize, hidden: usize, heads: usize, cu_seqlens: &[u32]) -> Vec<f32> {
+pub fn attention(
+    qkv: &[f32],
+    tokens: usize,
+    hidden: usize,
+    heads: usize,
+    cu_seqlens: &[u32],
+) -> Vec<f32> {
     let d = hidden / heads;
     let ld = 3 * hidden;
     let scale = 1.0 / (d as f32).sqrt();
@@ -44,7 +50,18 @@ pub fn attention(qkv: &[f32], tokens: usize, hidden: usize, heads: usize, cu_seq
         unsafe {
             let q = View { ptr: base.add(q0 * ld + h * d), ld };
             let k = View { ptr: base.add(start * ld + hidden + h * d), ld };
-            matmul_bt(rows, len, d, scores.as_mut_ptr(), len, q, k, scale, false, Parallelism::None);
+            matmul_bt(
+                rows,
+                len,
+                d,
+                scores.as_mut_ptr(),
+                len,
+                q,
+                k,
+                scale,
+                false,
+                Parallelism::None,
+            );
         }
         for row in scores.chunks_exact_mut(len) {
             softmax(row);
@@ -75,14 +92,23 @@ mod tests {
                 for i in a..b {
                     let q = |c: usize| qkv[i * 3 * hidden + h * d + c] as f64;
                     let sc: Vec<f64> = (a..b)
-                        .map(|j| (0..d).map(|c| q(c) * qkv[j * 3 * hidden + hidden + h * d + c] as f64).sum::<f64>() / (d as f64).sqrt())
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| q(c) * qkv[j * 3 * hidden + hidden + h * d + c] as f64)
+                                .sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
                         .collect();
                     let m = sc.iter().cloned().fold(f64::MIN, f64::max);
                     let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for c in 0..d {
-                        out[i * hidden + h * d + c] =
-                            (a..b).zip(&e).map(|(j, w)| w / z * qkv[j * 3 * hidden + 2 * hidden + h * d + c] as f64).sum();
+                        out[i * hidden + h * d + c] = (a..b)
+                            .zip(&e)
+                            .map(|(j, w)| {
+                                w / z * qkv[j * 3 * hidden + 2 * hidden + h * d + c] as f64
+                            })
+                            .sum();
                     }
                 }
             }
@@ -95,7 +121,8 @@ mod tests {
         let (hidden, heads) = (16, 4);
         let cu = [0u32, 3, 4, 4 + 150];
         let tokens = 154;
-        let qkv: Vec<f32> = (0..tokens * 3 * hidden).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+        let qkv: Vec<f32> =
+            (0..tokens * 3 * hidden).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
         let got = attention(&qkv, tokens, hidden, heads, &cu);
         let want = naive(&qkv, hidden, heads, &cu);
         for (g, w) in got.iter().zip(&want) {

@@ -59,7 +59,16 @@ pub unsafe fn matmul_bt(
 /// # Safety
 /// As for `matmul_bt`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, ldd: usize, a: View, b: View, par: Parallelism) {
+pub unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    ldd: usize,
+    a: View,
+    b: View,
+    par: Parallelism,
+) {
     if m == 0 || n == 0 {
         return;
     }

@@ -12,7 +12,9 @@ use ::gemm::Parallelism;
 use rayon::prelude::*;
 use trident_core::Modes;
 
-use crate::backend::{Activation, BResult, Backend, BackendError, HeadOutput, HostTensor, LinearParts, PackedBatch};
+use crate::backend::{
+    Activation, BResult, Backend, BackendError, HeadOutput, HostTensor, LinearParts, PackedBatch,
+};
 use gemm::View;
 
 /// A `[rows × cols]` row-major activation.
@@ -52,7 +54,11 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// A backend running on its own pool of `threads` threads (0 = all cores).
     pub fn new(threads: usize) -> Self {
-        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("trident-cpu-{i}"))
@@ -80,7 +86,10 @@ impl CpuBackend {
     /// `x·Wᵀ` for every part into its column slice of a fresh `[rows × out]` buffer (no bias).
     fn matmul(&self, x: &CpuAct, w: &CpuLinear) -> BResult<Vec<f32>> {
         if x.cols != w.in_dim {
-            return Err(Self::err(&w.name, format!("input has {} columns, layer expects {}", x.cols, w.in_dim)));
+            return Err(Self::err(
+                &w.name,
+                format!("input has {} columns, layer expects {}", x.cols, w.in_dim),
+            ));
         }
         let (m, n) = (x.rows, w.out_dim);
         let mut y = vec![0f32; m * n];
@@ -116,7 +125,10 @@ impl Default for CpuBackend {
 
 fn check_len(op: &str, t: &HostTensor, want: usize) -> BResult<()> {
     if t.len() != want {
-        return Err(CpuBackend::err(op, format!("tensor has shape {:?}, expected {want} values", t.shape())));
+        return Err(CpuBackend::err(
+            op,
+            format!("tensor has shape {:?}, expected {want} values", t.shape()),
+        ));
     }
     Ok(())
 }
@@ -139,7 +151,10 @@ impl Backend for CpuBackend {
         for p in parts {
             let s = p.weight.shape();
             if s.len() != 2 || s[1] != in_dim {
-                return Err(Self::err(name, format!("weight shape {s:?}, expected [out, {in_dim}]")));
+                return Err(Self::err(
+                    name,
+                    format!("weight shape {s:?}, expected [out, {in_dim}]"),
+                ));
             }
             check_len(name, &p.bias, s[0])?;
             bias.extend_from_slice(p.bias.data());
@@ -153,7 +168,13 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn load_norm(&self, name: &str, gamma: &HostTensor, beta: &HostTensor, eps: f32) -> BResult<CpuNorm> {
+    fn load_norm(
+        &self,
+        name: &str,
+        gamma: &HostTensor,
+        beta: &HostTensor,
+        eps: f32,
+    ) -> BResult<CpuNorm> {
         check_len(name, beta, gamma.len())?;
         Ok(CpuNorm { gamma: gamma.data().to_vec(), beta: beta.data().to_vec(), eps })
     }
@@ -166,7 +187,11 @@ impl Backend for CpuBackend {
         norm: CpuNorm,
     ) -> BResult<CpuEmbeddings> {
         let h = norm.gamma.len();
-        for (what, t) in [("word embeddings", word), ("position embeddings", position), ("token type embeddings", token_type)] {
+        for (what, t) in [
+            ("word embeddings", word),
+            ("position embeddings", position),
+            ("token type embeddings", token_type),
+        ] {
             if t.shape().len() != 2 || t.shape()[1] != h || t.shape()[0] == 0 {
                 return Err(Self::err(what, format!("shape {:?}, expected [n, {h}]", t.shape())));
             }
@@ -186,8 +211,16 @@ impl Backend for CpuBackend {
     fn embed(&self, batch: &PackedBatch, emb: &CpuEmbeddings) -> BResult<CpuAct> {
         let h = emb.token_type.len();
         let (vocab, max_pos) = (emb.word.shape()[0], emb.position.shape()[0]);
-        if let Some((&t, &p)) = batch.ids.iter().zip(&batch.positions).find(|(&t, &p)| t as usize >= vocab || p as usize >= max_pos) {
-            return Err(Self::err("embed", format!("token id {t} / position {p} outside tables of {vocab} / {max_pos} rows")));
+        if let Some((&t, &p)) = batch
+            .ids
+            .iter()
+            .zip(&batch.positions)
+            .find(|(&t, &p)| t as usize >= vocab || p as usize >= max_pos)
+        {
+            return Err(Self::err(
+                "embed",
+                format!("token id {t} / position {p} outside tables of {vocab} / {max_pos} rows"),
+            ));
         }
         let mut data = vec![0f32; batch.n_tokens() * h];
         let (word, pos) = (emb.word.data(), emb.position.data());
@@ -220,10 +253,22 @@ impl Backend for CpuBackend {
         Ok(CpuAct { data: y, rows: x.rows, cols: n })
     }
 
-    fn linear_residual_norm(&self, x: &CpuAct, w: &CpuLinear, residual: &CpuAct, norm: &CpuNorm) -> BResult<CpuAct> {
+    fn linear_residual_norm(
+        &self,
+        x: &CpuAct,
+        w: &CpuLinear,
+        residual: &CpuAct,
+        norm: &CpuNorm,
+    ) -> BResult<CpuAct> {
         let n = w.out_dim;
         if residual.rows != x.rows || residual.cols != n || norm.gamma.len() != n {
-            return Err(Self::err(&w.name, format!("residual [{}×{}] does not match output [{}×{n}]", residual.rows, residual.cols, x.rows)));
+            return Err(Self::err(
+                &w.name,
+                format!(
+                    "residual [{}×{}] does not match output [{}×{n}]",
+                    residual.rows, residual.cols, x.rows
+                ),
+            ));
         }
         let mut y = self.pool.install(|| self.matmul(x, w))?;
         self.pool.install(|| {
@@ -239,14 +284,31 @@ impl Backend for CpuBackend {
 
     fn attention(&self, qkv: &CpuAct, batch: &PackedBatch, heads: usize) -> BResult<CpuAct> {
         if qkv.cols % 3 != 0 || (qkv.cols / 3) % heads != 0 || qkv.rows != batch.n_tokens() {
-            return Err(Self::err("attention", format!("qkv [{}×{}] does not split into 3 × {heads} heads over {} tokens", qkv.rows, qkv.cols, batch.n_tokens())));
+            return Err(Self::err(
+                "attention",
+                format!(
+                    "qkv [{}×{}] does not split into 3 × {heads} heads over {} tokens",
+                    qkv.rows,
+                    qkv.cols,
+                    batch.n_tokens()
+                ),
+            ));
         }
         let hidden = qkv.cols / 3;
-        let data = self.pool.install(|| attention::attention(&qkv.data, qkv.rows, hidden, heads, &batch.cu_seqlens));
+        let data = self.pool.install(|| {
+            attention::attention(&qkv.data, qkv.rows, hidden, heads, &batch.cu_seqlens)
+        });
         Ok(CpuAct { data, rows: qkv.rows, cols: hidden })
     }
 
-    fn heads(&self, h: &CpuAct, batch: &PackedBatch, sparse: &CpuLinear, colbert: &CpuLinear, modes: Modes) -> BResult<HeadOutput> {
+    fn heads(
+        &self,
+        h: &CpuAct,
+        batch: &PackedBatch,
+        sparse: &CpuLinear,
+        colbert: &CpuLinear,
+        modes: Modes,
+    ) -> BResult<HeadOutput> {
         let hidden = h.cols;
         let mut out = HeadOutput { colbert_dim: colbert.out_dim, ..Default::default() };
         if modes.dense {
@@ -259,7 +321,13 @@ impl Backend for CpuBackend {
         }
         if modes.sparse {
             if sparse.out_dim != 1 || sparse.in_dim != hidden {
-                return Err(Self::err("sparse head", format!("expected a [1 × {hidden}] weight, got [{} × {}]", sparse.out_dim, sparse.in_dim)));
+                return Err(Self::err(
+                    "sparse head",
+                    format!(
+                        "expected a [1 × {hidden}] weight, got [{} × {}]",
+                        sparse.out_dim, sparse.in_dim
+                    ),
+                ));
             }
             let (w, b) = (sparse.weights[0].data(), sparse.bias[0]);
             out.token_weights = self.pool.install(|| {

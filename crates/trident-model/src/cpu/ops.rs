@@ -52,7 +52,11 @@ mod tests {
     #[test]
     fn gelu_is_exact_erf_form() {
         // Reference values of 0.5·x·(1+erf(x/√2)) computed in f64.
-        for (x, want) in [(1.0f32, 0.841_344_746_068_542_9f64), (-0.5, -0.154_268_776_262_5), (3.0, 2.995_950_393_1)] {
+        for (x, want) in [
+            (1.0f32, 0.841_344_746_068_542_9f64),
+            (-0.5, -0.154_268_776_262_5),
+            (3.0, 2.995_950_393_1),
+        ] {
             assert!((gelu(x) as f64 - want).abs() < 1e-6, "{x}");
         }
     }

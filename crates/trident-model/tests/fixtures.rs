@@ -1,0 +1,156 @@
+//! The encoder against the reference outputs in tests/fixtures/tiny-m3/expected.json.
+
+mod common;
+
+use common::{check, copy_without, ids, items, texts, tiny};
+use trident_core::{Modes, TokenizedDoc};
+use trident_model::{cpu::CpuBackend, Checkpoint, Encoder, Tokenizer};
+
+fn encoder(dir: &std::path::Path) -> Encoder<CpuBackend> {
+    let ckpt = Checkpoint::open(dir).expect("checkpoint opens");
+    Encoder::new(&ckpt, CpuBackend::new(2)).expect("encoder builds")
+}
+
+#[test]
+fn token_ids_match_reference() {
+    let tok = Tokenizer::from_dir(&tiny()).unwrap();
+    let texts = texts();
+    for max_length in [8192, 16] {
+        for (i, item) in items(max_length) {
+            let doc = tok.encode(&texts[i], max_length).unwrap();
+            assert_eq!(doc.ids, ids(item), "text {i} at max_length {max_length}");
+            let full = tok.encode(&texts[i], 0).unwrap();
+            assert!(!full.truncated);
+            assert_eq!(doc.truncated, full.ids.len() > max_length, "text {i}");
+        }
+    }
+    let batch =
+        tok.encode_batch(&texts.iter().map(String::as_str).collect::<Vec<_>>(), 16).unwrap();
+    for (i, item) in items(16) {
+        assert_eq!(batch[i].ids, ids(item));
+    }
+}
+
+#[test]
+fn each_text_alone_matches_reference() {
+    let enc = encoder(&tiny());
+    let tok = Tokenizer::from_dir(&tiny()).unwrap();
+    let texts = texts();
+    let mut failures = Vec::new();
+    for max_length in [8192, 16] {
+        for (i, item) in items(max_length) {
+            let doc = tok.encode(&texts[i], max_length).unwrap();
+            let got = enc.encode(&[doc], Modes::ALL).unwrap();
+            if let Err(e) = check(&format!("text {i} @ {max_length}"), &got[0], item) {
+                failures.push(e);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn mixed_batches_match_reference() {
+    let enc = encoder(&tiny());
+    // Every text at 16, all short texts at 8192 and one long one, in batches of mixed lengths.
+    let mut work: Vec<(String, &serde_json::Value)> = Vec::new();
+    for (i, item) in items(16) {
+        work.push((format!("text {i} @ 16"), item));
+    }
+    for (i, item) in items(8192) {
+        if ids(item).len() < 1000 || i == 39 {
+            work.push((format!("text {i} @ 8192"), item));
+        }
+    }
+    // Interleave so each batch mixes short and long.
+    work.reverse();
+    work.rotate_left(5);
+    let mut failures = Vec::new();
+    for chunk in work.chunks(9) {
+        let docs: Vec<TokenizedDoc> =
+            chunk.iter().map(|(_, it)| TokenizedDoc { ids: ids(it), truncated: false }).collect();
+        let got = enc.encode(&docs, Modes::ALL).unwrap();
+        assert_eq!(got.len(), chunk.len());
+        for ((label, item), e) in chunk.iter().zip(&got) {
+            if let Err(e) = check(label, e, item) {
+                failures.push(e);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn pytorch_bin_alone_gives_the_same() {
+    let dir = copy_without(&["model.safetensors"]);
+    let from_bin = encoder(dir.path());
+    let from_st = encoder(&tiny());
+    let docs: Vec<TokenizedDoc> = items(16)
+        .into_iter()
+        .chain(items(8192).into_iter().filter(|(_, it)| ids(it).len() < 1000))
+        .map(|(_, it)| TokenizedDoc { ids: ids(it), truncated: false })
+        .collect();
+    let a = from_bin.encode(&docs, Modes::ALL).unwrap();
+    let b = from_st.encode(&docs, Modes::ALL).unwrap();
+    assert_eq!(a, b, "pytorch_model.bin and model.safetensors hold the same weights");
+    for ((i, item), e) in items(16).into_iter().zip(&a) {
+        check(&format!("bin: text {i} @ 16"), e, item).unwrap();
+    }
+}
+
+#[test]
+fn only_requested_modes_are_filled() {
+    let enc = encoder(&tiny());
+    let (_, item) = items(8192)[4];
+    let doc = TokenizedDoc { ids: ids(item), truncated: false };
+    let all = enc.encode(std::slice::from_ref(&doc), Modes::ALL).unwrap().remove(0);
+    let sparse = enc
+        .encode(std::slice::from_ref(&doc), Modes { dense: false, sparse: true, colbert: false })
+        .unwrap()
+        .remove(0);
+    assert!(sparse.dense.is_none() && sparse.colbert.is_none());
+    assert_eq!(sparse.sparse, all.sparse);
+    let none = enc.encode(&[doc], Modes::NONE).unwrap().remove(0);
+    assert_eq!(none.tokens, all.tokens);
+    assert!(none.dense.is_none() && none.sparse.is_none() && none.colbert.is_none());
+}
+
+#[test]
+fn bad_input_ids_are_errors() {
+    let enc = encoder(&tiny());
+    let e = enc
+        .encode(&[TokenizedDoc { ids: vec![0, 6000, 2], truncated: false }], Modes::ALL)
+        .unwrap_err();
+    assert!(e.to_string().contains("6000"), "{e}");
+    let e = enc
+        .encode(&[TokenizedDoc { ids: vec![5; 8193], truncated: false }], Modes::ALL)
+        .unwrap_err();
+    assert!(e.to_string().contains("8193 tokens"), "{e}");
+    let e = enc.encode(&[TokenizedDoc { ids: vec![], truncated: false }], Modes::ALL).unwrap_err();
+    assert!(e.to_string().contains("no token ids"), "{e}");
+    assert!(enc.encode(&[], Modes::ALL).unwrap().is_empty());
+}
+
+#[test]
+fn checker_rejects_small_deviations() {
+    let enc = encoder(&tiny());
+    let (_, item) = items(8192)[4];
+    let good = enc
+        .encode(&[TokenizedDoc { ids: ids(item), truncated: false }], Modes::ALL)
+        .unwrap()
+        .remove(0);
+    check("good", &good, item).unwrap();
+    let mut bad = good.clone();
+    bad.dense.as_mut().unwrap()[3] += 2e-4;
+    assert!(check("dense", &bad, item).is_err());
+    let mut bad = good.clone();
+    bad.sparse.as_mut().unwrap().pop();
+    assert!(check("sparse keys", &bad, item).is_err());
+    let mut bad = good.clone();
+    let last = bad.colbert.as_ref().unwrap().len() - 1;
+    bad.colbert.as_mut().unwrap()[last] -= 2e-4;
+    assert!(check("colbert", &bad, item).is_err());
+    let mut bad = good;
+    bad.colbert.as_mut().unwrap().truncate(last + 1 - bad.colbert_dim);
+    assert!(check("colbert rows", &bad, item).is_err());
+}
