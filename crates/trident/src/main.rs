@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod hub;
 
 #[derive(Parser)]
 #[command(name = "trident", version, about = "BGE-M3 embeddings (dense, sparse, ColBERT) from streams of text")]
