@@ -41,32 +41,25 @@ __device__ __forceinline__ void attention_generic(const T* qkv, T* out, const u3
         __syncthreads();
         if (!active) continue;
         const int nk = (int)min((u32)GA_TK, s1 - k0);
-        float sc[GA_TK];
-        float mt = m;
+        // Streaming softmax, one key at a time: rescale only when the running max grows.
+        // (Not unrolled over keys: keeps code size, and NVRTC time, small.)
+#pragma unroll 1
+        for (int j = 0; j < nk; j++) {
+            float s = 0.f;
 #pragma unroll
-        for (int j = 0; j < GA_TK; j++) {
-            float s = NEG_INF;
-            if (j < nk) {
-                s = 0.f;
+            for (int d = 0; d < D; d++) s += q[d] * ks[j][d];
+            if (s > m) {
+                const float corr = expf(m - s);  // 0 for the first key (m = -inf)
+                l *= corr;
 #pragma unroll
-                for (int d = 0; d < D; d++) s += q[d] * ks[j][d];
+                for (int d = 0; d < D; d++) o[d] *= corr;
+                m = s;
             }
-            sc[j] = s;
-            mt = fmaxf(mt, s);
-        }
-        // mt is finite: every tile holds at least one key of this sequence.
-        const float corr = expf(m - mt);
-        l *= corr;
-#pragma unroll
-        for (int d = 0; d < D; d++) o[d] *= corr;
-#pragma unroll
-        for (int j = 0; j < GA_TK; j++) {
-            float p = expf(sc[j] - mt);  // exp(-inf) = 0 for keys past the end
+            const float p = expf(s - m);
             l += p;
 #pragma unroll
             for (int d = 0; d < D; d++) o[d] += p * vs[j][d];
         }
-        m = mt;
     }
     if (active) {
         const float inv = 1.0f / l;

@@ -60,5 +60,5 @@ for ptx in "$ptxdir"/*.ptx; do
 done
 [ "$fail" = 0 ] || exit 1
 
-cargo test -p trident-cuda
+cargo test -p trident-cuda --lib
 echo "check-kernels: OK ($n PTX files, no unjustified spills)"

@@ -16,8 +16,15 @@ fn gemm_tflops(be: &CudaBackend, m: usize, k: usize, n: usize) -> Result<f64, Cu
     let y = be.scratch(m * n * 2)?;
     for b in [&x, &w] {
         // bf16 0x3c3c ≈ 0.0115 everywhere: finite, non-trivial inputs.
-        unsafe { cudarc::driver::result::memset_d8_async(b.ptr(), 0x3c, b.bytes(), be.stream().cu_stream()) }
-            .map_err(CudaError::driver("memset"))?;
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                b.ptr(),
+                0x3c,
+                b.bytes(),
+                be.stream().cu_stream(),
+            )
+        }
+        .map_err(CudaError::driver("memset"))?;
     }
     for _ in 0..3 {
         be.gemm_raw(x.ptr(), m, k, w.ptr(), n, y.ptr(), false, "bench warm-up")?;
@@ -51,7 +58,11 @@ fn docs(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<TokenizedDoc> {
         .collect()
 }
 
-fn time_encode(enc: &Encoder<CudaBackend>, batch: &[TokenizedDoc], modes: Modes) -> Result<(f64, usize), Box<dyn std::error::Error>> {
+fn time_encode(
+    enc: &Encoder<CudaBackend>,
+    batch: &[TokenizedDoc],
+    modes: Modes,
+) -> Result<(f64, usize), Box<dyn std::error::Error>> {
     enc.encode(batch, modes)?; // warm-up: buffers, cuBLAS heuristics
     let mut reps = 0;
     let t = Instant::now();
@@ -68,14 +79,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("SKIP gpu_bench: no CUDA driver/device on this machine");
         return Ok(());
     }
-    let peak = std::env::var("TRIDENT_PEAK_TFLOPS").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(989.0) * 1e12;
+    let peak = std::env::var("TRIDENT_PEAK_TFLOPS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(989.0)
+        * 1e12;
     let be = CudaBackend::new(0, Precision::Bf16)?;
     let device = be.device_name().to_string();
     eprintln!("gpu_bench: {}", trident_model::Backend::describe(&be));
     let mut lines = vec![format!("device: {device}; peak {:.0} TFLOP/s bf16 dense", peak / 1e12)];
-    for (m, k, n, what) in [(8192, 8192, 8192, "square 8192³"), (32768, 1024, 4096, "FFN-in 32768×1024→4096"), (32768, 4096, 1024, "FFN-out 32768×4096→1024"), (32768, 1024, 3072, "QKV 32768×1024→3072")] {
+    for (m, k, n, what) in [
+        (8192, 8192, 8192, "square 8192³"),
+        (32768, 1024, 4096, "FFN-in 32768×1024→4096"),
+        (32768, 4096, 1024, "FFN-out 32768×4096→1024"),
+        (32768, 1024, 3072, "QKV 32768×1024→3072"),
+    ] {
         let r = gemm_tflops(&be, m, k, n)?;
-        lines.push(format!("cuBLAS bf16 GEMM {what:<26} {r:7.1} TFLOP/s ({:4.1} % of peak)", 100.0 * r * 1e12 / peak));
+        lines.push(format!(
+            "cuBLAS bf16 GEMM {what:<26} {r:7.1} TFLOP/s ({:4.1} % of peak)",
+            100.0 * r * 1e12 / peak
+        ));
         eprintln!("{}", lines.last().unwrap());
     }
     let t = Instant::now();
@@ -84,9 +107,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layers = ckpt.config.num_hidden_layers;
     let enc = Encoder::new(&ckpt, be)?;
     drop(ckpt);
-    eprintln!("gpu_bench: random XLM-R large ({layers} layers) built and uploaded in {:?}", t.elapsed());
+    eprintln!(
+        "gpu_bench: random XLM-R large ({layers} layers) built and uploaded in {:?}",
+        t.elapsed()
+    );
     lines.push(String::new());
-    lines.push(format!("{:>12} | {:<14} | {:>10} | {:>9} | {:>9} | {:>6}", "docs×tokens", "heads", "tokens/s", "ms/batch", "TFLOP/s", "MFU"));
+    lines.push(format!(
+        "{:>12} | {:<14} | {:>10} | {:>9} | {:>9} | {:>6}",
+        "docs×tokens", "heads", "tokens/s", "ms/batch", "TFLOP/s", "MFU"
+    ));
     let dense_only = Modes { dense: true, sparse: false, colbert: false };
     for (len, n) in [(128usize, 256usize), (512, 64), (2048, 16), (8192, 4)] {
         let batch = docs(n, len, vocab, len as u64);

@@ -2,19 +2,20 @@
 //! fp32 accumulate; or pure fp32 for parity checks) and trident's NVRTC-compiled kernels, all
 //! on one stream with pooled device buffers and pinned staging for copies.
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{
-    result as drv, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PinnedHostSlice, PushKernelArg,
+    result as drv, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 use trident_core::Modes;
 use trident_model::backend::BResult;
 use trident_model::{Activation, Backend, HeadOutput, HostTensor, LinearParts, PackedBatch};
 
-use crate::compile::{arch_for, compile_kernel, Output};
+use crate::compile::{arch_for, compile_kernel_cached, Output, KERNEL_FILES};
 use crate::error::{CResult, CudaError};
 use crate::plan::{elementwise_blocks, row_blocks, BatchPlan, MAX_ROW_FEATURES};
 use crate::pool::{DevBuf, Pool};
@@ -168,22 +169,31 @@ impl CudaBackend {
     /// compiles the kernels for its architecture with NVRTC and creates the cuBLAS handle.
     pub fn new(device: usize, precision: Precision) -> Result<Self, CudaError> {
         libraries_present()?;
-        let available = CudaContext::device_count().map_err(CudaError::driver("cuDeviceGetCount"))? as usize;
+        let available =
+            CudaContext::device_count().map_err(CudaError::driver("cuDeviceGetCount"))? as usize;
         if device >= available {
             return Err(CudaError::NoDevice { requested: device, available });
         }
-        let ctx = CudaContext::new(device).map_err(CudaError::driver(format!("creating a context on device {device}")))?;
+        let ctx = CudaContext::new(device)
+            .map_err(CudaError::driver(format!("creating a context on device {device}")))?;
         // One stream orders every use of every buffer, so cudarc's per-buffer events are not needed.
         // SAFETY: all work of this backend is issued on `stream` alone.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(CudaError::driver("creating a stream"))?;
         let name = ctx.name().map_err(CudaError::driver("reading the device name"))?;
-        let cc = ctx.compute_capability().map_err(CudaError::driver("reading the compute capability"))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(CudaError::driver("reading the compute capability"))?;
         if cc.0 < 8 {
-            return Err(CudaError::Unsupported(format!("{name} is sm_{}{}; bf16 tensor cores need sm_80 or newer", cc.0, cc.1)));
+            return Err(CudaError::Unsupported(format!(
+                "{name} is sm_{}{}; bf16 tensor cores need sm_80 or newer",
+                cc.0, cc.1
+            )));
         }
         let sms = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
             .map_err(CudaError::driver("reading the SM count"))? as usize;
         let k = load_kernels(&ctx, cc, precision)?;
         let blas = CudaBlas::new(stream.clone()).map_err(CudaError::cublas("cublasCreate"))?;
@@ -241,6 +251,15 @@ impl CudaBackend {
         &self.stream
     }
 
+    /// Makes this backend's context current on the calling thread: workers may call from a
+    /// thread other than the one that created the backend, and raw cuBLAS/driver calls use the
+    /// current context.
+    fn bind(&self) -> CResult<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(CudaError::driver(format!("binding the context of cuda:{}", self.ordinal)))
+    }
+
     /// Waits for all queued work; surfaces asynchronous kernel faults as a typed error.
     pub fn synchronize(&self, op: &str) -> CResult<()> {
         self.stream.synchronize().map_err(CudaError::driver(op.to_string()))
@@ -260,7 +279,9 @@ impl CudaBackend {
     fn upload_values(&self, data: &[f32], what: &str) -> CResult<CudaSlice<u8>> {
         let bytes: Vec<u8> = match self.precision {
             Precision::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Precision::Bf16 => data.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect(),
+            Precision::Bf16 => {
+                data.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect()
+            }
         };
         self.stream.clone_htod(&bytes).map_err(CudaError::driver(format!("uploading {what}")))
     }
@@ -273,13 +294,26 @@ impl CudaBackend {
     /// this is `yᵀ = w · xᵀ`: op(A) = wᵀ-as-stored, op(B) = x). `out_f32` writes fp32 output
     /// from bf16 inputs.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm_raw(&self, x: u64, rows: usize, k: usize, w: u64, n: usize, y: u64, out_f32: bool, op: &str) -> CResult<()> {
+    pub fn gemm_raw(
+        &self,
+        x: u64,
+        rows: usize,
+        k: usize,
+        w: u64,
+        n: usize,
+        y: u64,
+        out_f32: bool,
+        op: &str,
+    ) -> CResult<()> {
         if rows == 0 || n == 0 {
             return Ok(());
         }
+        self.bind()?;
         let dims = [rows, k, n];
         if dims.iter().any(|&d| d > i32::MAX as usize) {
-            return Err(CudaError::Unsupported(format!("{op}: GEMM dimensions {dims:?} exceed cuBLAS int range")));
+            return Err(CudaError::Unsupported(format!(
+                "{op}: GEMM dimensions {dims:?} exceed cuBLAS int range"
+            )));
         }
         use blas_sys::cudaDataType_t::{CUDA_R_16BF, CUDA_R_32F};
         let (ab, c) = match self.precision {
@@ -323,7 +357,16 @@ impl CudaBackend {
             )));
         }
         let y = self.alloc_act(x.rows, w.out_features, what)?;
-        self.gemm_raw(x.buf.ptr(), x.rows, x.cols, w.w_ptr, w.out_features, y.buf.ptr(), false, &w.name)?;
+        self.gemm_raw(
+            x.buf.ptr(),
+            x.rows,
+            x.cols,
+            w.w_ptr,
+            w.out_features,
+            y.buf.ptr(),
+            false,
+            &w.name,
+        )?;
         Ok(y)
     }
 
@@ -334,13 +377,19 @@ impl CudaBackend {
 
     fn check_row_features(&self, n: usize, what: &str) -> CResult<()> {
         if n == 0 || n > MAX_ROW_FEATURES {
-            return Err(CudaError::Unsupported(format!("{what}: {n} features (1..={MAX_ROW_FEATURES} supported)")));
+            return Err(CudaError::Unsupported(format!(
+                "{what}: {n} features (1..={MAX_ROW_FEATURES} supported)"
+            )));
         }
         Ok(())
     }
 
     fn rows_cfg(rows: usize) -> LaunchConfig {
-        LaunchConfig { grid_dim: (row_blocks(rows), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 }
+        LaunchConfig {
+            grid_dim: (row_blocks(rows), 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        }
     }
 
     fn staged_upload(&self, words: &[u32], dst: u64) -> CResult<()> {
@@ -351,41 +400,55 @@ impl CudaBackend {
         if st.up.as_ref().is_none_or(|p| p.len() < words.len()) {
             let cap = words.len().next_power_of_two().max(4096);
             // SAFETY: written below before any read.
-            st.up = Some(unsafe { self.ctx.alloc_pinned_with_flags::<u32>(cap, 0) }.map_err(CudaError::driver("allocating pinned upload buffer"))?);
+            st.up = Some(
+                unsafe { self.ctx.alloc_pinned_with_flags::<u32>(cap, 0) }
+                    .map_err(CudaError::driver("allocating pinned upload buffer"))?,
+            );
         }
         let pinned = st.up.as_mut().expect("allocated above");
-        let host = pinned.as_mut_slice().map_err(CudaError::driver("mapping pinned upload buffer"))?;
+        let host =
+            pinned.as_mut_slice().map_err(CudaError::driver("mapping pinned upload buffer"))?;
         host[..words.len()].copy_from_slice(words);
         // SAFETY: dst has room for `words` (allocated by the caller); the pinned buffer is not
         // touched again until `up_done` has completed.
         unsafe { drv::memcpy_htod_async(dst, &host[..words.len()], self.stream.cu_stream()) }
             .map_err(CudaError::driver("copying batch tables to the device"))?;
-        st.up_done = Some(self.stream.record_event(None).map_err(CudaError::driver("recording upload event"))?);
+        st.up_done = Some(
+            self.stream.record_event(None).map_err(CudaError::driver("recording upload event"))?,
+        );
         Ok(())
     }
 
-    fn staged_download(&self, src: u64, n: usize) -> CResult<Vec<f32>> {
+    /// Copies `n` f32 from the device into the pinned buffer and hands it to `take` (which copies
+    /// out what it needs: one host copy per output).
+    fn staged_download<R>(&self, src: u64, n: usize, take: impl FnOnce(&[f32]) -> R) -> CResult<R> {
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(take(&[]));
         }
         let mut st = self.staging.lock().unwrap_or_else(|e| e.into_inner());
         if st.down.as_ref().is_none_or(|p| p.len() < n) {
             let cap = n.next_power_of_two().max(4096);
             // SAFETY: written by the copy below before it is read.
-            st.down = Some(unsafe { self.ctx.alloc_pinned_with_flags::<f32>(cap, 0) }.map_err(CudaError::driver("allocating pinned download buffer"))?);
+            st.down = Some(
+                unsafe { self.ctx.alloc_pinned_with_flags::<f32>(cap, 0) }
+                    .map_err(CudaError::driver("allocating pinned download buffer"))?,
+            );
         }
         let pinned = st.down.as_mut().expect("allocated above");
-        let host = pinned.as_mut_slice().map_err(CudaError::driver("mapping pinned download buffer"))?;
+        let host =
+            pinned.as_mut_slice().map_err(CudaError::driver("mapping pinned download buffer"))?;
         // SAFETY: src holds n f32 values; we synchronise before reading `host`.
         unsafe { drv::memcpy_dtoh_async(&mut host[..n], src, self.stream.cu_stream()) }
             .map_err(CudaError::driver("copying head outputs to the host"))?;
         self.synchronize("running the batch (kernels and copy back)")?;
-        Ok(host[..n].to_vec())
+        Ok(take(&host[..n]))
     }
 
     fn embed_impl(&self, batch: &CudaBatch, emb: &CudaEmbeddings) -> CResult<CudaAct> {
         let p = &batch.plan;
-        if p.n_tokens > 0 && (p.max_id as usize >= emb.vocab || p.max_pos as usize >= emb.max_positions) {
+        if p.n_tokens > 0
+            && (p.max_id as usize >= emb.vocab || p.max_pos as usize >= emb.max_positions)
+        {
             return Err(CudaError::Unsupported(format!(
                 "batch token id {} / position {} out of range (vocab {}, positions {})",
                 p.max_id, p.max_pos, emb.vocab, emb.max_positions
@@ -399,10 +462,30 @@ impl CudaBackend {
         let base = batch.buf.ptr();
         let ids = base + 4 * p.off.ids as u64;
         let pos = base + 4 * p.off.positions as u64;
-        let (word, position, type0) = (ptr(&emb.word, &self.stream), ptr(&emb.position, &self.stream), ptr(&emb.type0, &self.stream));
+        let (word, position, type0) = (
+            ptr(&emb.word, &self.stream),
+            ptr(&emb.position, &self.stream),
+            ptr(&emb.type0, &self.stream),
+        );
         let (gamma, beta) = (ptr(&emb.norm.gamma, &self.stream), ptr(&emb.norm.beta, &self.stream));
         let (o, n, hh) = (out.buf.ptr(), p.n_tokens as i32, h as i32);
-        launch!(self, "embed_ln", &self.k.embed_ln, Self::rows_cfg(p.n_tokens), &ids, &pos, &word, &position, &type0, &gamma, &beta, &emb.norm.eps, &o, &n, &hh)?;
+        launch!(
+            self,
+            "embed_ln",
+            &self.k.embed_ln,
+            Self::rows_cfg(p.n_tokens),
+            &ids,
+            &pos,
+            &word,
+            &position,
+            &type0,
+            &gamma,
+            &beta,
+            &emb.norm.eps,
+            &o,
+            &n,
+            &hh
+        )?;
         Ok(out)
     }
 
@@ -412,9 +495,18 @@ impl CudaBackend {
             return Ok(y);
         }
         if self.precision == Precision::Bf16 && y.cols % 2 != 0 {
-            return Err(CudaError::Unsupported(format!("{}: odd output width {} in bf16 mode", w.name, y.cols)));
+            return Err(CudaError::Unsupported(format!(
+                "{}: odd output width {} in bf16 mode",
+                w.name, y.cols
+            )));
         }
-        let (yp, bp, rows, cols, gelu) = (y.buf.ptr(), w.b_ptr, y.rows as i32, y.cols as i32, i32::from(act == Activation::Gelu));
+        let (yp, bp, rows, cols, gelu) = (
+            y.buf.ptr(),
+            w.b_ptr,
+            y.rows as i32,
+            y.cols as i32,
+            i32::from(act == Activation::Gelu),
+        );
         let cfg = LaunchConfig {
             grid_dim: (elementwise_blocks(y.rows, 1, self.sms), 1, 1),
             block_dim: (256, 1, 1),
@@ -424,7 +516,13 @@ impl CudaBackend {
         Ok(y)
     }
 
-    fn linear_residual_norm_impl(&self, x: &CudaAct, w: &CudaLinear, residual: &CudaAct, norm: &CudaNorm) -> CResult<CudaAct> {
+    fn linear_residual_norm_impl(
+        &self,
+        x: &CudaAct,
+        w: &CudaLinear,
+        residual: &CudaAct,
+        norm: &CudaNorm,
+    ) -> CResult<CudaAct> {
         let y = self.gemm_linear(x, w, "residual block output")?;
         if residual.rows != y.rows || residual.cols != y.cols || norm.features != y.cols {
             return Err(CudaError::Unsupported(format!(
@@ -438,18 +536,36 @@ impl CudaBackend {
         let (yp, bp, rp) = (y.buf.ptr(), w.b_ptr, residual.buf.ptr());
         let (gamma, beta) = (ptr(&norm.gamma, &self.stream), ptr(&norm.beta, &self.stream));
         let (n, h) = (y.rows as i32, y.cols as i32);
-        launch!(self, "bias_residual_ln", &self.k.bias_residual_ln, Self::rows_cfg(y.rows), &yp, &bp, &rp, &gamma, &beta, &norm.eps, &n, &h)?;
+        launch!(
+            self,
+            "bias_residual_ln",
+            &self.k.bias_residual_ln,
+            Self::rows_cfg(y.rows),
+            &yp,
+            &bp,
+            &rp,
+            &gamma,
+            &beta,
+            &norm.eps,
+            &n,
+            &h
+        )?;
         Ok(y)
     }
 
     fn attention_impl(&self, qkv: &CudaAct, batch: &CudaBatch, heads: usize) -> CResult<CudaAct> {
         let p = &batch.plan;
         if qkv.cols % 3 != 0 || qkv.rows != p.n_tokens {
-            return Err(CudaError::Unsupported(format!("attention: qkv is {}x{} for {} tokens", qkv.rows, qkv.cols, p.n_tokens)));
+            return Err(CudaError::Unsupported(format!(
+                "attention: qkv is {}x{} for {} tokens",
+                qkv.rows, qkv.cols, p.n_tokens
+            )));
         }
         let h = qkv.cols / 3;
         if heads == 0 || h % heads != 0 {
-            return Err(CudaError::Unsupported(format!("attention: hidden {h} not divisible into {heads} heads")));
+            return Err(CudaError::Unsupported(format!(
+                "attention: hidden {h} not divisible into {heads} heads"
+            )));
         }
         let d = h / heads;
         let out = self.alloc_act(p.n_tokens, h, "attention output")?;
@@ -461,33 +577,76 @@ impl CudaBackend {
         let cu = base + 4 * p.off.cu_seqlens as u64;
         let tiles = base + 4 * p.off.tiles as u64;
         let scale = 1.0f32 / (d as f32).sqrt();
-        if self.precision == Precision::Bf16 && d == 64 && self.attention == AttentionKernel::TensorCore {
+        if self.precision == Precision::Bf16
+            && d == 64
+            && self.attention == AttentionKernel::TensorCore
+        {
             let scale_log2 = scale * std::f32::consts::LOG2_E;
-            let cfg = LaunchConfig { grid_dim: (p.n_tiles as u32, heads as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-            launch!(self, "attention_tc_bf16_d64", &self.k.attn_tc, cfg, &q, &o, &cu, &tiles, &hh, &scale_log2)?;
+            let cfg = LaunchConfig {
+                grid_dim: (p.n_tiles as u32, heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch!(
+                self,
+                "attention_tc_bf16_d64",
+                &self.k.attn_tc,
+                cfg,
+                &q,
+                &o,
+                &cu,
+                &tiles,
+                &hh,
+                &scale_log2
+            )?;
         } else {
-            let f = self.k.attn_generic.iter().find(|(dd, _)| *dd == d).map(|(_, f)| f).ok_or_else(|| {
-                CudaError::Unsupported(format!("attention head size {d} (supported: 8, 16, 32, 64)"))
-            })?;
-            let cfg = LaunchConfig { grid_dim: (p.n_tiles as u32, heads as u32, 1), block_dim: (64, 1, 1), shared_mem_bytes: 0 };
+            let f =
+                self.k.attn_generic.iter().find(|(dd, _)| *dd == d).map(|(_, f)| f).ok_or_else(
+                    || {
+                        CudaError::Unsupported(format!(
+                            "attention head size {d} (supported: 8, 16, 32, 64)"
+                        ))
+                    },
+                )?;
+            let cfg = LaunchConfig {
+                grid_dim: (p.n_tiles as u32, heads as u32, 1),
+                block_dim: (64, 1, 1),
+                shared_mem_bytes: 0,
+            };
             launch!(self, "attention (generic)", f, cfg, &q, &o, &cu, &tiles, &hh, &scale)?;
         }
         Ok(out)
     }
 
-    fn heads_impl(&self, h: &CudaAct, batch: &CudaBatch, sparse: &CudaLinear, colbert: &CudaLinear, modes: Modes) -> CResult<HeadOutput> {
+    fn heads_impl(
+        &self,
+        h: &CudaAct,
+        batch: &CudaBatch,
+        sparse: &CudaLinear,
+        colbert: &CudaLinear,
+        modes: Modes,
+    ) -> CResult<HeadOutput> {
         let p = &batch.plan;
         let hid = h.cols;
         if h.rows != p.n_tokens {
-            return Err(CudaError::Unsupported(format!("heads: hidden state has {} rows for {} tokens", h.rows, p.n_tokens)));
+            return Err(CudaError::Unsupported(format!(
+                "heads: hidden state has {} rows for {} tokens",
+                h.rows, p.n_tokens
+            )));
         }
         let c = colbert.out_features;
         if modes.sparse && (sparse.out_features != 1 || sparse.in_features != hid) {
-            return Err(CudaError::Unsupported(format!("{}: expected [1 x {hid}], got [{} x {}]", sparse.name, sparse.out_features, sparse.in_features)));
+            return Err(CudaError::Unsupported(format!(
+                "{}: expected [1 x {hid}], got [{} x {}]",
+                sparse.name, sparse.out_features, sparse.in_features
+            )));
         }
         if modes.colbert {
             if colbert.in_features != hid {
-                return Err(CudaError::Unsupported(format!("{}: expected [C x {hid}], got [{c} x {}]", colbert.name, colbert.in_features)));
+                return Err(CudaError::Unsupported(format!(
+                    "{}: expected [C x {hid}], got [{c} x {}]",
+                    colbert.name, colbert.in_features
+                )));
             }
             self.check_row_features(c, &colbert.name)?;
         }
@@ -508,8 +667,25 @@ impl CudaBackend {
         if modes.dense || modes.sparse {
             let (ts, cu) = (base + 4 * p.off.tok_seq as u64, base + 4 * p.off.cu_seqlens as u64);
             let (ws, bs) = (sparse.w_ptr, sparse.b_ptr);
-            let (n, hh, wd, wsp) = (p.n_tokens as i32, hid as i32, i32::from(modes.dense), i32::from(modes.sparse));
-            launch!(self, "heads_dense_sparse", &self.k.heads_dense_sparse, Self::rows_cfg(p.n_tokens), &hp, &ts, &cu, &ws, &bs, &dense_p, &tw_p, &n, &hh, &wd, &wsp)?;
+            let (n, hh, wd, wsp) =
+                (p.n_tokens as i32, hid as i32, i32::from(modes.dense), i32::from(modes.sparse));
+            launch!(
+                self,
+                "heads_dense_sparse",
+                &self.k.heads_dense_sparse,
+                Self::rows_cfg(p.n_tokens),
+                &hp,
+                &ts,
+                &cu,
+                &ws,
+                &bs,
+                &dense_p,
+                &tw_p,
+                &n,
+                &hh,
+                &wd,
+                &wsp
+            )?;
         }
         let _proj;
         if modes.colbert && p.n_colbert_rows > 0 {
@@ -517,25 +693,60 @@ impl CudaBackend {
             self.gemm_raw(hp, p.n_tokens, hid, colbert.w_ptr, c, proj.ptr(), true, &colbert.name)?;
             let (pp, bp, rows) = (proj.ptr(), colbert.b_ptr, base + 4 * p.off.colbert_rows as u64);
             let (nr, cc) = (p.n_colbert_rows as i32, c as i32);
-            launch!(self, "colbert_norm", &self.k.colbert_norm, Self::rows_cfg(p.n_colbert_rows), &pp, &bp, &rows, &col_p, &nr, &cc)?;
+            launch!(
+                self,
+                "colbert_norm",
+                &self.k.colbert_norm,
+                Self::rows_cfg(p.n_colbert_rows),
+                &pp,
+                &bp,
+                &rows,
+                &col_p,
+                &nr,
+                &cc
+            )?;
             _proj = proj;
         }
-        let all = self.staged_download(dense_p, total)?;
-        out.dense = all[..n_dense].to_vec();
-        out.token_weights = all[n_dense..n_dense + n_tw].to_vec();
-        out.colbert = all[n_dense + n_tw..].to_vec();
+        self.staged_download(dense_p, total, |all| {
+            out.dense = all[..n_dense].to_vec();
+            out.token_weights = all[n_dense..n_dense + n_tw].to_vec();
+            out.colbert = all[n_dense + n_tw..].to_vec();
+        })?;
         Ok(out)
     }
 }
 
 fn load_kernels(ctx: &Arc<CudaContext>, cc: (i32, i32), precision: Precision) -> CResult<Kernels> {
+    // NVRTC runs on the host, one thread per kernel file.
+    let cubin_arch = arch_for(cc.0, cc.1, Output::Cubin);
+    let cubins: Vec<CResult<Arc<Vec<u8>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = KERNEL_FILES
+            .iter()
+            .map(|(file, _)| {
+                let arch = cubin_arch.as_str();
+                s.spawn(move || compile_kernel_cached(file, arch, Output::Cubin))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(CudaError::Unsupported("NVRTC thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut compiled = HashMap::new();
+    for ((file, _), r) in KERNEL_FILES.iter().zip(cubins) {
+        compiled.insert(*file, r?);
+    }
     let module = |file: &str| -> CResult<Arc<cudarc::driver::CudaModule>> {
         // CUBIN first (minor-version compatible); PTX for the driver's JIT if that will not load.
-        let cubin = compile_kernel(file, &arch_for(cc.0, cc.1, Output::Cubin), Output::Cubin)?;
+        let cubin = compiled[file].as_ref().clone();
         match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)) {
             Ok(m) => Ok(m),
             Err(cubin_err) => {
-                let ptx = compile_kernel(file, &arch_for(cc.0, cc.1, Output::Ptx), Output::Ptx)?;
+                let ptx =
+                    compile_kernel_cached(file, &arch_for(cc.0, cc.1, Output::Ptx), Output::Ptx)?;
                 let ptx = String::from_utf8_lossy(&ptx).into_owned();
                 ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)).map_err(|e| CudaError::Driver {
                     op: format!("loading module {file} (CUBIN failed too: {cubin_err})"),
@@ -581,7 +792,15 @@ impl Backend for CudaBackend {
             (Precision::Bf16, AttentionKernel::TensorCore) => ", tensor-core attention",
             _ => "",
         };
-        format!("cuda:{} {} (sm_{}{}, {} SMs) {}{attn}", self.ordinal, self.name, self.cc.0, self.cc.1, self.sms, self.precision.suffix())
+        format!(
+            "cuda:{} {} (sm_{}{}, {} SMs) {}{attn}",
+            self.ordinal,
+            self.name,
+            self.cc.0,
+            self.cc.1,
+            self.sms,
+            self.precision.suffix()
+        )
     }
 
     fn load_linear(&self, name: &str, parts: &[LinearParts]) -> BResult<CudaLinear> {
@@ -619,10 +838,20 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn load_norm(&self, name: &str, gamma: &HostTensor, beta: &HostTensor, eps: f32) -> BResult<CudaNorm> {
+    fn load_norm(
+        &self,
+        name: &str,
+        gamma: &HostTensor,
+        beta: &HostTensor,
+        eps: f32,
+    ) -> BResult<CudaNorm> {
         let n = gamma.len();
         if beta.len() != n {
-            return Err(CudaError::Unsupported(format!("{name}: gamma has {n} values, beta {}", beta.len())).into());
+            return Err(CudaError::Unsupported(format!(
+                "{name}: gamma has {n} values, beta {}",
+                beta.len()
+            ))
+            .into());
         }
         self.check_row_features(n, name)?;
         Ok(CudaNorm {
@@ -633,11 +862,25 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn load_embeddings(&self, word: &HostTensor, position: &HostTensor, token_type: &HostTensor, norm: CudaNorm) -> BResult<CudaEmbeddings> {
+    fn load_embeddings(
+        &self,
+        word: &HostTensor,
+        position: &HostTensor,
+        token_type: &HostTensor,
+        norm: CudaNorm,
+    ) -> BResult<CudaEmbeddings> {
         let h = norm.features;
-        for (what, t) in [("word_embeddings", word), ("position_embeddings", position), ("token_type_embeddings", token_type)] {
+        for (what, t) in [
+            ("word_embeddings", word),
+            ("position_embeddings", position),
+            ("token_type_embeddings", token_type),
+        ] {
             if t.shape().len() != 2 || t.shape()[1] != h || t.shape()[0] == 0 {
-                return Err(CudaError::Unsupported(format!("{what}: shape {:?}, expected [rows x {h}]", t.shape())).into());
+                return Err(CudaError::Unsupported(format!(
+                    "{what}: shape {:?}, expected [rows x {h}]",
+                    t.shape()
+                ))
+                .into());
             }
         }
         Ok(CudaEmbeddings {
@@ -651,6 +894,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload_batch(&self, batch: &PackedBatch) -> BResult<CudaBatch> {
+        self.bind()?;
         let mut plan = BatchPlan::new(batch).map_err(CudaError::Unsupported)?;
         let buf = self.pool.get(4 * plan.words.len().max(1), "batch tables")?;
         if !plan.words.is_empty() {
@@ -661,22 +905,40 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, batch: &CudaBatch, emb: &CudaEmbeddings) -> BResult<CudaAct> {
+        self.bind()?;
         Ok(self.embed_impl(batch, emb)?)
     }
 
     fn linear(&self, x: &CudaAct, w: &CudaLinear, act: Activation) -> BResult<CudaAct> {
+        self.bind()?;
         Ok(self.linear_impl(x, w, act)?)
     }
 
-    fn linear_residual_norm(&self, x: &CudaAct, w: &CudaLinear, residual: &CudaAct, norm: &CudaNorm) -> BResult<CudaAct> {
+    fn linear_residual_norm(
+        &self,
+        x: &CudaAct,
+        w: &CudaLinear,
+        residual: &CudaAct,
+        norm: &CudaNorm,
+    ) -> BResult<CudaAct> {
+        self.bind()?;
         Ok(self.linear_residual_norm_impl(x, w, residual, norm)?)
     }
 
     fn attention(&self, qkv: &CudaAct, batch: &CudaBatch, heads: usize) -> BResult<CudaAct> {
+        self.bind()?;
         Ok(self.attention_impl(qkv, batch, heads)?)
     }
 
-    fn heads(&self, h: &CudaAct, batch: &CudaBatch, sparse: &CudaLinear, colbert: &CudaLinear, modes: Modes) -> BResult<HeadOutput> {
+    fn heads(
+        &self,
+        h: &CudaAct,
+        batch: &CudaBatch,
+        sparse: &CudaLinear,
+        colbert: &CudaLinear,
+        modes: Modes,
+    ) -> BResult<HeadOutput> {
+        self.bind()?;
         Ok(self.heads_impl(h, batch, sparse, colbert, modes)?)
     }
 }
@@ -684,6 +946,7 @@ impl Backend for CudaBackend {
 impl CudaAct {
     /// Copies the activation to the host as f32 (tests and debugging).
     pub fn to_host(&self, be: &CudaBackend) -> Result<Vec<f32>, CudaError> {
+        be.bind()?;
         let n = self.rows * self.cols;
         let mut raw = vec![0u8; n * be.precision.elem()];
         if n > 0 {
@@ -693,21 +956,38 @@ impl CudaAct {
             be.synchronize("copying an activation to the host")?;
         }
         Ok(match be.precision {
-            Precision::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Precision::Bf16 => raw.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect(),
+            Precision::F32 => {
+                raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            Precision::Bf16 => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
         })
     }
 
     /// Uploads host f32 values as an activation `[rows × cols]` (tests of single ops).
-    pub fn from_host(be: &CudaBackend, data: &[f32], rows: usize, cols: usize) -> Result<CudaAct, CudaError> {
+    pub fn from_host(
+        be: &CudaBackend,
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<CudaAct, CudaError> {
         assert_eq!(data.len(), rows * cols, "activation data/shape mismatch");
         let act = be.alloc_act(rows, cols, "uploaded activation")?;
         let tmp = be.upload_values(data, "activation")?;
         if !data.is_empty() {
             let bytes = data.len() * be.precision.elem();
             // SAFETY: both buffers hold `bytes` bytes; stream-ordered.
-            unsafe { drv::memcpy_dtod_async(act.buf.ptr(), ptr(&tmp, &be.stream), bytes, be.stream.cu_stream()) }
-                .map_err(CudaError::driver("copying an activation"))?;
+            unsafe {
+                drv::memcpy_dtod_async(
+                    act.buf.ptr(),
+                    ptr(&tmp, &be.stream),
+                    bytes,
+                    be.stream.cu_stream(),
+                )
+            }
+            .map_err(CudaError::driver("copying an activation"))?;
             be.synchronize("copying an activation")?;
         }
         Ok(act)

@@ -4,7 +4,9 @@
 //! The backend loads CUBIN (real `sm_XY` code): under CUDA's minor-version compatibility a CUBIN
 //! from a newer 13.x NVRTC still loads on a 13.0 driver, where PTX of a newer ISA would not.
 
+use std::collections::HashMap;
 use std::ffi::{c_char, CStr, CString};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::nvrtc::{result as nvrtc, sys};
 
@@ -32,7 +34,10 @@ pub enum Output {
 
 /// The full translation unit NVRTC sees for one kernel file.
 pub fn kernel_source(file: &str) -> Option<String> {
-    KERNEL_FILES.iter().find(|(f, _)| *f == file).map(|(_, src)| format!("{COMMON}\n#line 1 \"{file}\"\n{src}"))
+    KERNEL_FILES
+        .iter()
+        .find(|(f, _)| *f == file)
+        .map(|(_, src)| format!("{COMMON}\n#line 1 \"{file}\"\n{src}"))
 }
 
 /// NVRTC's `--gpu-architecture` for a compute capability: `compute_90` (PTX) or `sm_90` (CUBIN).
@@ -56,9 +61,13 @@ pub fn nvrtc_version() -> CResult<(i32, i32)> {
     }
     let (mut major, mut minor) = (0, 0);
     // SAFETY: out-pointers to live ints.
-    unsafe { sys::nvrtcVersion(&mut major, &mut minor) }
-        .result()
-        .map_err(|e| CudaError::Nvrtc { kernel: "-".into(), arch: "-".into(), log: format!("nvrtcVersion: {e:?}") })?;
+    unsafe { sys::nvrtcVersion(&mut major, &mut minor) }.result().map_err(|e| {
+        CudaError::Nvrtc {
+            kernel: "-".into(),
+            arch: "-".into(),
+            log: format!("nvrtcVersion: {e:?}"),
+        }
+    })?;
     Ok((major, minor))
 }
 
@@ -78,11 +87,16 @@ pub fn compile_kernel(file: &str, arch: &str, out: Output) -> CResult<Vec<u8>> {
     if !nvrtc_available() {
         return Err(CudaError::MissingLibrary("libnvrtc"));
     }
-    let fail = |log: String| CudaError::Nvrtc { kernel: file.to_string(), arch: arch.to_string(), log };
-    let src = kernel_source(file).ok_or_else(|| CudaError::Unsupported(format!("no kernel file kernels/{file}")))?;
+    let fail =
+        |log: String| CudaError::Nvrtc { kernel: file.to_string(), arch: arch.to_string(), log };
+    let src = kernel_source(file)
+        .ok_or_else(|| CudaError::Unsupported(format!("no kernel file kernels/{file}")))?;
     let src = CString::new(src).map_err(|_| fail("source contains a NUL byte".into()))?;
     let name = CString::new(file).map_err(|_| fail("file name contains a NUL byte".into()))?;
-    let prog = Program(nvrtc::create_program(&src, Some(&name)).map_err(|e| fail(format!("nvrtcCreateProgram: {e:?}")))?);
+    let prog = Program(
+        nvrtc::create_program(&src, Some(&name))
+            .map_err(|e| fail(format!("nvrtcCreateProgram: {e:?}")))?,
+    );
     let options = [
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
@@ -101,7 +115,8 @@ pub fn compile_kernel(file: &str, arch: &str, out: Output) -> CResult<Vec<u8>> {
     match out {
         Output::Ptx => {
             // SAFETY: compiled program.
-            let ptx = unsafe { nvrtc::get_ptx(prog.0) }.map_err(|e| fail(format!("nvrtcGetPTX: {e:?}")))?;
+            let ptx = unsafe { nvrtc::get_ptx(prog.0) }
+                .map_err(|e| fail(format!("nvrtcGetPTX: {e:?}")))?;
             let mut bytes: Vec<u8> = ptx.into_iter().map(|c| c as u8).collect();
             while bytes.last() == Some(&0) {
                 bytes.pop();
@@ -111,7 +126,9 @@ pub fn compile_kernel(file: &str, arch: &str, out: Output) -> CResult<Vec<u8>> {
         Output::Cubin => {
             let mut size = 0usize;
             // SAFETY: compiled program; buffer sized by nvrtcGetCUBINSize.
-            unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) }.result().map_err(|e| fail(format!("nvrtcGetCUBINSize: {e:?}")))?;
+            unsafe { sys::nvrtcGetCUBINSize(prog.0, &mut size) }
+                .result()
+                .map_err(|e| fail(format!("nvrtcGetCUBINSize: {e:?}")))?;
             let mut bin = vec![0u8; size];
             unsafe { sys::nvrtcGetCUBIN(prog.0, bin.as_mut_ptr() as *mut c_char) }
                 .result()
@@ -119,6 +136,21 @@ pub fn compile_kernel(file: &str, arch: &str, out: Output) -> CResult<Vec<u8>> {
             Ok(bin)
         }
     }
+}
+
+/// `compile_kernel` memoised per process: every backend after the first (one per device, or
+/// several in tests) reuses the compiled code.
+pub fn compile_kernel_cached(file: &str, arch: &str, out: Output) -> CResult<Arc<Vec<u8>>> {
+    type Cache = Mutex<HashMap<(String, String, bool), Arc<Vec<u8>>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let key = (file.to_string(), arch.to_string(), out == Output::Cubin);
+    let cache = CACHE.get_or_init(Cache::default);
+    if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(hit.clone());
+    }
+    let code = Arc::new(compile_kernel(file, arch, out)?);
+    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, code.clone());
+    Ok(code)
 }
 
 #[cfg(test)]

@@ -34,7 +34,9 @@ impl CudaError {
         move |source| CudaError::Driver { op, source }
     }
 
-    pub fn cublas(op: impl Into<String>) -> impl FnOnce(cudarc::cublas::result::CublasError) -> CudaError {
+    pub fn cublas(
+        op: impl Into<String>,
+    ) -> impl FnOnce(cudarc::cublas::result::CublasError) -> CudaError {
         let op = op.into();
         move |source| CudaError::Cublas { op, source }
     }
@@ -43,7 +45,9 @@ impl CudaError {
         match self {
             CudaError::Driver { op, .. } | CudaError::Cublas { op, .. } => op.clone(),
             CudaError::Nvrtc { kernel, .. } => format!("nvrtc compile {kernel}"),
-            CudaError::NoDriver | CudaError::MissingLibrary(_) | CudaError::NoDevice { .. } => "init".into(),
+            CudaError::NoDriver | CudaError::MissingLibrary(_) | CudaError::NoDevice { .. } => {
+                "init".into()
+            }
             CudaError::Unsupported(_) => "check".into(),
         }
     }

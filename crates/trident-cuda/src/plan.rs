@@ -43,8 +43,13 @@ impl BatchPlan {
         if b.positions.len() != n_tokens {
             return Err(format!("batch has {} positions for {n_tokens} tokens", b.positions.len()));
         }
-        if b.cu_seqlens.first() != Some(&0) || b.cu_seqlens.last().map(|&x| x as usize) != Some(n_tokens) {
-            return Err(format!("cu_seqlens must run from 0 to {n_tokens}, got {:?}", b.cu_seqlens));
+        if b.cu_seqlens.first() != Some(&0)
+            || b.cu_seqlens.last().map(|&x| x as usize) != Some(n_tokens)
+        {
+            return Err(format!(
+                "cu_seqlens must run from 0 to {n_tokens}, got {:?}",
+                b.cu_seqlens
+            ));
         }
         if u32::try_from(n_tokens).is_err() {
             return Err(format!("batch of {n_tokens} tokens exceeds u32 indexing"));
@@ -67,7 +72,8 @@ impl BatchPlan {
         }
         // Longest sequences first: their tiles run longest, so the GPU's tail stays short.
         tiles.sort_by(|a, b| b.0.cmp(&a.0));
-        let mut words = Vec::with_capacity(3 * n_tokens + n_seqs + 1 + 2 * tiles.len() + colbert_rows.len());
+        let mut words =
+            Vec::with_capacity(3 * n_tokens + n_seqs + 1 + 2 * tiles.len() + colbert_rows.len());
         let mut push = |v: &[u32]| {
             let at = words.len();
             words.extend_from_slice(v);
@@ -130,7 +136,8 @@ mod tests {
     #[test]
     fn plan_tables() {
         let lens = [3usize, 130, 1];
-        let seqs: Vec<Vec<u32>> = lens.iter().map(|&n| (0..n as u32).map(|i| i + 5).collect()).collect();
+        let seqs: Vec<Vec<u32>> =
+            lens.iter().map(|&n| (0..n as u32).map(|i| i + 5).collect()).collect();
         let b = PackedBatch::new(&seqs, 1);
         let p = BatchPlan::new(&b).unwrap();
         assert_eq!(p.n_tokens, 134);
@@ -173,7 +180,8 @@ mod tests {
         let p = BatchPlan::new(&b).unwrap();
         let mut covered = vec![0u8; p.n_tokens];
         for k in 0..p.n_tiles {
-            let (s, q) = (p.words[p.off.tiles + 2 * k] as usize, p.words[p.off.tiles + 2 * k + 1] as usize);
+            let (s, q) =
+                (p.words[p.off.tiles + 2 * k] as usize, p.words[p.off.tiles + 2 * k + 1] as usize);
             let r = b.seq_range(s);
             assert!(r.contains(&q));
             for c in &mut covered[q..(q + ATTN_TILE_Q).min(r.end)] {

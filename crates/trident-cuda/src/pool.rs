@@ -37,7 +37,13 @@ impl Pool {
     /// A buffer of at least `bytes` bytes (contents undefined).
     pub fn get(&self, bytes: usize, what: &str) -> CResult<DevBuf> {
         let class = size_class(bytes);
-        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).by_class.get_mut(&class).and_then(Vec::pop);
+        let reused = self
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_class
+            .get_mut(&class)
+            .and_then(Vec::pop);
         let slice = match reused {
             Some(s) => s,
             // SAFETY: uninitialised device memory; every kernel writes before it reads.
@@ -69,7 +75,13 @@ impl Drop for DevBuf {
     fn drop(&mut self) {
         if let Some(s) = self.slice.take() {
             let class = s.len();
-            self.free.lock().unwrap_or_else(|e| e.into_inner()).by_class.entry(class).or_default().push(s);
+            self.free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_class
+                .entry(class)
+                .or_default()
+                .push(s);
         }
     }
 }

@@ -8,17 +8,21 @@ use trident_cuda::compile::{compile_kernel, nvrtc_available, nvrtc_version, Outp
 #[test]
 fn kernels_compile_for_sm80_and_sm90() {
     if !nvrtc_available() {
-        eprintln!("SKIP kernels_compile: libnvrtc not found (set LD_LIBRARY_PATH to NVRTC 13.0's lib)");
+        eprintln!(
+            "SKIP kernels_compile: libnvrtc not found (set LD_LIBRARY_PATH to NVRTC 13.0's lib)"
+        );
         return;
     }
     eprintln!("NVRTC {:?}", nvrtc_version().unwrap());
     let dir = std::env::var_os("TRIDENT_PTX_DIR").map(std::path::PathBuf::from);
     for (major, minor) in [(8, 0), (9, 0)] {
         for (file, _) in KERNEL_FILES {
-            let ptx = compile_kernel(file, &format!("compute_{major}{minor}"), Output::Ptx).unwrap_or_else(|e| panic!("{e}"));
+            let ptx = compile_kernel(file, &format!("compute_{major}{minor}"), Output::Ptx)
+                .unwrap_or_else(|e| panic!("{e}"));
             let text = String::from_utf8(ptx).expect("PTX is text");
             assert!(text.contains(".entry"), "{file}: no kernel entry in PTX");
-            let cubin = compile_kernel(file, &format!("sm_{major}{minor}"), Output::Cubin).unwrap_or_else(|e| panic!("{e}"));
+            let cubin = compile_kernel(file, &format!("sm_{major}{minor}"), Output::Cubin)
+                .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(&cubin[..4], b"\x7fELF", "{file}: CUBIN is not an ELF image");
             if let Some(d) = &dir {
                 let stem = file.trim_end_matches(".cu");
