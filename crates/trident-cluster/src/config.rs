@@ -1,0 +1,231 @@
+//! `trident node` settings, layered: command-line flag > `TRIDENT_*` environment variable >
+//! TOML file (`--config`) > default. Every setting has a default that works on a laptop.
+//!
+//! ```toml
+//! # trident-node.toml (every key optional; names as the flags, with `_` for `-`)
+//! model = "/models/bge-m3"
+//! brokers = "kafka-0:9092,kafka-1:9092"
+//! group = "trident"
+//! input_topic = "docs"
+//! output_topic = "embeddings"
+//! dlq_topic = "docs-dlq"
+//! redis = "redis://redis:6379"
+//! cache = true
+//! store = true
+//! # Extra librdkafka properties, for the consumer and the producer / only one of them:
+//! [kafka]
+//! "security.protocol" = "ssl"
+//! [kafka_consumer]
+//! "fetch.max.bytes" = 10485760
+//! [kafka_producer]
+//! "compression.type" = "lz4"
+//! ```
+//! Environment: `TRIDENT_BROKERS`, `TRIDENT_INPUT_TOPIC`, `TRIDENT_CACHE=true`, … (the key in
+//! upper case with the `TRIDENT_` prefix).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::ClusterError;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Model directory.
+    pub model: Option<PathBuf>,
+    /// Kafka bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Consumer group: nodes of one group share the input partitions.
+    pub group: String,
+    pub input_topic: Option<String>,
+    pub output_topic: Option<String>,
+    /// Dead-letter topic for bad records and encoder failures (none: they are logged and skipped).
+    pub dlq_topic: Option<String>,
+    /// Redis URL for `cache` and `store`.
+    pub redis: Option<String>,
+    /// Content cache in Redis (best effort).
+    pub cache: bool,
+    /// Result store in Redis (a sink: a record's offset is stored only after its result is).
+    pub store: bool,
+    pub dense: bool,
+    pub sparse: bool,
+    pub colbert: bool,
+    pub max_length: usize,
+    pub batch_tokens: usize,
+    pub max_wait_ms: u64,
+    pub workers: usize,
+    /// CPU threads per worker (0 = all cores).
+    pub threads: usize,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    pub metrics_addr: Option<String>,
+    pub cache_ttl_secs: u64,
+    /// Prefix of every Redis key.
+    pub key_prefix: String,
+    /// Larger input values are dead-lettered.
+    pub max_record_bytes: usize,
+    /// Pause the input partitions above this many tokens in flight (0 = 8 × batch_tokens × workers).
+    pub high_water_tokens: usize,
+    /// Resume below this many (0 = half the high-water mark).
+    pub low_water_tokens: usize,
+    /// Pause above this many records in flight.
+    pub max_records_in_flight: usize,
+    /// On SIGTERM/SIGINT, how long to finish in-flight work before committing and exiting.
+    pub shutdown_deadline_ms: u64,
+    /// On a partition revoke, how long to let its in-flight records finish before committing.
+    pub revoke_drain_ms: u64,
+    pub kafka: BTreeMap<String, serde_json::Value>,
+    pub kafka_consumer: BTreeMap<String, serde_json::Value>,
+    pub kafka_producer: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            model: None,
+            brokers: "127.0.0.1:9092".into(),
+            group: "trident".into(),
+            input_topic: None,
+            output_topic: None,
+            dlq_topic: None,
+            redis: None,
+            cache: false,
+            store: false,
+            dense: false,
+            sparse: false,
+            colbert: false,
+            max_length: 8192,
+            batch_tokens: 16384,
+            max_wait_ms: 20,
+            workers: 1,
+            threads: 0,
+            device: "cpu".into(),
+            metrics_addr: None,
+            cache_ttl_secs: 7 * 24 * 3600,
+            key_prefix: "trident".into(),
+            max_record_bytes: 1 << 20,
+            high_water_tokens: 0,
+            low_water_tokens: 0,
+            max_records_in_flight: 20_000,
+            shutdown_deadline_ms: 10_000,
+            revoke_drain_ms: 5_000,
+            kafka: BTreeMap::new(),
+            kafka_consumer: BTreeMap::new(),
+            kafka_producer: BTreeMap::new(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Layer the sources. `flags` serialises only the flags given on the command line.
+    pub fn load(file: Option<&Path>, flags: &impl Serialize) -> Result<NodeConfig, ClusterError> {
+        let mut fig = Figment::from(Serialized::defaults(NodeConfig::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ClusterError::config(
+                    "config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let fig = fig
+            .merge(Env::prefixed("TRIDENT_").ignore(&["config", "fault_inject", "log"]))
+            .merge(Serialized::defaults(flags));
+        let cfg: NodeConfig =
+            fig.extract().map_err(|e| ClusterError::config(e.path.join("."), e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ClusterError> {
+        let need = |v: &Option<String>, name: &str| match v {
+            Some(s) if !s.is_empty() => Ok(()),
+            _ => Err(ClusterError::config(name, "is required (flag, TRIDENT_ env or config file)")),
+        };
+        need(&self.input_topic, "input_topic")?;
+        need(&self.output_topic, "output_topic")?;
+        if self.model.is_none() {
+            return Err(ClusterError::config("model", "is required"));
+        }
+        if (self.cache || self.store) && self.redis.is_none() {
+            return Err(ClusterError::config(
+                "redis",
+                "--cache and --store need --redis redis://HOST:PORT",
+            ));
+        }
+        if self.max_length < 2 {
+            return Err(ClusterError::config("max_length", "must be at least 2"));
+        }
+        if self.batch_tokens == 0 || self.workers == 0 {
+            return Err(ClusterError::config("batch_tokens/workers", "must be positive"));
+        }
+        Ok(())
+    }
+
+    pub fn high_water(&self) -> usize {
+        if self.high_water_tokens > 0 {
+            self.high_water_tokens
+        } else {
+            8 * self.batch_tokens * self.workers
+        }
+    }
+
+    pub fn low_water(&self) -> usize {
+        if self.low_water_tokens > 0 {
+            self.low_water_tokens.min(self.high_water())
+        } else {
+            self.high_water() / 2
+        }
+    }
+}
+
+/// librdkafka property values as strings (TOML numbers and booleans allowed).
+pub fn kafka_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+    }
+
+    #[test]
+    fn flag_over_env_over_file_over_default() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "n.toml",
+                "model = \"m\"\ninput_topic = \"in\"\noutput_topic = \"out\"\ngroup = \"file\"\nbatch_tokens = 99\nworkers = 3\n[kafka]\n\"fetch.max.bytes\" = 1024\n",
+            )?;
+            jail.set_env("TRIDENT_GROUP", "env");
+            jail.set_env("TRIDENT_WORKERS", "2");
+            let c =
+                NodeConfig::load(Some(Path::new("n.toml")), &Flags { group: Some("flag".into()) })
+                    .unwrap();
+            assert_eq!(c.group, "flag");
+            assert_eq!(c.workers, 2);
+            assert_eq!(c.batch_tokens, 99);
+            assert_eq!(c.max_length, 8192);
+            assert_eq!(kafka_value(&c.kafka["fetch.max.bytes"]), "1024");
+            let c = NodeConfig::load(Some(Path::new("n.toml")), &Flags { group: None }).unwrap();
+            assert_eq!(c.group, "env");
+            assert!(
+                NodeConfig::load(Some(Path::new("missing.toml")), &Flags { group: None }).is_err()
+            );
+            Ok(())
+        });
+    }
+}

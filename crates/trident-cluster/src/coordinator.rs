@@ -1,0 +1,158 @@
+//! The coordinator actor: decodes and validates raw records, looks them up in the cache,
+//! tokenizes the misses and submits them to the batcher. Bad records and cache hits go straight
+//! to the sink. Tokenization of one chunk overlaps the workers' encoding of earlier ones.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use trident_core::batch::Priority;
+use trident_core::{DocId, Modes};
+
+use crate::batcher::Outcome;
+use crate::flight::InFlight;
+use crate::pipeline::Prepared;
+use crate::record::decode_record;
+use crate::Pipeline;
+
+/// A record as a source read it. `ticket` identifies it to the sink (a line number, or an entry
+/// of the node's in-flight table); `fallback_id` is the id when the record carries none.
+pub struct RawRecord {
+    pub ticket: u64,
+    pub bytes: Vec<u8>,
+    pub fallback_id: DocId,
+}
+
+/// What sinks receive. `tokens` is what the record added to the in-flight count.
+pub enum SinkMsg {
+    Done {
+        ticket: u64,
+        id: DocId,
+        outcome: Outcome,
+        tokens: usize,
+    },
+    Bad {
+        ticket: u64,
+        id: DocId,
+        reason: String,
+    },
+    /// Internal to a sink: a delivery it waited for finished.
+    Delivered {
+        ticket: u64,
+        ok: bool,
+    },
+    /// End of a finite input of `total` records: answer once all are written.
+    End {
+        total: u64,
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+}
+
+pub enum CoordinatorMsg {
+    Records(Vec<RawRecord>),
+    /// No more records are coming for now: send partial batches.
+    Flush,
+}
+
+pub struct CoordinatorArgs {
+    pub pipeline: Pipeline,
+    pub sink: ActorRef<SinkMsg>,
+    pub modes: Modes,
+    pub max_length: usize,
+    pub max_record_bytes: usize,
+    pub flight: Arc<InFlight>,
+}
+
+pub struct Coordinator;
+
+impl Actor for Coordinator {
+    type Msg = CoordinatorMsg;
+    type State = CoordinatorArgs;
+    type Arguments = CoordinatorArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<CoordinatorMsg>,
+        args: CoordinatorArgs,
+    ) -> Result<CoordinatorArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<CoordinatorMsg>,
+        msg: CoordinatorMsg,
+        st: &mut CoordinatorArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let recs = match msg {
+            CoordinatorMsg::Flush => {
+                st.pipeline.flush();
+                return Ok(());
+            }
+            CoordinatorMsg::Records(r) => r,
+        };
+        let metrics = st.pipeline.metrics().clone();
+        metrics.records_in.inc_by(recs.len() as u64);
+        let mut reqs = Vec::with_capacity(recs.len());
+        let mut metas = Vec::with_capacity(recs.len());
+        for r in recs {
+            match decode_record(&r.bytes, r.fallback_id, st.max_record_bytes) {
+                Err(bad) => {
+                    let _ = st.sink.send_message(SinkMsg::Bad {
+                        ticket: r.ticket,
+                        id: bad.id,
+                        reason: bad.reason,
+                    });
+                }
+                Ok(doc) => {
+                    let poison = crate::fault::is_poison(&doc.text);
+                    let modes = doc.modes.unwrap_or(st.modes);
+                    reqs.push((doc.text, modes, doc.max_length.unwrap_or(st.max_length)));
+                    metas.push((r.ticket, doc.id, poison));
+                }
+            }
+        }
+        let prepared = st.pipeline.prepare(&reqs).await;
+        let mut jobs = Vec::new();
+        let mut tokens = 0;
+        for (((ticket, id, poison), p), (_, modes, _)) in metas.into_iter().zip(prepared).zip(&reqs)
+        {
+            match p {
+                Prepared::Hit(e) => {
+                    let _ = st.sink.send_message(SinkMsg::Done {
+                        ticket,
+                        id,
+                        outcome: Ok(e),
+                        tokens: 0,
+                    });
+                }
+                Prepared::Failed(reason) => {
+                    let _ = st.sink.send_message(SinkMsg::Done {
+                        ticket,
+                        id,
+                        outcome: Err(reason),
+                        tokens: 0,
+                    });
+                }
+                Prepared::Miss { doc, cache_key } => {
+                    let n = doc.ids.len();
+                    tokens += n;
+                    let sink = st.sink.clone();
+                    jobs.push(st.pipeline.job(
+                        doc,
+                        *modes,
+                        Priority::Stream,
+                        poison,
+                        cache_key,
+                        move |outcome| {
+                            let _ =
+                                sink.send_message(SinkMsg::Done { ticket, id, outcome, tokens: n });
+                        },
+                    ));
+                }
+            }
+        }
+        st.flight.add_tokens(tokens);
+        st.pipeline.submit(jobs);
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! Prometheus metrics of a node (or of `trident serve`, which shares the pipeline), served as
+//! text on `--metrics-addr` at `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::ClusterError;
+
+/// Every metric of the pipeline; cheap to clone (shared handles).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    pub records_in: IntCounter,
+    pub records_out: IntCounter,
+    pub records_dead_lettered: IntCounter,
+    pub records_failed: IntCounter,
+    pub tokens: IntCounter,
+    pub batches: IntCounter,
+    pub batch_fill_ratio: Histogram,
+    pub batch_size: Histogram,
+    pub encode_seconds: Histogram,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_errors: IntCounter,
+    pub store_errors: IntCounter,
+    pub tokens_in_flight: IntGauge,
+    pub records_in_flight: IntGauge,
+    pub partitions_paused: IntGauge,
+    pub pauses: IntCounter,
+    pub resumes: IntCounter,
+    pub worker_restarts: IntCounter,
+    pub batch_retries: IntCounter,
+    pub stored_offset: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let stored_offset = IntGaugeVec::new(
+            Opts::new(
+                "trident_partition_stored_offset",
+                "Offset stored for commit, per input partition",
+            ),
+            &["partition"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(stored_offset.clone())).expect("unique metric");
+        Metrics {
+            records_in: counter(&r, "trident_records_in_total", "Records taken from the source"),
+            records_out: counter(
+                &r,
+                "trident_records_out_total",
+                "Embeddings delivered to the output sink",
+            ),
+            records_dead_lettered: counter(
+                &r,
+                "trident_records_dead_lettered_total",
+                "Records sent to the dead-letter sink",
+            ),
+            records_failed: counter(
+                &r,
+                "trident_records_failed_total",
+                "Bad records and encoder failures",
+            ),
+            tokens: counter(&r, "trident_tokens_total", "Tokens encoded"),
+            batches: counter(&r, "trident_batches_total", "Batches encoded"),
+            batch_fill_ratio: histogram(
+                &r,
+                "trident_batch_fill_ratio",
+                "Real tokens / padded tokens per batch",
+                vec![0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0],
+            ),
+            batch_size: histogram(
+                &r,
+                "trident_batch_records",
+                "Records per batch",
+                prometheus::exponential_buckets(1.0, 2.0, 10).unwrap(),
+            ),
+            encode_seconds: histogram(
+                &r,
+                "trident_encode_seconds",
+                "Encoder time per batch",
+                prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap(),
+            ),
+            cache_hits: counter(&r, "trident_cache_hits_total", "Content-cache hits"),
+            cache_misses: counter(
+                &r,
+                "trident_cache_misses_total",
+                "Content-cache misses (including lookups that failed)",
+            ),
+            cache_errors: counter(
+                &r,
+                "trident_cache_errors_total",
+                "Content-cache operations that failed (Redis down)",
+            ),
+            store_errors: counter(
+                &r,
+                "trident_store_errors_total",
+                "Result-store writes that failed and were retried",
+            ),
+            tokens_in_flight: gauge(
+                &r,
+                "trident_tokens_in_flight",
+                "Tokens taken and not yet acknowledged",
+            ),
+            records_in_flight: gauge(
+                &r,
+                "trident_records_in_flight",
+                "Records taken and not yet acknowledged",
+            ),
+            partitions_paused: gauge(
+                &r,
+                "trident_partitions_paused",
+                "1 while the input partitions are paused by backpressure",
+            ),
+            pauses: counter(
+                &r,
+                "trident_partition_pauses_total",
+                "Times the input partitions were paused",
+            ),
+            resumes: counter(
+                &r,
+                "trident_partition_resumes_total",
+                "Times the input partitions were resumed",
+            ),
+            worker_restarts: counter(
+                &r,
+                "trident_worker_restarts_total",
+                "Workers restarted after a failure",
+            ),
+            batch_retries: counter(
+                &r,
+                "trident_batch_retries_total",
+                "Batches retried or split after a failure",
+            ),
+            stored_offset,
+            registry: Arc::new(r),
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("utf-8 metrics")
+    }
+
+    /// Serve `/metrics` on `addr` in the background.
+    pub async fn serve(&self, addr: &str) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| ClusterError::Metrics { addr: addr.to_string(), msg: e.to_string() })?;
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let me = me.clone();
+                async move { me.render() }
+            }),
+        );
+        Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("metrics server stopped: {e}");
+            }
+        }))
+    }
+}

@@ -1,0 +1,148 @@
+//! A worker actor: owns one `Embedder` (one device, or a share of the CPU) and encodes one batch
+//! at a time on a blocking thread, so the tokio reactor never runs model code. A failed batch
+//! (encoder error or panic) goes back to the batcher and the worker stops with an error; its
+//! supervisor (the batcher) starts a fresh one from the factory.
+
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use trident_core::batch::Batch;
+use trident_core::{Embedding, Modes};
+use trident_model::Embedder;
+
+use crate::batcher::{BatcherMsg, Job};
+use crate::pipeline::WorkerSpec;
+use crate::Metrics;
+
+pub struct Worker;
+
+pub struct WorkerArgs {
+    pub index: usize,
+    pub generation: u64,
+    pub spec: WorkerSpec,
+    pub batcher: ActorRef<BatcherMsg>,
+    pub metrics: Metrics,
+}
+
+pub struct WorkerState {
+    index: usize,
+    generation: u64,
+    embedder: Option<Box<dyn Embedder>>,
+    batcher: ActorRef<BatcherMsg>,
+    metrics: Metrics,
+}
+
+pub enum WorkerMsg {
+    Run(Batch<Job>),
+}
+
+/// Drop the outputs a record did not ask for (a batch computes the union of its records' modes).
+fn keep_modes(mut e: Embedding, m: Modes) -> Embedding {
+    if !m.dense {
+        e.dense = None;
+    }
+    if !m.sparse {
+        e.sparse = None;
+    }
+    if !m.colbert {
+        e.colbert = None;
+    }
+    e
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        let factory = args.spec.factory.clone();
+        let embedder = tokio::task::spawn_blocking(move || factory())
+            .await
+            .map_err(|e| {
+                format!("worker {}: factory panicked: {}", args.spec.name, panic_message(e))
+            })?
+            .map_err(|e| format!("worker {}: {e}", args.spec.name))?;
+        Ok(WorkerState {
+            index: args.index,
+            generation: args.generation,
+            embedder: Some(embedder),
+            batcher: args.batcher,
+            metrics: args.metrics,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        st: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        let WorkerMsg::Run(batch) = msg;
+        let docs: Vec<_> = batch.items.iter().map(|j| j.doc.clone()).collect();
+        let modes = batch.items.iter().fold(Modes::NONE, |m, j| m.union(j.modes));
+        let poison = batch.items.iter().any(|j| j.poison);
+        let attempts = batch.items.iter().map(|j| j.attempts).max().unwrap_or(0);
+        let embedder = st.embedder.take().ok_or("worker has no embedder")?;
+        let started = Instant::now();
+        let joined = tokio::task::spawn_blocking(move || {
+            crate::fault::before_encode(poison, attempts);
+            let r = embedder.encode(&docs, modes);
+            (embedder, r)
+        })
+        .await;
+        let failure = match joined {
+            Ok((embedder, Ok(out))) if out.len() == batch.items.len() => {
+                st.embedder = Some(embedder);
+                let m = &st.metrics;
+                m.encode_seconds.observe(started.elapsed().as_secs_f64());
+                m.batches.inc();
+                m.tokens.inc_by(batch.tokens as u64);
+                m.batch_fill_ratio.observe(batch.fill_ratio());
+                m.batch_size.observe(batch.items.len() as f64);
+                for (job, e) in batch.items.into_iter().zip(out) {
+                    let modes = job.modes;
+                    (job.done)(Ok(keep_modes(e, modes)));
+                }
+                let _ = st.batcher.send_message(BatcherMsg::WorkerDone {
+                    index: st.index,
+                    generation: st.generation,
+                });
+                return Ok(());
+            }
+            Ok((_, Ok(out))) => {
+                format!("encoder returned {} results for {} records", out.len(), batch.items.len())
+            }
+            Ok((_, Err(e))) => e.to_string(),
+            Err(e) => format!("worker panicked: {}", panic_message(e)),
+        };
+        tracing::warn!(
+            worker = st.index,
+            "batch of {} records failed: {failure}",
+            batch.items.len()
+        );
+        let reason = failure.clone();
+        let _ = st.batcher.send_message(BatcherMsg::Failed {
+            index: st.index,
+            generation: st.generation,
+            batch,
+            reason,
+        });
+        Err(failure.into())
+    }
+}
