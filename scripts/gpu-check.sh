@@ -11,12 +11,15 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
 mkdir -p "$OUT"
-BIN=.carry/gpu
 T0=$(date +%s)
 say() { echo "== [$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
 
-[ -x $BIN/gpu-tests ] && [ -x $BIN/gpu-bench ] || { say "missing $BIN binaries: run scripts/build-gpu-carry.sh and carry .carry"; exit 1; }
-say "binaries built from $(head -1 $BIN/COMMIT 2>/dev/null)"
+BIN=$(mktemp -d /tmp/trident-gpu.XXXXXX)
+for b in gpu-tests gpu-bench; do
+  if [ -f ".carry/gpu/$b.gz" ]; then gunzip -c ".carry/gpu/$b.gz" > "$BIN/$b" && chmod +x "$BIN/$b"; fi
+done
+[ -x $BIN/gpu-tests ] && [ -x $BIN/gpu-bench ] || { say "missing .carry/gpu binaries: run scripts/build-gpu-carry.sh and carry .carry"; exit 1; }
+say "binaries built from $(head -1 .carry/gpu/COMMIT 2>/dev/null)"
 
 say "nvidia-smi"
 timeout 20 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
@@ -31,12 +34,17 @@ has_lib() {
   for d in ${dirs//:/ }; do [ -e "$d/$1" ] && return 0; done
   ldconfig -p 2>/dev/null | grep -q " $1 "
 }
-for lib in libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 libcuda.so.1; do
-  if ! has_lib "$lib"; then
-    f=$(timeout 60 find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o -name "$lib" -print 2>/dev/null | head -1)
+missing=""
+for lib in libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 libcuda.so.1; do has_lib "$lib" || missing="$missing $lib"; done
+if [ -n "$missing" ]; then
+  # One bounded search for everything missing; the first copy of each wins.
+  timeout 60 find / \( -path /proc -o -path /sys -o -path /dev \) -prune -o \( -name libcublas.so.13 -o -name libcublasLt.so.13 -o -name libnvrtc.so.13 -o -name libcuda.so.1 \) -print 2>/dev/null > "$OUT/libs-found.txt"
+  for lib in $missing; do
+    f=$(grep -m1 "/$lib\$" "$OUT/libs-found.txt")
     [ -n "$f" ] && add "$(dirname "$f")"
-  fi
-done
+  done
+  rm -f "$OUT/libs-found.txt"
+fi
 export LD_LIBRARY_PATH="$dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH" | tee -a "$OUT/summary.txt"
 for lib in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13; do

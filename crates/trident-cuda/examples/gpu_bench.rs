@@ -86,7 +86,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         * 1e12;
     let be = CudaBackend::new(0, Precision::Bf16)?;
     let device = be.device_name().to_string();
-    eprintln!("gpu_bench: {}", trident_model::Backend::describe(&be));
+    eprintln!(
+        "gpu_bench: {}; NVRTC {:?}",
+        trident_model::Backend::describe(&be),
+        trident_cuda::compile::nvrtc_version()?
+    );
     let mut lines = vec![format!("device: {device}; peak {:.0} TFLOP/s bf16 dense", peak / 1e12)];
     for (m, k, n, what) in [
         (8192, 8192, 8192, "square 8192³"),

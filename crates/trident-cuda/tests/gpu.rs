@@ -304,28 +304,36 @@ fn real_shape_bf16_matches_cpu() {
     let mut cfg = ModelConfig::xlmr_large();
     cfg.num_hidden_layers = layers;
     let ckpt = Checkpoint::random(cfg, 7);
-    let gpu =
-        Encoder::new(&ckpt, CudaBackend::new(0, Precision::Bf16).expect("CUDA backend")).unwrap();
-    let cpu = Encoder::new(&ckpt, CpuBackend::new(0)).unwrap();
     let docs = random_docs(&[1, 2, 9, 64, 65, 130, 517, 1000], ckpt.config.vocab_size as u32, 11);
-    let t = std::time::Instant::now();
-    let g = gpu.encode(&docs, Modes::ALL).unwrap();
-    let tg = t.elapsed();
+    let cpu = Encoder::new(&ckpt, CpuBackend::new(0)).unwrap();
     let t = std::time::Instant::now();
     let c = cpu.encode(&docs, Modes::ALL).unwrap();
     let tc = t.elapsed();
+    drop(cpu);
+    // The fp32 mode first: it separates arithmetic bugs from bf16 rounding.
+    let f32enc = Encoder::new(&ckpt, CudaBackend::new(0, Precision::F32).unwrap()).unwrap();
+    let f = f32enc.encode(&docs, Modes::ALL).unwrap();
+    drop(f32enc);
+    let gpu = Encoder::new(&ckpt, CudaBackend::new(0, Precision::Bf16).unwrap()).unwrap();
+    gpu.encode(&docs, Modes::ALL).unwrap();
+    let t = std::time::Instant::now();
+    let g = gpu.encode(&docs, Modes::ALL).unwrap();
+    let tg = t.elapsed();
+    let wf = compare(&f, &c, 1e-4, "real shape f32");
     let w = compare(&g, &c, 1e-2, "real shape bf16");
     // Scores between consecutive documents.
     let gp: Vec<_> = g.windows(2).map(|p| (p[0].clone(), p[1].clone())).collect();
     let cp: Vec<_> = c.windows(2).map(|p| (p[0].clone(), p[1].clone())).collect();
     let ws = compare_scores(&gp, &cp, 1e-2, "real shape bf16");
     eprintln!(
-        "real_shape_bf16_matches_cpu ({layers} layers): worst output deviation {w:.2e}, scores {ws:.2e} (gpu {tg:?}, cpu {tc:?})"
+        "real_shape ({layers} layers): f32 {wf:.2e}; bf16 {w:.2e}, scores {ws:.2e} (gpu {tg:?}, cpu {tc:?})"
     );
     // Single-mode requests return only that mode and the same values.
     let d = gpu.encode(&docs[..3], Modes { dense: true, sparse: false, colbert: false }).unwrap();
     assert!(d[0].sparse.is_none() && d[0].colbert.is_none());
-    assert_eq!(d[2].dense, g[2].dense);
+    // Another batch shape may pick another cuBLAS kernel: equal up to rounding, not bitwise.
+    let wd = worst(d[2].dense.as_ref().unwrap(), g[2].dense.as_ref().unwrap(), "dense-only");
+    assert!(wd < 1e-2, "dense-only request differs from the all-modes one by {wd:.2e}");
 }
 
 /// Host reference attention in f64 for qkv `[tokens × 3H]`.
