@@ -1,10 +1,183 @@
-//! `trident embed` (not built yet).
+//! `trident embed`: JSON Lines in (file or stdin), one JSON object per line out (file or stdout),
+//! in input order, through the same pipeline as `trident node` (coordinator → batcher →
+//! workers) with an in-memory content cache.
+//!
+//! Input lines are numbered from 1. A line starting with `{` must be an object with a string
+//! `"text"` (and an optional `"id"`, string or number; default: the line number); any other line
+//! is the text itself, with its line number as id. A bad line yields `{"id": .., "error": ..}`
+//! in its place and the exit code is 1. Exit code 2 means the run itself failed.
 
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use trident_cluster::embed_file::{embed_file, EmbedFileOptions};
+use trident_cluster::flight::FlightLimits;
+use trident_cluster::model::{cpu_workers, load_model, LoadedModel};
+use trident_cluster::{BatchPolicy, Cache, Metrics, Pipeline, PipelineConfig, WorkerSpec};
+use trident_core::Modes;
 
 #[derive(clap::Args)]
-pub struct EmbedArgs {}
+pub struct EmbedArgs {
+    /// Model directory (Hugging Face layout: config.json, weights, heads, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Input JSON Lines file, or `-` for stdin.
+    #[arg(long, default_value = "-")]
+    pub input: String,
+    /// Output file, or `-` for stdout.
+    #[arg(long, default_value = "-")]
+    pub output: String,
+    /// Compute the dense vector (no mode flag = all three).
+    #[arg(long)]
+    pub dense: bool,
+    /// Compute the sparse lexical weights.
+    #[arg(long)]
+    pub sparse: bool,
+    /// Compute the ColBERT vectors.
+    #[arg(long)]
+    pub colbert: bool,
+    /// Truncate documents to this many tokens (specials included).
+    #[arg(long, default_value_t = 8192)]
+    pub max_length: usize,
+    /// Token budget of one batch.
+    #[arg(long, default_value_t = 16384)]
+    pub batch_tokens: usize,
+    /// CPU threads per worker (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Number of workers (CPU only; each gets `--threads` threads).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Longest wait (ms) for a partial batch to fill.
+    #[arg(long, default_value_t = 20)]
+    pub max_wait_ms: u64,
+    /// Longest input line in bytes; longer lines are error records.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_record_bytes: usize,
+}
 
-pub fn run(_args: EmbedArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`trident embed` is not available in this build yet")
+/// Everything a pipeline needs from the command line, shared with `trident node`.
+pub struct PipelineSpec<'a> {
+    pub model: &'a std::path::Path,
+    pub device: &'a str,
+    pub workers: usize,
+    pub threads: usize,
+}
+
+/// Load the model and build the worker specs for `--device`.
+pub fn build_workers(spec: &PipelineSpec) -> anyhow::Result<(LoadedModel, Vec<WorkerSpec>)> {
+    let model = load_model(spec.model)
+        .with_context(|| format!("loading model {}", spec.model.display()))?;
+    let workers = match spec.device {
+        "cpu" => cpu_workers(&model, spec.workers, spec.threads),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(_)) => anyhow::bail!(
+                "--device {other}: this build has no CUDA backend wired in; use --device cpu"
+            ),
+            _ => anyhow::bail!("--device {other}: expected `cpu` or `cuda:N`"),
+        },
+    };
+    Ok((model, workers))
+}
+
+pub fn policy(batch_tokens: usize, max_wait_ms: u64) -> BatchPolicy {
+    BatchPolicy {
+        batch_tokens,
+        max_wait: Duration::from_millis(max_wait_ms),
+        ..BatchPolicy::default()
+    }
+}
+
+pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.max_length >= 2,
+        "--max-length {} is too small (at least 2: <s> and </s>)",
+        args.max_length
+    );
+    anyhow::ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
+    let input: Box<dyn BufRead + Send> = if args.input == "-" {
+        Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(&args.input)
+            .with_context(|| format!("opening input {}", args.input))?;
+        Box::new(std::io::BufReader::with_capacity(1 << 20, f))
+    };
+    let output: Box<dyn Write + Send> = if args.output == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        let f = std::fs::File::create(&args.output)
+            .with_context(|| format!("creating output {}", args.output))?;
+        Box::new(f)
+    };
+    let spec = PipelineSpec {
+        model: &args.model,
+        device: &args.device,
+        workers: args.workers,
+        threads: args.threads,
+    };
+    let (model, workers) = build_workers(&spec)?;
+    let modes = Modes::from_flags(args.dense, args.sparse, args.colbert);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let summary = rt.block_on(async {
+        let cfg = PipelineConfig {
+            policy: policy(args.batch_tokens, args.max_wait_ms),
+            key_prefix: "trident".into(),
+            model_fingerprint: model.fingerprint.clone(),
+        };
+        let pipeline = Pipeline::start(
+            cfg,
+            model.tokenizer,
+            workers,
+            Some(Cache::memory(100_000)),
+            Metrics::new(),
+        )
+        .await?;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {pos} docs  {per_sec}  {elapsed}",
+                )
+                .expect("valid template"),
+            );
+            b
+        });
+        let progress = bar
+            .clone()
+            .map(|b| Arc::new(move |n: u64| b.set_position(n)) as Arc<dyn Fn(u64) + Send + Sync>);
+        let opts = EmbedFileOptions {
+            modes,
+            max_length: args.max_length,
+            max_record_bytes: args.max_record_bytes,
+            // Memory bound: at most this many records / tokens between reading and writing.
+            limits: FlightLimits {
+                high_tokens: 4 * args.batch_tokens * args.workers.max(1),
+                low_tokens: 2 * args.batch_tokens * args.workers.max(1),
+                max_records: 8192,
+            },
+            progress,
+            input_name: if args.input == "-" { "stdin".into() } else { args.input.clone() },
+        };
+        let r = embed_file(&pipeline, input, output, opts).await;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        pipeline.stop().await;
+        r
+    })?;
+    if summary.failed > 0 {
+        eprintln!(
+            "trident embed: {} of {} records failed (see their \"error\" fields)",
+            summary.failed, summary.records
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,161 @@
-//! `trident node` (not built yet).
+//! `trident node`: a cluster node, Kafka in, Kafka (and optionally Redis) out. Every flag can
+//! also come from a `TRIDENT_*` environment variable or the `--config` TOML file
+//! (flag > env > file > default); see `trident_cluster::config` for the keys.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args)]
-pub struct NodeArgs {}
+use anyhow::Context;
+use serde::Serialize;
+use trident_cluster::node::run_node;
+use trident_cluster::{Cache, Metrics, NodeConfig, Pipeline, PipelineConfig};
 
-pub fn run(_args: NodeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`trident node` is not available in this build yet")
+use super::embed::{build_workers, policy, PipelineSpec};
+
+#[derive(clap::Args, Serialize)]
+pub struct NodeArgs {
+    /// TOML file with any of the settings below (and extra librdkafka properties).
+    #[arg(long, env = "TRIDENT_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Model directory.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
+    /// Kafka bootstrap servers HOST:PORT[,..] (default 127.0.0.1:9092).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<String>,
+    /// Consumer group (default trident).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_topic: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_topic: Option<String>,
+    /// Dead-letter topic for bad records.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dlq_topic: Option<String>,
+    /// Redis URL (redis://HOST:PORT) for --cache and --store.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// Content cache in Redis (best effort).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    pub cache: bool,
+    /// Result store in Redis by document id (offsets wait for it).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    pub store: bool,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    pub dense: bool,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    pub sparse: bool,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    pub colbert: bool,
+    /// Truncate documents to this many tokens (default 8192).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    /// Token budget of one batch (default 16384).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_tokens: Option<usize>,
+    /// Longest wait for a partial batch, ms (default 20).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
+    /// Workers (default 1; one per GPU, or N CPU workers).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// CPU threads per worker (default 0 = all cores).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// `cpu` or `cuda:N` (default cpu).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
+    /// On SIGTERM, how long to finish in-flight work before committing (default 10000 ms).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_deadline_ms: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIDENT_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let cfg = NodeConfig::load(args.config.as_deref(), &args)?;
+    let model_dir = cfg.model.clone().expect("validated");
+    let spec = PipelineSpec {
+        model: &model_dir,
+        device: &cfg.device,
+        workers: cfg.workers,
+        threads: cfg.threads,
+    };
+    let (model, workers) = build_workers(&spec)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(async {
+        let metrics = Metrics::new();
+        if let Some(addr) = &cfg.metrics_addr {
+            metrics.serve(addr).await?;
+            tracing::info!("metrics on http://{addr}/metrics");
+        }
+        let cache = if cfg.cache {
+            Some(Cache::redis(
+                cfg.redis.as_deref().expect("validated"),
+                cfg.cache_ttl_secs,
+                metrics.clone(),
+            )?)
+        } else {
+            None
+        };
+        let pcfg = PipelineConfig {
+            policy: policy(cfg.batch_tokens, cfg.max_wait_ms),
+            key_prefix: cfg.key_prefix.clone(),
+            model_fingerprint: model.fingerprint.clone(),
+        };
+        let pipeline = Pipeline::start(pcfg, model.tokenizer, workers, cache, metrics).await?;
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        };
+        let report = run_node(cfg.clone(), pipeline.clone(), shutdown).await;
+        pipeline.stop().await;
+        report.context("node failed")
+    })?;
+    tracing::info!(
+        "node stopped: {} records taken, {} unfinished",
+        report.records_in,
+        report.unfinished
+    );
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(ExitCode::SUCCESS)
 }
