@@ -2,7 +2,8 @@
 # GPU check of the CUDA backend on a lent GPU machine (CUDA 13 / driver 580, no Rust, no network).
 # Run from the repository root with the binaries of scripts/build-gpu-carry.sh in .carry/gpu:
 #     bash scripts/gpu-check.sh          (carry: .carry)
-# Steps, each bounded by `timeout` (≈ 7 min at most): nvidia-smi; the GPU tests (fp32 parity
+# Steps, each bounded by `timeout` (≈ 7 min at most): nvidia-smi; the GPU tests, one process
+# each (fp32 parity
 # with tests/fixtures/tiny-m3/expected.json, bf16 vs the CPU backend on the fixture and on a
 # real-shape random model, attention kernels up to 8192 tokens, buffer reuse); the benchmark;
 # compute-sanitizer memcheck on the fixture parity and attention tests. Logs go to $OUT
@@ -57,14 +58,26 @@ done
 export TRIDENT_FIXTURE_DIR="$PWD/tests/fixtures/tiny-m3"
 export RUST_BACKTRACE=1
 
-say "GPU tests (timeout 170 s)"
-timeout 170 $BIN/gpu-tests --test-threads=1 --nocapture > "$OUT/gpu-tests.log" 2>&1
-rc_tests=$?
-grep -E "^test |test result|worst|SKIP|panicked|deviation" "$OUT/gpu-tests.log" | tee -a "$OUT/summary.txt"
-say "GPU tests exit code $rc_tests"
+left() { echo $(( 420 - ($(date +%s) - T0) )); }  # the whole script stays within ~7 minutes
+
+# One process per test: a kernel fault poisons the CUDA context of its process only.
+say "GPU tests, one process each"
+rc_tests=0
+: > "$OUT/gpu-tests.log"
+for t in fixture_parity_f32:45 attention_kernels_match_reference:30 attention_tensor_core_8192_tokens:30 \
+         fixture_bf16_matches_cpu:45 real_shape_bf16_matches_cpu:90 buffers_are_reused_across_batches:20 \
+         no_gpu_gives_a_typed_error_not_a_panic:10; do
+  name=${t%%:*}; limit=${t##*:}
+  timeout "$limit" $BIN/gpu-tests --exact "$name" --test-threads=1 --nocapture >> "$OUT/gpu-tests.log" 2>&1
+  rc=$?
+  [ $rc = 0 ] || rc_tests=$rc
+  [ $rc = 124 ] && echo "test $name ... TIMED OUT after ${limit}s" >> "$OUT/gpu-tests.log"
+done
+grep -aE "^test |worst|deviation|SKIP|panicked|TIMED OUT|cuda:|Error|error" "$OUT/gpu-tests.log" | grep -v "^test result" | head -60 | tee -a "$OUT/summary.txt"
+say "GPU tests done (last failing exit code: $rc_tests)"
 
 # A failing tensor-core attention kernel must not cost the benchmark: fall back to the generic one.
-if grep -qE "^test attention_.* FAILED" "$OUT/gpu-tests.log"; then
+if grep -qaE "^test attention_.* (FAILED|TIMED OUT)" "$OUT/gpu-tests.log"; then
   export TRIDENT_CUDA_ATTENTION=generic
   say "tensor-core attention failed its test: benchmark uses TRIDENT_CUDA_ATTENTION=generic"
 fi
@@ -73,16 +86,26 @@ say "benchmark (timeout 150 s)"
 TRIDENT_BENCH_TABLE="$OUT/bench-table.txt" timeout 150 $BIN/gpu-bench > "$OUT/gpu-bench.log" 2>&1
 rc_bench=$?
 say "benchmark exit code $rc_bench"
+if [ $rc_bench != 0 ] && [ -z "${TRIDENT_CUDA_ATTENTION:-}" ] && [ "$(left)" -gt 150 ]; then
+  say "benchmark failed: once more with TRIDENT_CUDA_ATTENTION=generic (timeout 120 s)"
+  mv "$OUT/gpu-bench.log" "$OUT/gpu-bench-tc.log"
+  TRIDENT_CUDA_ATTENTION=generic TRIDENT_BENCH_TABLE="$OUT/bench-table.txt" timeout 120 $BIN/gpu-bench > "$OUT/gpu-bench.log" 2>&1
+  rc_bench=$?
+  say "benchmark (generic attention) exit code $rc_bench"
+fi
 
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-if [ -n "$CS" ]; then
-  say "compute-sanitizer memcheck (timeout 80 s)"
-  timeout 80 "$CS" --tool memcheck --error-exitcode 9 $BIN/gpu-tests --test-threads=1 --nocapture fixture_parity_f32 attention_kernels_match_reference > "$OUT/memcheck.log" 2>&1
-  rc_mc=$?
-  grep -E "ERROR SUMMARY|test result|Invalid|out of bounds" "$OUT/memcheck.log" | head -20 | tee -a "$OUT/summary.txt"
-  say "memcheck exit code $rc_mc (124 = timed out)"
-else
+if [ -z "$CS" ]; then
   say "compute-sanitizer not found: memcheck skipped"
+elif [ "$(left)" -lt 40 ]; then
+  say "memcheck skipped: $(left) s left of the ~7 min budget"
+else
+  lim=$(( $(left) < 90 ? $(left) : 90 ))
+  say "compute-sanitizer memcheck on fixture_parity_f32 + attention_kernels_match_reference (timeout $lim s)"
+  timeout "$lim" "$CS" --tool memcheck --error-exitcode 9 $BIN/gpu-tests --test-threads=1 --nocapture fixture_parity_f32 attention_kernels_match_reference > "$OUT/memcheck.log" 2>&1
+  rc_mc=$?
+  grep -aE "ERROR SUMMARY|test result|Invalid|out of bounds" "$OUT/memcheck.log" | head -20 | tee -a "$OUT/summary.txt"
+  say "memcheck exit code $rc_mc (0 = clean, 9 = errors found, 124 = timed out)"
 fi
 
 say "done: tests rc=$rc_tests bench rc=$rc_bench"
