@@ -241,13 +241,9 @@ impl Backend for CpuBackend {
         let mut y = self.pool.install(|| self.matmul(x, w))?;
         let n = w.out_dim;
         self.pool.install(|| {
-            y.par_chunks_mut(n).for_each(|row| {
-                for (v, b) in row.iter_mut().zip(&w.bias) {
-                    *v += b;
-                }
-                if act == Activation::Gelu {
-                    row.iter_mut().for_each(|v| *v = ops::gelu(*v));
-                }
+            y.par_chunks_mut(n).for_each(|row| match act {
+                Activation::None => ops::add_bias(row, &w.bias),
+                Activation::Gelu => ops::bias_gelu(row, &w.bias),
             })
         });
         Ok(CpuAct { data: y, rows: x.rows, cols: n })
@@ -273,10 +269,7 @@ impl Backend for CpuBackend {
         let mut y = self.pool.install(|| self.matmul(x, w))?;
         self.pool.install(|| {
             y.par_chunks_mut(n).zip(residual.data.par_chunks(n)).for_each(|(row, res)| {
-                for ((v, b), r) in row.iter_mut().zip(&w.bias).zip(res) {
-                    *v += b + r;
-                }
-                ops::layer_norm(row, &norm.gamma, &norm.beta, norm.eps);
+                ops::bias_residual_layer_norm(row, &w.bias, res, &norm.gamma, &norm.beta, norm.eps)
             })
         });
         Ok(CpuAct { data: y, rows: x.rows, cols: n })
@@ -331,10 +324,7 @@ impl Backend for CpuBackend {
             }
             let (w, b) = (sparse.weights[0].data(), sparse.bias[0]);
             out.token_weights = self.pool.install(|| {
-                h.data
-                    .par_chunks(hidden)
-                    .map(|row| (row.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + b).max(0.0))
-                    .collect()
+                h.data.par_chunks(hidden).map(|row| (ops::dot(row, w) + b).max(0.0)).collect()
             });
         }
         if modes.colbert {
@@ -348,9 +338,7 @@ impl Backend for CpuBackend {
             }
             self.pool.install(|| {
                 rows.par_chunks_mut(c).for_each(|row| {
-                    for (v, b) in row.iter_mut().zip(&colbert.bias) {
-                        *v += b;
-                    }
+                    ops::add_bias(row, &colbert.bias);
                     ops::l2_normalize(row);
                 })
             });
