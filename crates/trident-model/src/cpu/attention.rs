@@ -16,18 +16,15 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// `qkv` is `[tokens × 3H]` (`[q | k | v]`); returns `[tokens × H]`.
-pub fn attention(
-    qkv: &[f32],
-    tokens: usize,
-    hidden: usize,
-    heads: usize,
-    cu_seqlens: &[u32],
-) -> Vec<f32> {
-    let d = hidden / heads;
+thread_local! {
+    /// Per-thread score block, reused across work items and calls.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `qkv` is `[tokens × 3H]` (`[q | k | v]`); writes `[tokens × H]` into `out`.
+pub fn attention(qkv: &[f32], out: &mut [f32], hidden: usize, heads: usize, cu_seqlens: &[u32]) {
     let ld = 3 * hidden;
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut out = vec![0f32; tokens * hidden];
+    assert_eq!(qkv.len() / ld * hidden, out.len(), "attention output size");
     let out_ptr = SendPtr(out.as_mut_ptr());
     let mut items = Vec::new();
     for s in 0..cu_seqlens.len().saturating_sub(1) {
@@ -41,40 +38,45 @@ pub fn attention(
             }
         }
     }
-    items.par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, &(start, end, h, q0, q1)| {
-        let (len, rows) = (end - start, q1 - q0);
-        scores.clear();
-        scores.resize(rows * len, 0.0);
-        let base = qkv.as_ptr();
-        // SAFETY: all views lie inside `qkv` (rows start..end, columns of head h) and `scores`.
-        unsafe {
-            let q = View { ptr: base.add(q0 * ld + h * d), ld };
-            let k = View { ptr: base.add(start * ld + hidden + h * d), ld };
-            matmul_bt(
-                rows,
-                len,
-                d,
-                scores.as_mut_ptr(),
-                len,
-                q,
-                k,
-                scale,
-                false,
-                Parallelism::None,
-            );
-        }
-        for row in scores.chunks_exact_mut(len) {
-            softmax(row);
-        }
-        // SAFETY: this item alone writes rows q0..q1, columns h·d..(h+1)·d of `out`.
-        unsafe {
-            let v = View { ptr: base.add(start * ld + 2 * hidden + h * d), ld };
-            let p = View { ptr: scores.as_ptr(), ld: len };
-            let dst = { &out_ptr }.0.add(q0 * hidden + h * d);
-            matmul(rows, d, len, dst, hidden, p, v, Parallelism::None);
-        }
+    items.par_iter().for_each(|&(start, end, h, q0, q1)| {
+        SCORES.with_borrow_mut(|scores| {
+            block(qkv, &out_ptr, scores, hidden, heads, (start, end, h, q0, q1))
+        })
     });
-    out
+}
+
+/// One work item: query rows `q0..q1` of head `h` against keys/values `start..end`.
+fn block(
+    qkv: &[f32],
+    out_ptr: &SendPtr,
+    scores: &mut Vec<f32>,
+    hidden: usize,
+    heads: usize,
+    (start, end, h, q0, q1): (usize, usize, usize, usize, usize),
+) {
+    let d = hidden / heads;
+    let ld = 3 * hidden;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (len, rows) = (end - start, q1 - q0);
+    scores.clear();
+    scores.resize(rows * len, 0.0);
+    let base = qkv.as_ptr();
+    // SAFETY: all views lie inside `qkv` (rows start..end, columns of head h) and `scores`.
+    unsafe {
+        let q = View { ptr: base.add(q0 * ld + h * d), ld };
+        let k = View { ptr: base.add(start * ld + hidden + h * d), ld };
+        matmul_bt(rows, len, d, scores.as_mut_ptr(), len, q, k, scale, false, Parallelism::None);
+    }
+    for row in scores.chunks_exact_mut(len) {
+        softmax(row);
+    }
+    // SAFETY: this item alone writes rows q0..q1, columns h·d..(h+1)·d of `out`.
+    unsafe {
+        let v = View { ptr: base.add(start * ld + 2 * hidden + h * d), ld };
+        let p = View { ptr: scores.as_ptr(), ld: len };
+        let dst = out_ptr.0.add(q0 * hidden + h * d);
+        matmul(rows, d, len, dst, hidden, p, v, Parallelism::None);
+    }
 }
 
 #[cfg(test)]
@@ -123,7 +125,8 @@ mod tests {
         let tokens = 154;
         let qkv: Vec<f32> =
             (0..tokens * 3 * hidden).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-        let got = attention(&qkv, tokens, hidden, heads, &cu);
+        let mut got = vec![0f32; tokens * hidden];
+        attention(&qkv, &mut got, hidden, heads, &cu);
         let want = naive(&qkv, hidden, heads, &cu);
         for (g, w) in got.iter().zip(&want) {
             assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");

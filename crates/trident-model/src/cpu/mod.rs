@@ -5,6 +5,7 @@
 mod attention;
 mod gemm;
 mod ops;
+mod pool;
 
 use std::sync::Arc;
 
@@ -16,12 +17,19 @@ use crate::backend::{
     Activation, BResult, Backend, BackendError, HeadOutput, HostTensor, LinearParts, PackedBatch,
 };
 use gemm::View;
+use pool::{BufferPool, Pooled};
 
-/// A `[rows × cols]` row-major activation.
+/// A `[rows × cols]` row-major activation (its buffer goes back to the backend's pool on drop).
 pub struct CpuAct {
-    pub data: Vec<f32>,
+    buf: Pooled,
     pub rows: usize,
     pub cols: usize,
+}
+
+impl CpuAct {
+    pub fn data(&self) -> &[f32] {
+        &self.buf.data
+    }
 }
 
 /// A linear layer: the parts' weights in place (`[out_i × in]` each), their biases concatenated.
@@ -49,6 +57,7 @@ pub struct CpuEmbeddings {
 pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
+    buffers: Arc<BufferPool>,
 }
 
 impl CpuBackend {
@@ -64,7 +73,7 @@ impl CpuBackend {
             .thread_name(|i| format!("trident-cpu-{i}"))
             .build()
             .expect("rayon thread pool");
-        CpuBackend { pool: Arc::new(pool), threads }
+        CpuBackend { pool: Arc::new(pool), threads, buffers: Arc::default() }
     }
 
     pub fn threads(&self) -> usize {
@@ -84,7 +93,7 @@ impl CpuBackend {
     }
 
     /// `x·Wᵀ` for every part into its column slice of a fresh `[rows × out]` buffer (no bias).
-    fn matmul(&self, x: &CpuAct, w: &CpuLinear) -> BResult<Vec<f32>> {
+    fn matmul(&self, x: &CpuAct, w: &CpuLinear) -> BResult<Pooled> {
         if x.cols != w.in_dim {
             return Err(Self::err(
                 &w.name,
@@ -92,7 +101,7 @@ impl CpuBackend {
             ));
         }
         let (m, n) = (x.rows, w.out_dim);
-        let mut y = vec![0f32; m * n];
+        let mut y = Pooled::new(&self.buffers, m * n);
         let mut col = 0;
         for part in &w.weights {
             let out_i = part.shape()[0];
@@ -102,9 +111,9 @@ impl CpuBackend {
                     m,
                     out_i,
                     w.in_dim,
-                    y.as_mut_ptr().add(col),
+                    y.data.as_mut_ptr().add(col),
                     n,
-                    View { ptr: x.data.as_ptr(), ld: x.cols },
+                    View { ptr: x.data().as_ptr(), ld: x.cols },
                     View { ptr: part.data().as_ptr(), ld: w.in_dim },
                     1.0,
                     false,
@@ -222,10 +231,10 @@ impl Backend for CpuBackend {
                 format!("token id {t} / position {p} outside tables of {vocab} / {max_pos} rows"),
             ));
         }
-        let mut data = vec![0f32; batch.n_tokens() * h];
+        let mut buf = Pooled::new(&self.buffers, batch.n_tokens() * h);
         let (word, pos) = (emb.word.data(), emb.position.data());
         self.pool.install(|| {
-            data.par_chunks_mut(h).enumerate().for_each(|(i, row)| {
+            buf.data.par_chunks_mut(h).enumerate().for_each(|(i, row)| {
                 let (t, p) = (batch.ids[i] as usize, batch.positions[i] as usize);
                 let (w, ps) = (&word[t * h..(t + 1) * h], &pos[p * h..(p + 1) * h]);
                 for c in 0..h {
@@ -234,19 +243,19 @@ impl Backend for CpuBackend {
                 ops::layer_norm(row, &emb.norm.gamma, &emb.norm.beta, emb.norm.eps);
             })
         });
-        Ok(CpuAct { data, rows: batch.n_tokens(), cols: h })
+        Ok(CpuAct { buf, rows: batch.n_tokens(), cols: h })
     }
 
     fn linear(&self, x: &CpuAct, w: &CpuLinear, act: Activation) -> BResult<CpuAct> {
         let mut y = self.pool.install(|| self.matmul(x, w))?;
         let n = w.out_dim;
         self.pool.install(|| {
-            y.par_chunks_mut(n).for_each(|row| match act {
+            y.data.par_chunks_mut(n).for_each(|row| match act {
                 Activation::None => ops::add_bias(row, &w.bias),
                 Activation::Gelu => ops::bias_gelu(row, &w.bias),
             })
         });
-        Ok(CpuAct { data: y, rows: x.rows, cols: n })
+        Ok(CpuAct { buf: y, rows: x.rows, cols: n })
     }
 
     fn linear_residual_norm(
@@ -268,11 +277,11 @@ impl Backend for CpuBackend {
         }
         let mut y = self.pool.install(|| self.matmul(x, w))?;
         self.pool.install(|| {
-            y.par_chunks_mut(n).zip(residual.data.par_chunks(n)).for_each(|(row, res)| {
+            y.data.par_chunks_mut(n).zip(residual.data().par_chunks(n)).for_each(|(row, res)| {
                 ops::bias_residual_layer_norm(row, &w.bias, res, &norm.gamma, &norm.beta, norm.eps)
             })
         });
-        Ok(CpuAct { data: y, rows: x.rows, cols: n })
+        Ok(CpuAct { buf: y, rows: x.rows, cols: n })
     }
 
     fn attention(&self, qkv: &CpuAct, batch: &PackedBatch, heads: usize) -> BResult<CpuAct> {
@@ -288,10 +297,11 @@ impl Backend for CpuBackend {
             ));
         }
         let hidden = qkv.cols / 3;
-        let data = self.pool.install(|| {
-            attention::attention(&qkv.data, qkv.rows, hidden, heads, &batch.cu_seqlens)
+        let mut buf = Pooled::new(&self.buffers, qkv.rows * hidden);
+        self.pool.install(|| {
+            attention::attention(qkv.data(), &mut buf.data, hidden, heads, &batch.cu_seqlens)
         });
-        Ok(CpuAct { data, rows: qkv.rows, cols: hidden })
+        Ok(CpuAct { buf, rows: qkv.rows, cols: hidden })
     }
 
     fn heads(
@@ -308,7 +318,7 @@ impl Backend for CpuBackend {
             out.dense = Vec::with_capacity(batch.n_seqs() * hidden);
             for s in 0..batch.n_seqs() {
                 let r = batch.cu_seqlens[s] as usize;
-                out.dense.extend_from_slice(&h.data[r * hidden..(r + 1) * hidden]);
+                out.dense.extend_from_slice(&h.data()[r * hidden..(r + 1) * hidden]);
             }
             out.dense.chunks_exact_mut(hidden).for_each(ops::l2_normalize);
         }
@@ -324,7 +334,7 @@ impl Backend for CpuBackend {
             }
             let (w, b) = (sparse.weights[0].data(), sparse.bias[0]);
             out.token_weights = self.pool.install(|| {
-                h.data.par_chunks(hidden).map(|row| (ops::dot(row, w) + b).max(0.0)).collect()
+                h.data().par_chunks(hidden).map(|row| (ops::dot(row, w) + b).max(0.0)).collect()
             });
         }
         if modes.colbert {
@@ -334,7 +344,7 @@ impl Backend for CpuBackend {
             let mut rows = Vec::with_capacity((batch.n_tokens() - batch.n_seqs()) * c);
             for s in 0..batch.n_seqs() {
                 let r = batch.seq_range(s);
-                rows.extend_from_slice(&all[(r.start + 1) * c..r.end * c]);
+                rows.extend_from_slice(&all.data[(r.start + 1) * c..r.end * c]);
             }
             self.pool.install(|| {
                 rows.par_chunks_mut(c).for_each(|row| {
