@@ -3,11 +3,10 @@
 # Run from the repository root with the binaries of scripts/build-gpu-carry.sh in .carry/gpu:
 #     bash scripts/gpu-check.sh          (carry: .carry)
 # Steps, each bounded by `timeout` (≈ 7 min at most): nvidia-smi; the GPU tests, one process
-# each (fp32 parity
-# with tests/fixtures/tiny-m3/expected.json, bf16 vs the CPU backend on the fixture and on a
-# real-shape random model, attention kernels up to 8192 tokens, buffer reuse); the benchmark;
-# compute-sanitizer memcheck on the fixture parity and attention tests. Logs go to $OUT
-# (default ./gpu-check-out); the benchmark table is printed last.
+# each (fp32 parity with tests/fixtures/tiny-m3/expected.json, bf16 vs the CPU backend on the
+# fixture and on a real-shape random model, attention kernels up to 8192 tokens, buffer reuse);
+# the benchmark; compute-sanitizer memcheck on the fixture parity and attention tests. Logs go
+# to $OUT (default ./gpu-check-out); the benchmark table is printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}

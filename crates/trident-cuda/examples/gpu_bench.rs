@@ -98,7 +98,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (32768, 4096, 1024, "FFN-out 32768×4096→1024"),
         (32768, 1024, 3072, "QKV 32768×1024→3072"),
     ] {
-        let r = gemm_tflops(&be, m, k, n)?;
+        let r = match gemm_tflops(&be, m, k, n) {
+            Ok(r) => r,
+            Err(e) => {
+                lines.push(format!("cuBLAS bf16 GEMM {what}: failed: {e}"));
+                continue;
+            }
+        };
         lines.push(format!(
             "cuBLAS bf16 GEMM {what:<26} {r:7.1} TFLOP/s ({:4.1} % of peak)",
             100.0 * r * 1e12 / peak
@@ -124,13 +130,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (len, n) in [(128usize, 256usize), (512, 64), (2048, 16), (8192, 4)] {
         let batch = docs(n, len, vocab, len as u64);
         for (modes, label) in [(Modes::ALL, "dense+sparse+colbert"), (dense_only, "dense")] {
-            let (secs, reps) = time_encode(&enc, &batch, modes)?;
+            let label = if label.len() > 14 { "all three" } else { label };
+            let (secs, reps) = match time_encode(&enc, &batch, modes) {
+                Ok(r) => r,
+                Err(e) => {
+                    lines.push(format!("{:>12} | {label:<14} | failed: {e}", format!("{n}×{len}")));
+                    eprintln!("{}", lines.last().unwrap());
+                    continue;
+                }
+            };
             let tps = (n * len) as f64 / secs;
             let flops = tps * (604e6 + 98304.0 * len as f64);
             lines.push(format!(
                 "{:>12} | {:<14} | {:>10.0} | {:>9.2} | {:>9.1} | {:>5.1}%",
                 format!("{n}×{len}"),
-                if label.len() > 14 { "all three" } else { label },
+                label,
                 tps,
                 secs * 1e3,
                 flops / 1e12,

@@ -494,7 +494,7 @@ impl CudaBackend {
         if y.rows == 0 || y.cols == 0 {
             return Ok(y);
         }
-        if self.precision == Precision::Bf16 && y.cols % 2 != 0 {
+        if self.precision == Precision::Bf16 && !y.cols.is_multiple_of(2) {
             return Err(CudaError::Unsupported(format!(
                 "{}: odd output width {} in bf16 mode",
                 w.name, y.cols
@@ -555,14 +555,14 @@ impl CudaBackend {
 
     fn attention_impl(&self, qkv: &CudaAct, batch: &CudaBatch, heads: usize) -> CResult<CudaAct> {
         let p = &batch.plan;
-        if qkv.cols % 3 != 0 || qkv.rows != p.n_tokens {
+        if !qkv.cols.is_multiple_of(3) || qkv.rows != p.n_tokens {
             return Err(CudaError::Unsupported(format!(
                 "attention: qkv is {}x{} for {} tokens",
                 qkv.rows, qkv.cols, p.n_tokens
             )));
         }
         let h = qkv.cols / 3;
-        if heads == 0 || h % heads != 0 {
+        if heads == 0 || !h.is_multiple_of(heads) {
             return Err(CudaError::Unsupported(format!(
                 "attention: hidden {h} not divisible into {heads} heads"
             )));
