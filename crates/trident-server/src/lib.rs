@@ -1,1 +1,151 @@
-//! trident-server
+//! trident-server: the HTTP API of trident.
+//!
+//! `POST /embed`, `POST /v1/embeddings` (OpenAI-compatible), `POST /score`, `GET|POST /lookup`,
+//! `POST /tokenize`, `GET /info`, `GET /health`, `GET /metrics`, `GET /openapi.json`.
+//! Requests go through `trident_cluster::Pipeline` — the cache, tokenizer, batcher and encoder
+//! workers a node uses for its Kafka stream — at online priority, so concurrent requests are
+//! batched together and share the devices with bulk ingestion.
+
+pub mod error;
+pub mod extract;
+pub mod lookup;
+pub mod metrics;
+mod middleware;
+pub mod openapi;
+pub mod pipeline;
+mod routes;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use tokio::sync::Semaphore;
+use trident_cluster::Pipeline;
+use trident_model::Tokenizer;
+
+pub use error::{ApiError, Kind};
+pub use lookup::ResultStore;
+pub use metrics::Metrics;
+
+/// Limits and settings of the HTTP layer. `Default` is what `trident serve` uses without flags.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Name reported by `/info` and in OpenAI responses.
+    pub model_name: String,
+    /// Bearer token required on every endpoint but `/health`, `/metrics` and `/openapi.json`.
+    pub api_key: Option<String>,
+    /// Largest accepted request body (413 past it).
+    pub max_body_bytes: usize,
+    /// Most inputs (or pairs, or ids) in one request (422 past it).
+    pub max_inputs: usize,
+    /// Requests processed at once; more get 429 with `Retry-After`.
+    pub max_in_flight: usize,
+    /// Default and largest `max_length` (tokens per input, specials included).
+    pub max_length: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            model_name: "bge-m3".to_string(),
+            api_key: None,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_inputs: 256,
+            max_in_flight: 64,
+            max_length: 8192,
+        }
+    }
+}
+
+/// What `/info` reports about the loaded model and its workers.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelInfo {
+    /// Model name (the directory name unless `--model-name` says otherwise).
+    pub model: String,
+    #[schema(value_type = String)]
+    pub model_dir: PathBuf,
+    /// Length of dense vectors (the hidden size).
+    pub dense_dim: usize,
+    /// Length of each ColBERT vector.
+    pub colbert_dim: usize,
+    /// Size of the vocabulary sparse weights are keyed by.
+    pub vocab_size: usize,
+    /// Longest input in tokens the model accepts (specials included).
+    pub max_length: usize,
+    /// Encoder backend, e.g. `cpu (16 threads) · 24 layers × 1024 hidden, 16 heads`.
+    pub backend: String,
+    pub devices: Vec<String>,
+}
+
+/// The model once loaded: the pipeline, a tokenizer for `/tokenize`, and its description.
+pub struct LoadedModel {
+    pub pipeline: Pipeline,
+    pub tokenizer: Arc<Tokenizer>,
+    pub info: ModelInfo,
+    /// Encoder workers the pipeline runs.
+    pub workers: usize,
+    /// Piece of every token id (for `/tokenize`).
+    pub pieces: Vec<String>,
+}
+
+/// The piece (`▁hello`) of every id in a `tokenizer.json`, indexed by id.
+pub fn piece_table(tokenizer_json: &std::path::Path) -> Result<Vec<String>, String> {
+    let t = tokenizers::Tokenizer::from_file(tokenizer_json)
+        .map_err(|e| format!("{}: {e}", tokenizer_json.display()))?;
+    let vocab = t.get_vocab(true);
+    let mut pieces = vec![String::new(); vocab.values().max().map_or(0, |&m| m as usize + 1)];
+    for (piece, id) in vocab {
+        pieces[id as usize] = piece;
+    }
+    Ok(pieces)
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub metrics: Arc<Metrics>,
+    model: OnceLock<LoadedModel>,
+    store: Option<Arc<dyn ResultStore>>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// State with no model yet: `/health` answers 503 until [`AppState::set_model`].
+    pub fn new(
+        config: ServerConfig,
+        metrics: Arc<Metrics>,
+        store: Option<Arc<dyn ResultStore>>,
+    ) -> Arc<AppState> {
+        let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+        Arc::new(AppState { config, metrics, model: OnceLock::new(), store, in_flight })
+    }
+
+    /// Makes the model available to requests (once; later calls are ignored).
+    pub fn set_model(&self, model: LoadedModel) {
+        let _ = self.model.set(model);
+    }
+
+    /// The loaded model, or 503 while it is loading.
+    pub fn model(&self) -> Result<&LoadedModel, ApiError> {
+        self.model.get().ok_or_else(|| ApiError::unavailable("the model is still loading"))
+    }
+
+    /// True once the model is loaded and the pipeline's workers have built their encoders.
+    pub fn ready(&self) -> bool {
+        self.model.get().is_some()
+    }
+}
+
+/// The router with every endpoint and middleware (auth, in-flight limit, metrics).
+pub fn router(state: Arc<AppState>) -> Router {
+    routes::router(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` resolves, then drains open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

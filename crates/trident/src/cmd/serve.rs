@@ -1,10 +1,223 @@
-//! `trident serve` (not built yet).
+//! `trident serve`: the HTTP API (crate `trident-server`) over the same pipeline as `trident node`
+//! (cache, tokenizer, batcher, workers), with online priority.
+//!
+//! The port is bound first and the model loaded after, so `/health` answers 503 (loading) until
+//! the workers are up; a model that fails to load ends the process with exit code 2.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use trident_cluster::{Cache, Metrics, Pipeline, PipelineConfig};
+use trident_server::lookup::RedisStore;
+use trident_server::{AppState, LoadedModel, ModelInfo, ResultStore, ServerConfig};
+
+use super::embed::{build_workers, policy, PipelineSpec};
 
 #[derive(clap::Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Model directory (Hugging Face layout: config.json, weights, heads, tokenizer.json).
+    #[arg(long, env = "TRIDENT_MODEL")]
+    pub model: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "TRIDENT_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, env = "TRIDENT_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` (all endpoints but /health, /metrics, /openapi.json).
+    #[arg(long, env = "TRIDENT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Redis URL of the nodes' result store, for /lookup.
+    #[arg(long, env = "TRIDENT_REDIS")]
+    pub redis: Option<String>,
+    /// Also use the nodes' content cache in Redis (needs --redis).
+    #[arg(long, env = "TRIDENT_CACHE")]
+    pub cache: bool,
+    /// Prefix of every Redis key (as the nodes use it).
+    #[arg(long, env = "TRIDENT_KEY_PREFIX", default_value = "trident")]
+    pub key_prefix: String,
+    /// Content-cache entry lifetime in Redis (seconds).
+    #[arg(long, env = "TRIDENT_CACHE_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub cache_ttl_secs: u64,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, env = "TRIDENT_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Encoder workers (CPU only; each gets --threads threads).
+    #[arg(long, env = "TRIDENT_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// CPU threads per worker (0 = all cores).
+    #[arg(long, env = "TRIDENT_THREADS", default_value_t = 0)]
+    pub threads: usize,
+    /// Default and largest `max_length` of a request (tokens, specials included).
+    #[arg(long, env = "TRIDENT_MAX_LENGTH", default_value_t = 8192)]
+    pub max_length: usize,
+    /// Token budget of one encoder batch.
+    #[arg(long, env = "TRIDENT_BATCH_TOKENS", default_value_t = 16384)]
+    pub batch_tokens: usize,
+    /// Longest a request's documents wait for their batch to fill (ms).
+    #[arg(long, env = "TRIDENT_MAX_WAIT_MS", default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Most inputs (texts, pair texts, or ids) per request.
+    #[arg(long, env = "TRIDENT_MAX_INPUTS", default_value_t = 256)]
+    pub max_inputs: usize,
+    /// Largest request body in bytes.
+    #[arg(long, env = "TRIDENT_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Requests processed at once; more are answered 429 with Retry-After.
+    #[arg(long, env = "TRIDENT_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// Model name reported by /info and /v1/embeddings (default: the directory name).
+    #[arg(long, env = "TRIDENT_MODEL_NAME")]
+    pub model_name: Option<String>,
+}
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`trident serve` is not available in this build yet")
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIDENT_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    anyhow::ensure!(
+        args.max_length >= 2,
+        "--max-length {} is too small (at least 2: <s> and </s>)",
+        args.max_length
+    );
+    anyhow::ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
+    anyhow::ensure!(
+        args.max_inputs > 0 && args.max_in_flight > 0,
+        "--max-inputs and --max-in-flight must be positive"
+    );
+    anyhow::ensure!(!args.cache || args.redis.is_some(), "--cache needs --redis URL");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(serve(args))?;
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let http_metrics = trident_server::Metrics::new((*metrics.registry).clone())
+        .context("registering HTTP metrics")?;
+    let store: Option<Arc<dyn ResultStore>> = match &args.redis {
+        Some(url) => Some(Arc::new(RedisStore::new(url, &args.key_prefix)?)),
+        None => None,
+    };
+    let model_name = args.model_name.clone().unwrap_or_else(|| {
+        args.model
+            .file_name()
+            .map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned())
+    });
+    let config = ServerConfig {
+        model_name,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_body_bytes: args.max_body_bytes,
+        max_inputs: args.max_inputs,
+        max_in_flight: args.max_in_flight,
+        max_length: args.max_length,
+    };
+    let state = AppState::new(config, Arc::new(http_metrics), store);
+
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse().with_context(|| {
+        format!("--host {} --port {}: not a socket address", args.host, args.port)
+    })?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(trident_server::serve(listener, state.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+
+    let loaded = load(&args, metrics).await;
+    let pipeline = match loaded {
+        Ok(mut model) => {
+            model.info.model = state.config.model_name.clone();
+            let pipeline = model.pipeline.clone();
+            tracing::info!(backend = %model.info.backend, "model loaded; ready");
+            state.set_model(model);
+            pipeline
+        }
+        Err(e) => {
+            let _ = stop_tx.send(());
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+
+    shutdown_signal().await;
+    let _ = stop_tx.send(());
+    server.await.context("HTTP server task")?.context("HTTP server")?;
+    pipeline.stop().await;
+    Ok(())
+}
+
+/// Loads the model, starts the pipeline's workers and describes the result for `/info`.
+async fn load(args: &ServeArgs, metrics: Metrics) -> anyhow::Result<LoadedModel> {
+    let (device, workers, threads) = (args.device.clone(), args.workers, args.threads);
+    let dir = args.model.clone();
+    let (model, specs, tokenizer, pieces) = tokio::task::spawn_blocking(move || {
+        let spec = PipelineSpec { model: &dir, device: &device, workers, threads };
+        let (model, specs) = build_workers(&spec)?;
+        // The pipeline owns its tokenizer; /tokenize gets its own copy and the piece of every id.
+        let tokenizer = trident_model::Tokenizer::from_dir(&dir)?;
+        let pieces = trident_server::piece_table(tokenizer.path()).map_err(anyhow::Error::msg)?;
+        anyhow::Ok((model, specs, tokenizer, pieces))
+    })
+    .await??;
+    let config = &model.checkpoint.config;
+    let info = ModelInfo {
+        model: String::new(),
+        model_dir: args.model.clone(),
+        dense_dim: config.hidden_size,
+        colbert_dim: model.checkpoint.colbert_dim(),
+        vocab_size: tokenizer.vocab_size(),
+        max_length: config.max_sequence_length(),
+        backend: match args.device.as_str() {
+            "cpu" => format!(
+                "cpu ({} threads per worker) · {} layers × {} hidden, {} heads",
+                if threads == 0 { "all".to_string() } else { threads.to_string() },
+                config.num_hidden_layers,
+                config.hidden_size,
+                config.num_attention_heads
+            ),
+            other => other.to_string(),
+        },
+        devices: specs.iter().map(|w| w.name.clone()).collect(),
+    };
+    let cache = if args.cache {
+        Some(Cache::redis(
+            args.redis.as_deref().expect("checked"),
+            args.cache_ttl_secs,
+            metrics.clone(),
+        )?)
+    } else {
+        None
+    };
+    let pcfg = PipelineConfig {
+        // Every HTTP record is online: its wait is `online_max_wait`.
+        policy: trident_cluster::BatchPolicy {
+            online_max_wait: Duration::from_millis(args.max_wait_ms),
+            ..policy(args.batch_tokens, args.max_wait_ms)
+        },
+        key_prefix: args.key_prefix.clone(),
+        model_fingerprint: model.fingerprint.clone(),
+    };
+    let workers = specs.len();
+    let pipeline = Pipeline::start(pcfg, model.tokenizer, specs, cache, metrics).await?;
+    Ok(LoadedModel { pipeline, tokenizer: Arc::new(tokenizer), info, workers, pieces })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
+    }
 }

@@ -1,0 +1,63 @@
+//! The Redis result store as seen by `/lookup`: results that nodes stored by document id, in
+//! the key layout and binary format of `trident_cluster::codec`.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use redis::aio::ConnectionManager;
+use trident_cluster::cache::redis_connection;
+use trident_cluster::codec::{decode_value, store_key};
+use trident_core::DocId;
+
+pub type LookupFuture = Pin<Box<dyn Future<Output = Result<Vec<Option<String>>, String>> + Send>>;
+
+/// Reads stored results. Each answer is the JSON object `trident embed` writes for that
+/// document (`{"id", "tokens", "truncated", ...}`), or `None` when the id is not stored.
+pub trait ResultStore: Send + Sync + 'static {
+    fn get_many(&self, ids: Vec<DocId>) -> LookupFuture;
+}
+
+/// The result store in Redis, over one reconnecting connection shared by all requests.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    url: String,
+}
+
+impl RedisStore {
+    /// Connects lazily: a Redis that is down makes lookups fail (503), not the server.
+    pub fn new(url: &str, prefix: &str) -> Result<RedisStore, trident_cluster::ClusterError> {
+        Ok(RedisStore {
+            conn: redis_connection(url)?,
+            prefix: prefix.to_string(),
+            url: url.to_string(),
+        })
+    }
+}
+
+impl ResultStore for RedisStore {
+    fn get_many(&self, ids: Vec<DocId>) -> LookupFuture {
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = ids.iter().map(|id| store_key(&self.prefix, id)).collect();
+        let url = self.url.clone();
+        Box::pin(async move {
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            values
+                .into_iter()
+                .zip(ids.iter().zip(&keys))
+                .map(|(v, (id, key))| match v {
+                    None => Ok(None),
+                    Some(bytes) => {
+                        let (stored, e) =
+                            decode_value(&bytes).map_err(|msg| format!("{key}: {msg}"))?;
+                        Ok(Some(e.to_json(stored.as_ref().unwrap_or(id))))
+                    }
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,73 @@
+//! HTTP requests through the shared pipeline (`trident_cluster::Pipeline`): the same cache,
+//! tokenizer, batcher and workers as the Kafka stream, at online priority.
+
+use trident_cluster::pipeline::Prepared;
+use trident_cluster::{Pipeline, Priority};
+use trident_core::{Embedding, Modes};
+
+use crate::error::ApiError;
+
+/// Embeds `texts` (one request). A text longer than `max_length` is a 422 naming
+/// `{field}[i]` unless `truncate`; the check runs after tokenization and before any encoding.
+pub async fn embed(
+    pipeline: &Pipeline,
+    field: &str,
+    texts: Vec<String>,
+    modes: Modes,
+    max_length: usize,
+    truncate: bool,
+) -> Result<Vec<Embedding>, ApiError> {
+    let reqs: Vec<(String, Modes, usize)> =
+        texts.into_iter().map(|t| (t, modes, max_length)).collect();
+    let prepared = pipeline.prepare(&reqs).await;
+    for (i, p) in prepared.iter().enumerate() {
+        let too_long = match p {
+            Prepared::Hit(e) => e.truncated,
+            Prepared::Miss { doc, .. } => doc.truncated,
+            Prepared::Failed(reason) => {
+                return Err(ApiError::field(format!("{field}[{i}]"), reason))
+            }
+        };
+        if too_long && !truncate {
+            return Err(ApiError::field(
+                format!("{field}[{i}]"),
+                format!("longer than max_length = {max_length} tokens; send \"truncate\": true to cut it"),
+            ));
+        }
+    }
+    let mut out: Vec<Result<Embedding, tokio::sync::oneshot::Receiver<Result<Embedding, String>>>> =
+        Vec::with_capacity(prepared.len());
+    let mut jobs = Vec::new();
+    for p in prepared {
+        match p {
+            Prepared::Hit(e) => out.push(Ok(e)),
+            Prepared::Miss { doc, cache_key } => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                jobs.push(pipeline.job(doc, modes, Priority::Online, false, cache_key, move |o| {
+                    let _ = tx.send(o);
+                }));
+                out.push(Err(rx));
+            }
+            Prepared::Failed(_) => unreachable!("rejected above"),
+        }
+    }
+    pipeline.submit(jobs);
+    let mut results = Vec::with_capacity(out.len());
+    for (i, slot) in out.into_iter().enumerate() {
+        match slot {
+            Ok(e) => results.push(e),
+            Err(rx) => match rx.await {
+                Ok(Ok(e)) => results.push(e),
+                Ok(Err(reason)) => {
+                    let field = format!("{field}[{i}]");
+                    return Err(ApiError {
+                        field: Some(field.clone()),
+                        ..ApiError::internal(format!("{field}: encoder failed: {reason}"))
+                    });
+                }
+                Err(_) => return Err(ApiError::unavailable("the encoder pipeline shut down")),
+            },
+        }
+    }
+    Ok(results)
+}
