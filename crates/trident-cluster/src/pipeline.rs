@@ -257,3 +257,131 @@ fn tokenize_all(tok: &Tokenizer, texts: &[(String, usize)]) -> Vec<Result<Tokeni
     }
     out.into_iter().map(|o| o.expect("every text tokenized")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trident_core::Embedding;
+    use trident_model::ModelError;
+
+    /// A deterministic stand-in for the encoder: dense = [tokens, last id], sparse = each id once,
+    /// ColBERT = one row per token after the first. Fails any batch holding a doc of `fail_len` tokens.
+    struct Fake {
+        fail_len: Option<usize>,
+    }
+
+    impl Embedder for Fake {
+        fn encode(
+            &self,
+            docs: &[TokenizedDoc],
+            modes: Modes,
+        ) -> Result<Vec<Embedding>, ModelError> {
+            if docs.iter().any(|d| Some(d.ids.len()) == self.fail_len) {
+                return Err(ModelError::Tokenize("fake failure".into()));
+            }
+            Ok(docs
+                .iter()
+                .map(|d| Embedding {
+                    tokens: d.ids.len(),
+                    truncated: d.truncated,
+                    dense: modes
+                        .dense
+                        .then(|| vec![d.ids.len() as f32, *d.ids.last().unwrap() as f32]),
+                    sparse: modes.sparse.then(|| d.ids.iter().map(|&i| (i, 1.0)).collect()),
+                    colbert: modes.colbert.then(|| d.ids[1..].iter().map(|&i| i as f32).collect()),
+                    colbert_dim: 1,
+                })
+                .collect())
+        }
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+        fn hidden_size(&self) -> usize {
+            2
+        }
+    }
+
+    fn tokenizer() -> Tokenizer {
+        Tokenizer::from_dir(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m3"),
+        )
+        .unwrap()
+    }
+
+    async fn pipeline(fail_len: Option<usize>, workers: usize, cache: Option<Cache>) -> Pipeline {
+        let specs = (0..workers)
+            .map(|i| WorkerSpec {
+                name: format!("fake-{i}"),
+                factory: Arc::new(move || Ok(Box::new(Fake { fail_len }) as Box<dyn Embedder>)),
+            })
+            .collect();
+        let policy = BatchPolicy {
+            batch_tokens: 64,
+            max_wait: std::time::Duration::from_millis(2),
+            ..BatchPolicy::default()
+        };
+        let cfg =
+            PipelineConfig { policy, key_prefix: "t".into(), model_fingerprint: "fake".into() };
+        Pipeline::start(cfg, tokenizer(), specs, cache, Metrics::new()).await.unwrap()
+    }
+
+    fn texts() -> Vec<String> {
+        (0..60).map(|i| "word ".repeat(1 + (i * 7) % 23) + &format!("n{i}")).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_come_back_in_order_with_only_requested_modes() {
+        let p = pipeline(None, 2, None).await;
+        let tok = tokenizer();
+        let dense = Modes::from_flags(true, false, false);
+        let out = p.embed(texts(), dense, 16, Priority::Online).await;
+        assert_eq!(out.len(), 60);
+        for (t, r) in texts().iter().zip(&out) {
+            let e = r.as_ref().unwrap();
+            let want = tok.encode(t, 16).unwrap();
+            assert_eq!(e.tokens, want.ids.len());
+            assert_eq!(e.truncated, want.truncated);
+            assert_eq!(e.dense.as_ref().unwrap()[0], want.ids.len() as f32);
+            assert!(e.sparse.is_none() && e.colbert.is_none());
+        }
+        assert!(
+            p.metrics().batches.get() > 1,
+            "60 records over a 64-token budget need several batches"
+        );
+        p.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poison_record_is_isolated_and_the_rest_proceed() {
+        let tok = tokenizer();
+        let mut texts = texts();
+        texts.insert(17, "poison ".repeat(40)); // longer than any other text
+        let lens: Vec<usize> =
+            texts.iter().map(|t| tok.encode(t, 8192).unwrap().ids.len()).collect();
+        let poison_len = lens[17];
+        assert_eq!(lens.iter().filter(|&&l| l == poison_len).count(), 1);
+        let p = pipeline(Some(poison_len), 1, None).await;
+        let out = p.embed(texts, Modes::ALL, 8192, Priority::Stream).await;
+        for (len, r) in lens.iter().zip(&out) {
+            if *len == poison_len {
+                assert!(r.as_ref().unwrap_err().contains("encoder failed on this record"), "{r:?}");
+            } else {
+                assert_eq!(r.as_ref().unwrap().tokens, *len);
+            }
+        }
+        assert!(p.metrics().worker_restarts.get() >= 2, "the failing worker is restarted");
+        p.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cache_answers_repeats() {
+        let p = pipeline(None, 1, Some(Cache::memory(100))).await;
+        let first = p.embed(texts(), Modes::ALL, 8192, Priority::Online).await;
+        let batches = p.metrics().batches.get();
+        let second = p.embed(texts(), Modes::ALL, 8192, Priority::Online).await;
+        assert_eq!(p.metrics().batches.get(), batches, "no encoding for cached texts");
+        assert_eq!(p.metrics().cache_hits.get(), 60);
+        assert_eq!(first, second);
+        p.stop().await;
+    }
+}

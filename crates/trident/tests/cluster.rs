@@ -102,13 +102,13 @@ fn t2_sigkill_midway_loses_nothing() {
     let _g = serial();
     let Some(env) = Env::start(false) else { return };
     let topics = Topics::new(&env, "t2", PARTS);
-    let c = corpus("t2", 2000, 4, PARTS, MAX_RECORD);
+    let c = corpus("t2", 1000, 4, PARTS, MAX_RECORD);
     env.produce(&topics.input, &c.records);
     let (k, v) = max_record_env();
     // Small batches so the run lasts long enough to be killed midway.
     let slow = ["--batch-tokens", "256", "--max-wait-ms", "5"];
     let mut node = env.node("n2a", "g2", &topics, &slow, &[(k, &v)]);
-    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= 400);
+    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= 250);
     node.kill9();
     let before = env.read_topic(&topics.output, 1, Duration::from_secs(10), |_| true).len();
     let _node2 = env.node("n2b", "g2", &topics, &slow, &[(k, &v)]);
@@ -136,9 +136,9 @@ fn t3_two_nodes_one_killed() {
     wait_until(Duration::from_secs(60), "both nodes assigned partitions", || {
         assigned(&a) && assigned(&b)
     });
-    let c = corpus("t3", 2000, 2, PARTS, MAX_RECORD);
+    let c = corpus("t3", 1200, 2, PARTS, MAX_RECORD);
     env.produce(&topics.input, &c.records);
-    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= 300);
+    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= 250);
     a.kill9();
     let outs = env.read_topic(&topics.output, 1, Duration::from_secs(240), all_good(&c));
     check_outputs(&env, &c, &outs);
@@ -155,7 +155,7 @@ fn t4a_cache_redis_down_keeps_flowing() {
     let _g = serial();
     let Some(mut env) = Env::start(true) else { return };
     let topics = Topics::new(&env, "t4a", PARTS);
-    let c = corpus("t4a", 1500, 2, PARTS, MAX_RECORD);
+    let c = corpus("t4a", 800, 2, PARTS, MAX_RECORD);
     let (k, v) = max_record_env();
     let url = env.redis.as_ref().unwrap().url();
     let maddr = format!("127.0.0.1:{}", free_port());
@@ -163,11 +163,11 @@ fn t4a_cache_redis_down_keeps_flowing() {
     let _node = env.node("n4a", "g4a", &topics, &flags, &[(k, &v)]);
     let (first, second) = c.records.split_at(c.records.len() / 2);
     env.produce(&topics.input, first);
-    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= 300);
+    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= 150);
     env.redis.as_mut().unwrap().stop();
     let at_stop = env.read_topic(&topics.output, 1, Duration::from_secs(10), |_| true).len();
     env.produce(&topics.input, second);
-    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= at_stop + 300);
+    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= at_stop + 150);
     assert!(
         metric(&maddr, "trident_cache_errors_total").unwrap_or(0.0) > 0.0,
         "cache failures are counted"
@@ -188,7 +188,7 @@ fn t4b_store_blocks_commits_while_redis_down() {
     let _g = serial();
     let Some(mut env) = Env::start(true) else { return };
     let topics = Topics::new(&env, "t4b", PARTS);
-    let c = corpus("t4b", 1200, 0, PARTS, MAX_RECORD); // no bad records: their dead letters may move offsets legitimately
+    let c = corpus("t4b", 800, 0, PARTS, MAX_RECORD); // no bad records: their dead letters may move offsets legitimately
     let (k, v) = max_record_env();
     let url = env.redis.as_ref().unwrap().url();
     let flags = ["--redis", &url, "--store", "--batch-tokens", "256"];
@@ -240,7 +240,7 @@ fn t5_worker_failures_and_poison_record() {
     let _g = serial();
     let Some(env) = Env::start(false) else { return };
     let topics = Topics::new(&env, "t5", PARTS);
-    let mut c = corpus("t5", 600, 1, PARTS, MAX_RECORD);
+    let mut c = corpus("t5", 400, 1, PARTS, MAX_RECORD);
     let poison = serde_json::json!({"id": "t5-poison", "text": "a POISON-PILL record"}).to_string();
     c.records.insert(
         300,
@@ -272,7 +272,7 @@ fn t6_backpressure_bounds_memory() {
     let _g = serial();
     let Some(env) = Env::start(false) else { return };
     let topics = Topics::new(&env, "t6", PARTS);
-    let c = corpus("t6", 6000, 0, PARTS, MAX_RECORD);
+    let c = corpus("t6", 3000, 0, PARTS, MAX_RECORD);
     env.produce(&topics.input, &c.records);
     let maddr = format!("127.0.0.1:{}", free_port());
     let flags = ["--metrics-addr", &maddr, "--batch-tokens", "512", "--dense"];
@@ -308,12 +308,12 @@ fn t7_sigterm_commits_and_exits_zero() {
     let _g = serial();
     let Some(env) = Env::start(false) else { return };
     let topics = Topics::new(&env, "t7", PARTS);
-    let c = corpus("t7", 2000, 2, PARTS, MAX_RECORD);
+    let c = corpus("t7", 1000, 2, PARTS, MAX_RECORD);
     env.produce(&topics.input, &c.records);
     let (k, v) = max_record_env();
     let slow = ["--batch-tokens", "256", "--max-wait-ms", "5", "--shutdown-deadline-ms", "5000"];
     let mut node = env.node("n7a", "g7", &topics, &slow, &[(k, &v)]);
-    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= 400);
+    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= 250);
     node.signal("TERM");
     let (status, took) =
         node.wait_exit(Duration::from_secs(15)).expect("node exits within its deadline");

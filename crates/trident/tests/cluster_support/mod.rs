@@ -514,10 +514,11 @@ pub fn corpus(
             good[rnd(good.len())].1.clone() // exact duplicate of an earlier text
         } else {
             let lang = WORDS[rnd(WORDS.len())];
-            let len = match rnd(10) {
-                0 => 200 + rnd(300),
-                1..=3 => 30 + rnd(100),
-                _ => 1 + rnd(30),
+            // Mostly short, some long: the tiny model's CPU encoder in a dev build is slow.
+            let len = match rnd(20) {
+                0 => 100 + rnd(100),
+                1..=5 => 20 + rnd(40),
+                _ => 1 + rnd(20),
             };
             (0..len).map(|_| lang[rnd(lang.len())]).collect::<Vec<_>>().join(" ")
         };
@@ -575,29 +576,49 @@ pub fn corpus(
     Corpus { good, bad, records: mixed }
 }
 
-/// `trident embed` on the given texts (as JSON Lines with ids): id → output JSON.
+/// `trident embed`'s output for each text (id removed), computed once per text for the whole
+/// test binary: the corpora of all tests draw from the same text sequence.
 pub fn reference(dir: &Path, docs: &[(String, String)]) -> HashMap<String, serde_json::Value> {
-    let input = dir.join("ref-in.jsonl");
-    let mut f = std::fs::File::create(&input).unwrap();
-    for (id, text) in docs {
-        writeln!(f, "{}", serde_json::json!({"id": id, "text": text})).unwrap();
+    static BY_TEXT: Mutex<Option<HashMap<String, serde_json::Value>>> = Mutex::new(None);
+    let mut guard = BY_TEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = guard.get_or_insert_with(HashMap::new);
+    let missing: Vec<&String> = {
+        let mut seen = std::collections::HashSet::new();
+        docs.iter().map(|d| &d.1).filter(|t| !cache.contains_key(*t) && seen.insert(*t)).collect()
+    };
+    if !missing.is_empty() {
+        let input = dir.join("ref-in.jsonl");
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        for (i, text) in missing.iter().enumerate() {
+            writeln!(f, "{}", serde_json::json!({"id": i, "text": text})).unwrap();
+        }
+        drop(f);
+        let out = Command::new(TRIDENT)
+            .arg("embed")
+            .arg("--model")
+            .arg(tiny_model())
+            .arg("--input")
+            .arg(&input)
+            .output()
+            .expect("run trident embed");
+        assert!(
+            out.status.success(),
+            "trident embed failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+        assert_eq!(lines.len(), missing.len(), "one output line per input line");
+        for (text, line) in missing.iter().zip(lines) {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v.as_object_mut().unwrap().remove("id");
+            cache.insert((*text).clone(), v);
+        }
     }
-    drop(f);
-    let out = Command::new(TRIDENT)
-        .arg("embed")
-        .arg("--model")
-        .arg(tiny_model())
-        .arg("--input")
-        .arg(&input)
-        .output()
-        .expect("run trident embed");
-    assert!(out.status.success(), "trident embed failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["id"].as_str().unwrap().to_string(), v)
+    docs.iter()
+        .map(|(id, text)| {
+            let mut v = cache[text].clone();
+            v.as_object_mut().unwrap().insert("id".into(), serde_json::Value::String(id.clone()));
+            (id.clone(), v)
         })
         .collect()
 }
