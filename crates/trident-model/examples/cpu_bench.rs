@@ -19,6 +19,27 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
+/// User + system CPU seconds of this process, all threads (Linux; 0 elsewhere): with other
+/// work on the machine, tokens per CPU-second is steadier than tokens per second.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of /proc/[pid]/stat (utime, stime), in clock ticks of 1/100 s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident set (VmHWM) in KiB (Linux; 0 elsewhere).
+fn peak_rss_kib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let model = PathBuf::from(arg(&args, "--model").expect("--model DIR"));
@@ -40,6 +61,9 @@ fn main() {
     };
     let enc = Encoder::new(&ckpt, CpuBackend::new(threads)).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
+    let first = tok.encode("The first embedding after start-up.", max_length).unwrap();
+    enc.encode(&[first], Modes::ALL).unwrap();
+    let first_embedding_s = t0.elapsed().as_secs_f64();
 
     let texts: Vec<String> = std::fs::read_to_string(&corpus)
         .unwrap()
@@ -75,6 +99,7 @@ fn main() {
     // Warm-up: the smallest batch.
     enc.encode(batches.last().unwrap(), Modes::ALL).unwrap();
     let mut times = Vec::new();
+    let cpu0 = cpu_seconds();
     for _ in 0..repeat {
         let t = Instant::now();
         for b in &batches {
@@ -82,6 +107,7 @@ fn main() {
         }
         times.push(t.elapsed().as_secs_f64());
     }
+    let cpu_per_run = (cpu_seconds() - cpu0) / repeat as f64;
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let s = sorted[sorted.len() / 2];
@@ -91,7 +117,9 @@ fn main() {
             "impl": "trident-model cpu_bench", "backend": enc.backend().threads(), "threads": threads,
             "docs": texts.len(), "tokens": tokens, "batches": batches.len(), "batch_tokens": budget,
             "seconds": s, "all_seconds": times, "tokens_per_s": tokens as f64 / s,
-            "docs_per_s": texts.len() as f64 / s, "load_seconds": load_s, "tokenize_seconds": tokenize_s,
+            "docs_per_s": texts.len() as f64 / s,
+            "cpu_seconds_per_run": cpu_per_run, "first_embedding_seconds": first_embedding_s,
+            "peak_rss_mib": peak_rss_kib() / 1024.0, "tokens_per_cpu_s": tokens as f64 / cpu_per_run, "load_seconds": load_s, "tokenize_seconds": tokenize_s,
         })
     );
 }

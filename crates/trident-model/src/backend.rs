@@ -172,9 +172,10 @@ pub struct HeadOutput {
     pub dense: Vec<f32>,
     /// `n_tokens`: `ReLU(h·w_sparse + b_sparse)` per token (pooling per id is done on the host).
     pub token_weights: Vec<f32>,
-    /// `Σ(len_i − 1) × colbert_dim`: L2-normalised `h·W_colbertᵀ + b` rows for tokens 1..len_i-1
-    /// of each sequence, in batch order.
-    pub colbert: Vec<f32>,
+    /// Per sequence, `(len_i − 1) × colbert_dim`: L2-normalised `h·W_colbertᵀ + b` rows for
+    /// tokens 1..len_i-1. One vector per sequence so the encoder hands each to its document
+    /// without another copy (at real shape this output is 4 KiB per token).
+    pub colbert: Vec<Vec<f32>>,
     pub colbert_dim: usize,
 }
 

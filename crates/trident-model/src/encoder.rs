@@ -178,14 +178,14 @@ impl<B: Backend> Encoder<B> {
             x = b.linear_residual_norm(&f, &l.ffn_out, &a, &l.out_norm)?;
         }
         let h = b.heads(&x, &batch, &self.sparse, &self.colbert, modes)?;
-        self.post_process(&packed, &h, modes, &mut out)?;
+        self.post_process(&packed, h, modes, &mut out)?;
         Ok(out)
     }
 
     fn post_process(
         &self,
         packed: &PackedBatch,
-        h: &crate::backend::HeadOutput,
+        mut h: crate::backend::HeadOutput,
         modes: Modes,
         out: &mut [Embedding],
     ) -> Result<(), ModelError> {
@@ -205,12 +205,18 @@ impl<B: Backend> Encoder<B> {
             return Err(bad("sparse token weights", h.token_weights.len(), packed.n_tokens()));
         }
         let cdim = h.colbert_dim;
-        let n_rows = packed.n_tokens() - n;
-        if modes.colbert && h.colbert.len() != n_rows * cdim {
-            return Err(bad("colbert output", h.colbert.len(), n_rows * cdim));
+        if modes.colbert {
+            if h.colbert.len() != n {
+                return Err(bad("colbert output (sequences)", h.colbert.len(), n));
+            }
+            for (i, c) in h.colbert.iter().enumerate() {
+                let want = (packed.seq_range(i).len() - 1) * cdim;
+                if c.len() != want {
+                    return Err(bad(&format!("colbert output of sequence {i}"), c.len(), want));
+                }
+            }
         }
         let excluded = self.special.excluded();
-        let mut colbert_row = 0;
         for (i, e) in out.iter_mut().enumerate() {
             let r = packed.seq_range(i);
             if modes.dense {
@@ -224,11 +230,8 @@ impl<B: Backend> Encoder<B> {
                 ));
             }
             if modes.colbert {
-                let rows = r.len() - 1;
-                e.colbert =
-                    Some(h.colbert[colbert_row * cdim..(colbert_row + rows) * cdim].to_vec());
+                e.colbert = Some(std::mem::take(&mut h.colbert[i]));
                 e.colbert_dim = cdim;
-                colbert_row += rows;
             }
         }
         Ok(())

@@ -341,18 +341,20 @@ impl Backend for CpuBackend {
             // One GEMM over all rows (the few CLS rows included), then drop each sequence's CLS.
             let c = colbert.out_dim;
             let all = self.pool.install(|| self.matmul(h, colbert))?;
-            let mut rows = Vec::with_capacity((batch.n_tokens() - batch.n_seqs()) * c);
-            for s in 0..batch.n_seqs() {
-                let r = batch.seq_range(s);
-                rows.extend_from_slice(&all.data[(r.start + 1) * c..r.end * c]);
-            }
-            self.pool.install(|| {
-                rows.par_chunks_mut(c).for_each(|row| {
-                    ops::add_bias(row, &colbert.bias);
-                    ops::l2_normalize(row);
-                })
+            out.colbert = self.pool.install(|| {
+                (0..batch.n_seqs())
+                    .into_par_iter()
+                    .map(|s| {
+                        let r = batch.seq_range(s);
+                        let mut rows = all.data[(r.start + 1) * c..r.end * c].to_vec();
+                        rows.chunks_exact_mut(c).for_each(|row| {
+                            ops::add_bias(row, &colbert.bias);
+                            ops::l2_normalize(row);
+                        });
+                        rows
+                    })
+                    .collect()
             });
-            out.colbert = rows;
         }
         Ok(out)
     }
