@@ -707,10 +707,26 @@ impl CudaBackend {
             )?;
             _proj = proj;
         }
+        let cu = &p.words[p.off.cu_seqlens..p.off.cu_seqlens + p.n_seqs + 1];
         self.staged_download(dense_p, total, |all| {
             out.dense = all[..n_dense].to_vec();
             out.token_weights = all[n_dense..n_dense + n_tw].to_vec();
-            out.colbert = all[n_dense + n_tw..].to_vec();
+            if modes.colbert {
+                // Straight from the pinned buffer into each document's own vector: at real
+                // shape this is 4 KiB per token, and an intermediate copy cost more than the
+                // whole forward pass.
+                let col = &all[n_dense + n_tw..];
+                let mut row = 0usize;
+                out.colbert = cu
+                    .windows(2)
+                    .map(|w| {
+                        let rows = (w[1] - w[0]) as usize - 1;
+                        let v = col[row * c..(row + rows) * c].to_vec();
+                        row += rows;
+                        v
+                    })
+                    .collect();
+            }
         })?;
         Ok(out)
     }

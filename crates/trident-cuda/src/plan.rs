@@ -71,7 +71,7 @@ impl BatchPlan {
             colbert_rows.extend((r.start + 1..r.end).map(|t| t as u32));
         }
         // Longest sequences first: their tiles run longest, so the GPU's tail stays short.
-        tiles.sort_by(|a, b| b.0.cmp(&a.0));
+        tiles.sort_by_key(|t| std::cmp::Reverse(t.0));
         let mut words =
             Vec::with_capacity(3 * n_tokens + n_seqs + 1 + 2 * tiles.len() + colbert_rows.len());
         let mut push = |v: &[u32]| {
