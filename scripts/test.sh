@@ -5,7 +5,7 @@
 # Redis and the tansu Kafka broker (scripts/test-services.sh), the pinned NVIDIA NVRTC 13.0
 # wheels for compiling kernels without a GPU, helm/kubernetes-validate/hadolint for the deploy
 # checks — then runs: rustfmt check, deploy and kernel checks, every workspace test (one dev
-# build), doc tests and clippy. Installs are skipped when already present. Any failing step
+# build, cargo-nextest) and clippy. Installs are skipped when already present. Any failing step
 # fails the script.
 #
 #   bash scripts/test.sh                 # everything
@@ -99,9 +99,6 @@ cargo nextest run --workspace --locked --no-run
 
 section "tests (cargo nextest run --workspace)"
 cargo nextest run --workspace --locked --no-fail-fast
-
-section "doc tests"
-cargo test --workspace --locked --doc
 
 if [ -z "${TRIDENT_SKIP_CLIPPY:-}" ]; then
     section "clippy (all targets, warnings are errors)"

@@ -96,12 +96,11 @@ fn score(model: &str, endpoint: &str, home: &Path) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"query\": \"apple banana\", \"passage\": \"apple apple apple banana\"}\n")
-        .unwrap();
+    let pair = b"{\"query\": \"apple banana\", \"passage\": \"apple apple apple banana\"}\n";
+    // A run that fails early (e.g. a failed download) may exit before reading its input.
+    if let Err(e) = child.stdin.take().unwrap().write_all(pair) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
+    }
     child.wait_with_output().unwrap()
 }
 
