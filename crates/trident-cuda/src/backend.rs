@@ -120,6 +120,8 @@ pub struct CudaAct {
 pub struct CudaBatch {
     buf: DevBuf,
     plan: BatchPlan,
+    /// Host copy of the sequence offsets (splitting head outputs per document).
+    cu_seqlens: Vec<u32>,
 }
 
 pub struct CudaLinear {
@@ -707,7 +709,7 @@ impl CudaBackend {
             )?;
             _proj = proj;
         }
-        let cu = &p.words[p.off.cu_seqlens..p.off.cu_seqlens + p.n_seqs + 1];
+        let cu = &batch.cu_seqlens;
         self.staged_download(dense_p, total, |all| {
             out.dense = all[..n_dense].to_vec();
             out.token_weights = all[n_dense..n_dense + n_tw].to_vec();
@@ -917,7 +919,7 @@ impl Backend for CudaBackend {
             self.staged_upload(&plan.words, buf.ptr())?;
         }
         plan.words = Vec::new();
-        Ok(CudaBatch { buf, plan })
+        Ok(CudaBatch { buf, plan, cu_seqlens: batch.cu_seqlens.clone() })
     }
 
     fn embed(&self, batch: &CudaBatch, emb: &CudaEmbeddings) -> BResult<CudaAct> {
