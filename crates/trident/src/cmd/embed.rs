@@ -78,13 +78,32 @@ pub fn build_workers(spec: &PipelineSpec) -> anyhow::Result<(LoadedModel, Vec<Wo
     let workers = match spec.device {
         "cpu" => cpu_workers(&model, spec.workers, spec.threads),
         other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(_)) => anyhow::bail!(
-                "--device {other}: this build has no CUDA backend wired in; use --device cpu"
-            ),
+            Some(Ok(device)) => cuda_worker(&model, device)?,
             _ => anyhow::bail!("--device {other}: expected `cpu` or `cuda:N`"),
         },
     };
     Ok((model, workers))
+}
+
+/// One worker on CUDA device `device`. Precision from `TRIDENT_PRECISION`: `bf16` (default:
+/// bf16 GEMM inputs, fp32 accumulation) or `f32` (parity with the CPU backend).
+fn cuda_worker(model: &LoadedModel, device: usize) -> anyhow::Result<Vec<WorkerSpec>> {
+    use trident_cuda::{cuda_available, CudaBackend, Precision};
+    anyhow::ensure!(cuda_available(), "--device cuda:{device}: no CUDA driver or device found");
+    let precision = match std::env::var("TRIDENT_PRECISION").as_deref() {
+        Ok("f32") => Precision::F32,
+        Ok("bf16") | Err(_) => Precision::Bf16,
+        Ok(other) => anyhow::bail!("TRIDENT_PRECISION={other}: expected bf16 or f32"),
+    };
+    let ckpt = model.checkpoint.clone();
+    let special = model.tokenizer.special_ids();
+    let factory = move || -> Result<Box<dyn trident_model::Embedder>, String> {
+        let backend = CudaBackend::new(device, precision).map_err(|e| e.to_string())?;
+        let mut enc = trident_model::Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
+        enc.set_special_ids(special.clone());
+        Ok(Box::new(enc))
+    };
+    Ok(vec![WorkerSpec { name: format!("cuda:{device}"), factory: Arc::new(factory) }])
 }
 
 pub fn policy(batch_tokens: usize, max_wait_ms: u64) -> BatchPolicy {

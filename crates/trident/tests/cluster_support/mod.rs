@@ -365,6 +365,20 @@ impl Env {
         }
     }
 
+    /// Everything in `topic` now: reads until the broker has had nothing more for a second.
+    pub fn read_now(&self, topic: &str, partitions: i32) -> Vec<Out> {
+        use std::cell::Cell;
+        let quiet_since = Cell::new(Instant::now());
+        let last_len = Cell::new(usize::MAX);
+        self.read_topic(topic, partitions, Duration::from_secs(60), |o| {
+            if o.len() != last_len.get() {
+                last_len.set(o.len());
+                quiet_since.set(Instant::now());
+            }
+            quiet_since.get().elapsed() > Duration::from_secs(1)
+        })
+    }
+
     /// Committed offsets of a group for a topic's partitions (-1: none).
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
         let c: BaseConsumer = self.client().set("group.id", group).create().unwrap();
