@@ -18,9 +18,12 @@ pub enum Cache {
     Redis(Arc<RedisCache>),
 }
 
+/// Entries by key, and keys in insertion order (for eviction).
+type Entries = (HashMap<String, Arc<Embedding>>, VecDeque<String>);
+
 /// A bounded in-process cache (oldest entries evicted first).
 pub struct MemoryCache {
-    inner: Mutex<(HashMap<String, Arc<Embedding>>, VecDeque<String>)>,
+    inner: Mutex<Entries>,
     capacity: usize,
 }
 

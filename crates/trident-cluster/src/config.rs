@@ -204,6 +204,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn flag_over_env_over_file_over_default() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -32,13 +32,12 @@ pub fn cpu_workers(m: &LoadedModel, workers: usize, threads: usize) -> Vec<Worke
     (0..workers.max(1))
         .map(|i| {
             let ckpt = m.checkpoint.clone();
-            let special = special.clone();
             WorkerSpec {
                 name: format!("cpu-{i}"),
                 factory: Arc::new(move || {
                     let mut enc =
                         Encoder::new(&ckpt, CpuBackend::new(threads)).map_err(|e| e.to_string())?;
-                    enc.set_special_ids(special.clone());
+                    enc.set_special_ids(special);
                     Ok(Box::new(enc) as Box<dyn trident_model::Embedder>)
                 }),
             }
