@@ -100,7 +100,7 @@ fn cuda_worker(model: &LoadedModel, device: usize) -> anyhow::Result<Vec<WorkerS
     let factory = move || -> Result<Box<dyn trident_model::Embedder>, String> {
         let backend = CudaBackend::new(device, precision).map_err(|e| e.to_string())?;
         let mut enc = trident_model::Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
-        enc.set_special_ids(special.clone());
+        enc.set_special_ids(special);
         Ok(Box::new(enc))
     };
     Ok(vec![WorkerSpec { name: format!("cuda:{device}"), factory: Arc::new(factory) }])
