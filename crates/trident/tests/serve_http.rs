@@ -481,8 +481,8 @@ async fn bearer_token_auth() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_requests_in_flight_is_429_with_retry_after() {
-    // One request at a time, and a batch waits 1.5 s to fill: the second request finds no slot.
-    let server = Server::start(&["--max-in-flight", "1", "--max-wait-ms", "1500"]).await;
+    // One request at a time, and a batch waits 3 s to fill: the second request finds no slot.
+    let server = Server::start(&["--max-in-flight", "1", "--max-wait-ms", "3000"]).await;
     let first = {
         let http = server.http.clone();
         let url = server.url("/embed");
@@ -490,7 +490,12 @@ async fn too_many_requests_in_flight_is_429_with_retry_after() {
             http.post(url).json(&json!({"inputs": "slow"})).send().await.unwrap().status()
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the first request is being processed (the /metrics request counts itself too).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&server.metrics().await, "trident_http_requests_in_flight") < 2.0 {
+        assert!(Instant::now() < deadline, "the first request never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let r = server
         .http
         .post(server.url("/embed"))
