@@ -94,6 +94,11 @@ if [ -f scripts/check-kernels.sh ]; then
     bash scripts/check-kernels.sh
 fi
 
+if ! cargo nextest --version >/dev/null 2>&1; then
+    section "cargo-nextest (not on this machine)"
+    retry 3 cargo install cargo-nextest --locked
+fi
+
 section "build all tests (dev profile)"
 cargo nextest run --workspace --locked --no-run
 
