@@ -6,7 +6,11 @@ mod cmd;
 mod hub;
 
 #[derive(Parser)]
-#[command(name = "trident", version, about = "BGE-M3 embeddings (dense, sparse, ColBERT) from streams of text")]
+#[command(
+    name = "trident",
+    version,
+    about = "BGE-M3 embeddings (dense, sparse, ColBERT) from streams of text"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
