@@ -73,6 +73,16 @@ pub async fn lookup(
         .get_connection_manager()
         .await
         .map_err(|e| ClusterError::Redis { url: url.into(), msg: e.to_string() })?;
+    lookup_on(&mut conn, url, prefix, ids).await
+}
+
+/// `lookup` over an open connection (the HTTP server keeps one): one MGET, values decoded.
+pub async fn lookup_on(
+    conn: &mut ConnectionManager,
+    url: &str,
+    prefix: &str,
+    ids: &[DocId],
+) -> Result<Vec<Option<(DocId, Embedding)>>, ClusterError> {
     let keys: Vec<String> = ids.iter().map(|id| store_key(prefix, id)).collect();
     let mut cmd = redis::cmd("MGET");
     keys.iter().for_each(|k| {
@@ -81,7 +91,7 @@ pub async fn lookup(
     let values: Vec<Option<Vec<u8>>> = if keys.is_empty() {
         Vec::new()
     } else {
-        cmd.query_async(&mut conn)
+        cmd.query_async(conn)
             .await
             .map_err(|e| ClusterError::Redis { url: url.into(), msg: e.to_string() })?
     };

@@ -6,7 +6,6 @@ use std::pin::Pin;
 
 use redis::aio::ConnectionManager;
 use trident_cluster::cache::redis_connection;
-use trident_cluster::codec::{decode_value, store_key};
 use trident_core::DocId;
 
 pub type LookupFuture = Pin<Box<dyn Future<Output = Result<Vec<Option<String>>, String>> + Send>>;
@@ -38,26 +37,12 @@ impl RedisStore {
 impl ResultStore for RedisStore {
     fn get_many(&self, ids: Vec<DocId>) -> LookupFuture {
         let mut conn = self.conn.clone();
-        let keys: Vec<String> = ids.iter().map(|id| store_key(&self.prefix, id)).collect();
-        let url = self.url.clone();
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
         Box::pin(async move {
-            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut conn)
+            let found = trident_cluster::store::lookup_on(&mut conn, &url, &prefix, &ids)
                 .await
-                .map_err(|e| format!("{url}: {e}"))?;
-            values
-                .into_iter()
-                .zip(ids.iter().zip(&keys))
-                .map(|(v, (id, key))| match v {
-                    None => Ok(None),
-                    Some(bytes) => {
-                        let (stored, e) =
-                            decode_value(&bytes).map_err(|msg| format!("{key}: {msg}"))?;
-                        Ok(Some(e.to_json(stored.as_ref().unwrap_or(id))))
-                    }
-                })
-                .collect()
+                .map_err(|e| e.to_string())?;
+            Ok(found.into_iter().map(|f| f.map(|(id, e)| e.to_json(&id))).collect())
         })
     }
 }
