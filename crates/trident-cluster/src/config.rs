@@ -62,6 +62,8 @@ pub struct NodeConfig {
     pub threads: usize,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// CUDA device ordinals, `workers` workers each (empty: `device` decides).
+    pub devices: Vec<usize>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     pub metrics_addr: Option<String>,
     pub cache_ttl_secs: u64,
@@ -105,6 +107,7 @@ impl Default for NodeConfig {
             workers: 1,
             threads: 0,
             device: "cpu".into(),
+            devices: Vec::new(),
             metrics_addr: None,
             cache_ttl_secs: 7 * 24 * 3600,
             key_prefix: "trident".into(),
@@ -172,7 +175,7 @@ impl NodeConfig {
         if self.high_water_tokens > 0 {
             self.high_water_tokens
         } else {
-            8 * self.batch_tokens * self.workers
+            8 * self.batch_tokens * self.workers * self.devices.len().max(1)
         }
     }
 

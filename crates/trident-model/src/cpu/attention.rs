@@ -1,25 +1,34 @@
 //! Multi-head self-attention over packed variable-length sequences: no padding, no
-//! cross-sequence work. Work items are (sequence, head, block of query rows), so the score
-//! matrix held at once is `QBLOCK × L` per thread, never `L × L`.
+//! cross-sequence work. A work item is one (sequence, head): its keys and values are packed
+//! once into micro-kernel panels and reused by every block of `QBLOCK` query rows, so the score
+//! block held at once is `QBLOCK × L` per thread, never `L × L`.
 
-use gemm::Parallelism;
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
-use super::gemm::{matmul, matmul_bt, View};
+use super::gemm::with_scratch;
+use super::kernel::{pack_a, pack_b_cols, pack_b_rows, tile, Aligned, MR, NR};
 use super::ops::softmax;
 
-/// Query rows per work item: bounds scratch to `QBLOCK × L` floats.
-const QBLOCK: usize = 64;
+/// Query rows per block (a multiple of `MR`): the score block `QBLOCK × L` stays within L2 for
+/// a few thousand keys.
+const QBLOCK: usize = 24;
+/// Keys per packed block of the `P·V` product.
+const KBLOCK: usize = 256;
+
+thread_local! {
+    static KEYS: RefCell<Aligned> = RefCell::default();
+    static VALUES: RefCell<Aligned> = RefCell::default();
+    static QUERIES: RefCell<Aligned> = RefCell::default();
+    static SCORES: RefCell<Aligned> = RefCell::default();
+    static PROBS: RefCell<Aligned> = RefCell::default();
+}
 
 struct SendPtr(*mut f32);
 // SAFETY: every work item writes a disjoint block of the output (its rows × its head's columns).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
-
-thread_local! {
-    /// Per-thread score block, reused across work items and calls.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 /// `qkv` is `[tokens × 3H]` (`[q | k | v]`); writes `[tokens × H]` into `out`.
 pub fn attention(qkv: &[f32], out: &mut [f32], hidden: usize, heads: usize, cu_seqlens: &[u32]) {
@@ -29,53 +38,104 @@ pub fn attention(qkv: &[f32], out: &mut [f32], hidden: usize, heads: usize, cu_s
     let mut items = Vec::new();
     for s in 0..cu_seqlens.len().saturating_sub(1) {
         let (start, end) = (cu_seqlens[s] as usize, cu_seqlens[s + 1] as usize);
-        for h in 0..heads {
-            let mut q0 = start;
-            while q0 < end {
-                let q1 = (q0 + QBLOCK).min(end);
-                items.push((start, end, h, q0, q1));
-                q0 = q1;
-            }
+        if end > start {
+            items.extend((0..heads).map(|h| (start, end, h)));
         }
     }
-    items.par_iter().for_each(|&(start, end, h, q0, q1)| {
-        SCORES.with_borrow_mut(|scores| {
-            block(qkv, &out_ptr, scores, hidden, heads, (start, end, h, q0, q1))
+    // Longest first, so a long sequence's heads do not end up last on one thread.
+    items.sort_by_key(|&(s, e, _)| std::cmp::Reverse(e - s));
+    items.par_iter().for_each(|&item| {
+        with_scratch(&KEYS, |k| {
+            with_scratch(&VALUES, |v| head(qkv, &out_ptr, k, v, hidden, heads, item))
         })
     });
 }
 
-/// One work item: query rows `q0..q1` of head `h` against keys/values `start..end`.
-fn block(
+/// One sequence `start..end`, one head `h`.
+fn head(
     qkv: &[f32],
-    out_ptr: &SendPtr,
-    scores: &mut Vec<f32>,
+    out: &SendPtr,
+    kbuf: &mut Aligned,
+    vbuf: &mut Aligned,
     hidden: usize,
     heads: usize,
-    (start, end, h, q0, q1): (usize, usize, usize, usize, usize),
+    (start, end, h): (usize, usize, usize),
 ) {
     let d = hidden / heads;
     let ld = 3 * hidden;
+    let len = end - start;
     let scale = 1.0 / (d as f32).sqrt();
-    let (len, rows) = (end - start, q1 - q0);
-    scores.clear();
-    scores.resize(rows * len, 0.0);
-    let base = qkv.as_ptr();
-    // SAFETY: all views lie inside `qkv` (rows start..end, columns of head h) and `scores`.
-    unsafe {
-        let q = View { ptr: base.add(q0 * ld + h * d), ld };
-        let k = View { ptr: base.add(start * ld + hidden + h * d), ld };
-        matmul_bt(rows, len, d, scores.as_mut_ptr(), len, q, k, scale, false, Parallelism::None);
-    }
-    for row in scores.chunks_exact_mut(len) {
-        softmax(row);
-    }
-    // SAFETY: this item alone writes rows q0..q1, columns h·d..(h+1)·d of `out`.
-    unsafe {
-        let v = View { ptr: base.add(start * ld + 2 * hidden + h * d), ld };
-        let p = View { ptr: scores.as_ptr(), ld: len };
-        let dst = out_ptr.0.add(q0 * hidden + h * d);
-        matmul(rows, d, len, dst, hidden, p, v, Parallelism::None);
+    // Kᵀ as B panels over keys ([⌈L/NR⌉][d][NR]) and V as B panels over the head's columns
+    // ([⌈d/NR⌉][L][NR], so any run of keys is a contiguous slice of each panel).
+    let kp = kbuf.get(len.div_ceil(NR) * d * NR);
+    pack_b_rows(qkv, ld, start, len, hidden + h * d, d, kp);
+    let vp = vbuf.get(d.div_ceil(NR) * len * NR);
+    pack_b_cols(&qkv[2 * hidden + h * d..], ld, start, len, d, vp);
+    let (kp, vp): (&[f32], &[f32]) = (kp, vp);
+    let mut q0 = start;
+    while q0 < end {
+        let rows = QBLOCK.min(end - q0);
+        let tiles = rows.div_ceil(MR);
+        with_scratch(&QUERIES, |qbuf| {
+            with_scratch(&SCORES, |sbuf| {
+                with_scratch(&PROBS, |pbuf| {
+                    // S = (scale·Q)·Kᵀ, [rows × L].
+                    let qa = qbuf.get(tiles * d * MR);
+                    pack_a(qkv, ld, q0, rows, h * d, d, scale, qa);
+                    let scores = sbuf.get(rows * len);
+                    for p in 0..len.div_ceil(NR) {
+                        let cols = (len - p * NR).min(NR);
+                        for t in 0..tiles {
+                            // SAFETY: packed panels of the sizes above; the tile lies in `scores`.
+                            unsafe {
+                                tile(
+                                    d,
+                                    qa[t * d * MR..].as_ptr(),
+                                    kp[p * d * NR..].as_ptr(),
+                                    scores.as_mut_ptr().add(t * MR * len + p * NR),
+                                    len,
+                                    (rows - t * MR).min(MR),
+                                    cols,
+                                    false,
+                                )
+                            }
+                        }
+                    }
+                    for row in scores.chunks_exact_mut(len) {
+                        softmax(row);
+                    }
+                    // O = P·V, accumulated over blocks of keys, straight into the output.
+                    let mut k0 = 0;
+                    while k0 < len {
+                        let kc = KBLOCK.min(len - k0);
+                        let pa = pbuf.get(tiles * kc * MR);
+                        pack_a(scores, len, 0, rows, k0, kc, 1.0, pa);
+                        for p in 0..d.div_ceil(NR) {
+                            let cols = (d - p * NR).min(NR);
+                            for t in 0..tiles {
+                                let r = q0 + t * MR;
+                                // SAFETY: as above; this item alone writes rows q0..q0+rows,
+                                // columns h·d..(h+1)·d of `out`.
+                                unsafe {
+                                    tile(
+                                        kc,
+                                        pa[t * kc * MR..].as_ptr(),
+                                        vp[p * len * NR + k0 * NR..].as_ptr(),
+                                        out.0.add(r * hidden + h * d + p * NR),
+                                        hidden,
+                                        (rows - t * MR).min(MR),
+                                        cols,
+                                        k0 > 0,
+                                    )
+                                }
+                            }
+                        }
+                        k0 += kc;
+                    }
+                })
+            })
+        });
+        q0 += rows;
     }
 }
 
@@ -120,9 +180,10 @@ mod tests {
 
     #[test]
     fn packed_attention_matches_naive() {
+        // Ragged lengths: one token, a partial query block, and 600 keys (three key blocks).
         let (hidden, heads) = (16, 4);
-        let cu = [0u32, 3, 4, 4 + 150];
-        let tokens = 154;
+        let cu = [0u32, 3, 4, 4 + 150, 154 + 600];
+        let tokens = 754;
         let qkv: Vec<f32> =
             (0..tokens * 3 * hidden).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
         let mut got = vec![0f32; tokens * hidden];

@@ -1,96 +1,147 @@
-//! `y = x·Wᵀ` on the `gemm` crate, with PyTorch's `[out × in]` weights read in place as a
-//! transposed right-hand side (strides only, no copy).
+//! `C = A·Wᵀ` for the linear layers, on the micro-kernel of `kernel.rs`: PyTorch's `[out × in]`
+//! weights are packed block by block (`KC` input features at a time) into `B` micro-panels shared
+//! by all threads, and each thread packs its own block of `MC` activation rows, so every packed
+//! value feeds many tiles from cache.
 
-use gemm::Parallelism;
+use std::cell::RefCell;
 
-/// A row-major matrix view: `rows × cols` with `ld` elements between rows.
-#[derive(Clone, Copy)]
-pub struct View {
-    pub ptr: *const f32,
-    pub ld: usize,
+use rayon::prelude::*;
+
+use super::kernel::{pack_a, pack_b_rows_panel, tile, Aligned, MR, NR};
+
+/// Input features per packed block: a `B` micro-panel (`KC × NR`) stays in L1 while the tiles of
+/// one row block run over it.
+const KC: usize = 256;
+/// Activation rows per work item (a multiple of `MR`): the packed `A` block (`MC × KC`, 120 KiB)
+/// stays in L2 while the item walks its columns.
+const MC: usize = 120;
+
+thread_local! {
+    static A_PACK: RefCell<Aligned> = RefCell::default();
+    static B_PACK: RefCell<Aligned> = RefCell::default();
 }
 
-/// `dst[m×n] = beta · a[m×k] · bᵀ` where `b` is `[n×k]` with row stride `b.ld`; with
-/// `accumulate` the product is added to `dst` instead.
+/// Runs `f` on this thread's buffer in `key` (a fresh one if it is in use further up the stack,
+/// as when rayon runs another job on a thread that waits inside a parallel loop).
+pub fn with_scratch<R>(
+    key: &'static std::thread::LocalKey<RefCell<Aligned>>,
+    f: impl FnOnce(&mut Aligned) -> R,
+) -> R {
+    let mut f = Some(f);
+    let r =
+        key.with(|cell| cell.try_borrow_mut().ok().map(|mut b| (f.take().expect("once"))(&mut b)));
+    match r {
+        Some(r) => r,
+        None => (f.take().expect("not run"))(&mut Aligned::default()),
+    }
+}
+
+struct Out(*mut f32);
+// SAFETY: work items write disjoint tiles of `C`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `c[m × n] = a[m × k] · wᵀ` where `w` is `[n × k]`; `c` has row stride `ldc` (so a layer of
+/// several parts can write each part into its column slice). Runs on the current rayon pool.
 ///
 /// # Safety
-/// All views must be valid for the given sizes and `dst` must not alias `a` or `b`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul_bt(
+/// `c` must be valid for `m` rows of `n` elements at stride `ldc` and must not alias `a` or `w`.
+pub unsafe fn matmul_wt(
     m: usize,
     n: usize,
     k: usize,
-    dst: *mut f32,
-    ldd: usize,
-    a: View,
-    b: View,
-    beta: f32,
-    accumulate: bool,
-    par: Parallelism,
+    a: &[f32],
+    w: &[f32],
+    c: *mut f32,
+    ldc: usize,
 ) {
+    assert!(a.len() >= m * k && w.len() >= n * k, "matmul_wt operand sizes");
     if m == 0 || n == 0 {
         return;
     }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        ldd as isize,
-        accumulate,
-        a.ptr,
-        1,
-        a.ld as isize,
-        b.ptr,
-        b.ld as isize,
-        1,
-        1.0,
-        beta,
-        false,
-        false,
-        false,
-        par,
-    );
+    if k == 0 {
+        for i in 0..m {
+            // SAFETY: row i of c per the contract.
+            unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
+        }
+        return;
+    }
+    let panels = n.div_ceil(NR);
+    let row_blocks = m.div_ceil(MC);
+    // Enough work items for every thread even when there are few rows: split the columns too.
+    let threads = rayon::current_num_threads();
+    let col_chunks = (2 * threads).div_ceil(row_blocks).min(panels).max(1);
+    let chunk = panels.div_ceil(col_chunks);
+    let out = Out(c);
+    with_scratch(&B_PACK, |bbuf| {
+        let mut pc = 0;
+        while pc < k {
+            let kc = KC.min(k - pc);
+            let bp = bbuf.get(panels * kc * NR);
+            bp.par_chunks_mut(kc * NR).enumerate().for_each(|(p, panel)| {
+                pack_b_rows_panel(w, k, p * NR, (n - p * NR).min(NR), pc, kc, panel)
+            });
+            let bp: &[f32] = bp;
+            let accumulate = pc > 0;
+            let out = &out;
+            (0..row_blocks * col_chunks).into_par_iter().for_each(|item| {
+                let (rb, cc) = (item / col_chunks, item % col_chunks);
+                let (r0, rows) = (rb * MC, MC.min(m - rb * MC));
+                let (p0, p1) = (cc * chunk, ((cc + 1) * chunk).min(panels));
+                with_scratch(&A_PACK, |abuf| {
+                    let ap = abuf.get(rows.div_ceil(MR) * kc * MR);
+                    pack_a(a, k, r0, rows, pc, kc, 1.0, ap);
+                    for p in p0..p1 {
+                        let cols = (n - p * NR).min(NR);
+                        let bpanel = bp[p * kc * NR..].as_ptr();
+                        for t in 0..rows.div_ceil(MR) {
+                            let r = t * MR;
+                            // SAFETY: panels of the packed sizes; the tile lies inside c.
+                            unsafe {
+                                tile(
+                                    kc,
+                                    ap[t * kc * MR..].as_ptr(),
+                                    bpanel,
+                                    out.0.add((r0 + r) * ldc + p * NR),
+                                    ldc,
+                                    (rows - r).min(MR),
+                                    cols,
+                                    accumulate,
+                                )
+                            }
+                        }
+                    }
+                })
+            });
+            pc += kc;
+        }
+    });
 }
 
-/// `dst[m×n] = a[m×k] · b[k×n]` with `b` row-major (row stride `b.ld`).
-///
-/// # Safety
-/// As for `matmul_bt`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    ldd: usize,
-    a: View,
-    b: View,
-    par: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_naive_on_ragged_shapes() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for &(m, n, k) in &[(1, 1, 1), (7, 17, 300), (125, 40, 513), (250, 3, 2)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let ldc = n + 3;
+            let mut c = vec![9.0f32; m * ldc];
+            // SAFETY: c is [m × ldc], ldc ≥ n.
+            pool.install(|| unsafe { matmul_wt(m, n, k, &a, &w, c.as_mut_ptr(), ldc) });
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 =
+                        (0..k).map(|kk| a[i * k + kk] as f64 * w[j * k + kk] as f64).sum();
+                    let got = c[i * ldc + j] as f64;
+                    assert!((got - want).abs() < 1e-3, "{m}x{n}x{k} ({i},{j}): {got} vs {want}");
+                }
+                // Columns past n are not touched.
+                assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 9.0));
+            }
+        }
     }
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        ldd as isize,
-        false,
-        a.ptr,
-        1,
-        a.ld as isize,
-        b.ptr,
-        1,
-        b.ld as isize,
-        1.0,
-        1.0,
-        false,
-        false,
-        false,
-        par,
-    );
 }

@@ -1,22 +1,21 @@
-//! The CPU backend: f32 throughout, GEMMs from the `gemm` crate on a dedicated rayon pool,
-//! weights read in place (memory-mapped when the checkpoint is safetensors), element-wise
-//! work fused into one pass after each GEMM.
+//! The CPU backend: f32 throughout, GEMMs on trident's own packed AVX2 micro-kernel
+//! (`kernel.rs`) on a dedicated rayon pool, weights read in place (memory-mapped when the
+//! checkpoint is safetensors), element-wise work fused into one pass after each GEMM.
 
 mod attention;
 mod gemm;
+mod kernel;
 mod ops;
 mod pool;
 
 use std::sync::Arc;
 
-use ::gemm::Parallelism;
 use rayon::prelude::*;
 use trident_core::Modes;
 
 use crate::backend::{
     Activation, BResult, Backend, BackendError, HeadOutput, HostTensor, LinearParts, PackedBatch,
 };
-use gemm::View;
 use pool::{BufferPool, Pooled};
 
 /// A `[rows × cols]` row-major activation (its buffer goes back to the backend's pool on drop).
@@ -80,14 +79,6 @@ impl CpuBackend {
         self.threads
     }
 
-    fn par(&self) -> Parallelism {
-        if self.threads > 1 {
-            Parallelism::Rayon(self.threads)
-        } else {
-            Parallelism::None
-        }
-    }
-
     fn err(op: &str, msg: impl std::fmt::Display) -> BackendError {
         BackendError::new("cpu", op, msg)
     }
@@ -107,19 +98,16 @@ impl CpuBackend {
             let out_i = part.shape()[0];
             // SAFETY: x is [m × in], the part is [out_i × in], y has room for columns col..col+out_i.
             unsafe {
-                gemm::matmul_bt(
+                gemm::matmul_wt(
                     m,
                     out_i,
                     w.in_dim,
+                    x.data(),
+                    part.data(),
                     y.data.as_mut_ptr().add(col),
                     n,
-                    View { ptr: x.data().as_ptr(), ld: x.cols },
-                    View { ptr: part.data().as_ptr(), ld: w.in_dim },
-                    1.0,
-                    false,
-                    self.par(),
-                );
-            }
+                )
+            };
             col += out_i;
         }
         Ok(y)

@@ -52,7 +52,11 @@ pub struct EmbedArgs {
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Number of workers (CPU only; each gets `--threads` threads).
+    /// CUDA device ordinals, one worker (or `--workers`) each: `--devices 0,1`.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    pub devices: Vec<usize>,
+    /// Workers: CPU workers (each with `--threads` threads), or workers per CUDA device (each
+    /// on its own stream, so one batch's copies and host work overlap another's kernels).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Longest wait (ms) for a partial batch to fill.
@@ -67,43 +71,96 @@ pub struct EmbedArgs {
 pub struct PipelineSpec<'a> {
     pub model: &'a std::path::Path,
     pub device: &'a str,
+    /// `--devices`: CUDA ordinals (empty: `device` decides).
+    pub devices: &'a [usize],
     pub workers: usize,
     pub threads: usize,
 }
 
-/// Load the model and build the worker specs for `--device`.
+/// Load the model and build the worker specs for `--device` / `--devices`.
 pub fn build_workers(spec: &PipelineSpec) -> anyhow::Result<(LoadedModel, Vec<WorkerSpec>)> {
+    // The placement is checked before the (slow) model load so a typo fails at once.
+    let placement = Placement::parse(spec.device, spec.devices)?;
+    anyhow::ensure!(spec.workers > 0, "--workers must be positive");
     let model = load_model(spec.model)
         .with_context(|| format!("loading model {}", spec.model.display()))?;
-    let workers = match spec.device {
-        "cpu" => cpu_workers(&model, spec.workers, spec.threads),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(device)) => cuda_worker(&model, device)?,
-            _ => anyhow::bail!("--device {other}: expected `cpu` or `cuda:N`"),
-        },
+    let workers = match placement {
+        Placement::Cpu => cpu_workers(&model, spec.workers, spec.threads),
+        Placement::Cuda(devices) => cuda_workers(&model, &devices, spec.workers)?,
     };
     Ok((model, workers))
 }
 
-/// One worker on CUDA device `device`. Precision from `TRIDENT_PRECISION`: `bf16` (default:
-/// bf16 GEMM inputs, fp32 accumulation) or `f32` (parity with the CPU backend).
-fn cuda_worker(model: &LoadedModel, device: usize) -> anyhow::Result<Vec<WorkerSpec>> {
+/// Where the encoder runs: the CPU, or a list of CUDA devices.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placement {
+    Cpu,
+    Cuda(Vec<usize>),
+}
+
+impl Placement {
+    /// `--device cpu|cuda:N`, or `--devices 0,1,…` (which wins over the default `cpu`).
+    pub fn parse(device: &str, devices: &[usize]) -> anyhow::Result<Placement> {
+        if !devices.is_empty() {
+            anyhow::ensure!(
+                device == "cpu",
+                "give either --device {device} or --devices {devices:?}, not both"
+            );
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(d) = devices.iter().find(|d| !seen.insert(**d)) {
+                anyhow::bail!("--devices lists CUDA device {d} twice");
+            }
+            return Ok(Placement::Cuda(devices.to_vec()));
+        }
+        match device {
+            "cpu" => Ok(Placement::Cpu),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(d)) => Ok(Placement::Cuda(vec![d])),
+                _ => anyhow::bail!("--device {other}: expected `cpu` or `cuda:N`"),
+            },
+        }
+    }
+}
+
+/// `per_device` workers on each CUDA device, each with its own backend (stream, weights,
+/// buffers). Precision from `TRIDENT_PRECISION`: `bf16` (default: bf16 GEMM inputs, fp32
+/// accumulation) or `f32` (parity with the CPU backend).
+fn cuda_workers(
+    model: &LoadedModel,
+    devices: &[usize],
+    per_device: usize,
+) -> anyhow::Result<Vec<WorkerSpec>> {
     use trident_cuda::{cuda_available, CudaBackend, Precision};
-    anyhow::ensure!(cuda_available(), "--device cuda:{device}: no CUDA driver or device found");
+    anyhow::ensure!(
+        cuda_available(),
+        "--devices {devices:?}: no CUDA driver or device found (use --device cpu)"
+    );
     let precision = match std::env::var("TRIDENT_PRECISION").as_deref() {
         Ok("f32") => Precision::F32,
         Ok("bf16") | Err(_) => Precision::Bf16,
         Ok(other) => anyhow::bail!("TRIDENT_PRECISION={other}: expected bf16 or f32"),
     };
-    let ckpt = model.checkpoint.clone();
-    let special = model.tokenizer.special_ids();
-    let factory = move || -> Result<Box<dyn trident_model::Embedder>, String> {
-        let backend = CudaBackend::new(device, precision).map_err(|e| e.to_string())?;
-        let mut enc = trident_model::Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
-        enc.set_special_ids(special);
-        Ok(Box::new(enc))
-    };
-    Ok(vec![WorkerSpec { name: format!("cuda:{device}"), factory: Arc::new(factory) }])
+    let mut specs = Vec::new();
+    for &device in devices {
+        for i in 0..per_device {
+            let ckpt = model.checkpoint.clone();
+            let special = model.tokenizer.special_ids();
+            let factory = move || -> Result<Box<dyn trident_model::Embedder>, String> {
+                let backend = CudaBackend::new(device, precision).map_err(|e| e.to_string())?;
+                let mut enc =
+                    trident_model::Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
+                enc.set_special_ids(special);
+                Ok(Box::new(enc))
+            };
+            let name = if per_device == 1 {
+                format!("cuda:{device}")
+            } else {
+                format!("cuda:{device}/{i}")
+            };
+            specs.push(WorkerSpec { name, factory: Arc::new(factory) });
+        }
+    }
+    Ok(specs)
 }
 
 pub fn policy(batch_tokens: usize, max_wait_ms: u64) -> BatchPolicy {
@@ -138,6 +195,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let spec = PipelineSpec {
         model: &args.model,
         device: &args.device,
+        devices: &args.devices,
         workers: args.workers,
         threads: args.threads,
     };
@@ -199,4 +257,22 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Placement;
+
+    #[test]
+    fn placement_from_flags() {
+        assert_eq!(Placement::parse("cpu", &[]).unwrap(), Placement::Cpu);
+        assert_eq!(Placement::parse("cuda:3", &[]).unwrap(), Placement::Cuda(vec![3]));
+        assert_eq!(Placement::parse("cpu", &[0, 1]).unwrap(), Placement::Cuda(vec![0, 1]));
+        let e = Placement::parse("gpu", &[]).unwrap_err().to_string();
+        assert!(e.contains("--device gpu"), "{e}");
+        let e = Placement::parse("cuda:0", &[1]).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let e = Placement::parse("cpu", &[0, 1, 0]).unwrap_err().to_string();
+        assert!(e.contains("device 0 twice"), "{e}");
+    }
 }

@@ -73,7 +73,7 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_wait_ms: Option<u64>,
-    /// Workers (default 1; one per GPU, or N CPU workers).
+    /// Workers (default 1): CPU workers, or workers per CUDA device.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
@@ -85,6 +85,10 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// CUDA device ordinals, `--workers` workers each: `--devices 0,1`.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<usize>>,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,6 +117,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let spec = PipelineSpec {
         model: &model_dir,
         device: &cfg.device,
+        devices: &cfg.devices,
         workers: cfg.workers,
         threads: cfg.threads,
     };

@@ -45,7 +45,10 @@ pub struct ServeArgs {
     /// `cpu` or `cuda:N`.
     #[arg(long, env = "TRIDENT_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// Encoder workers (CPU only; each gets --threads threads).
+    /// CUDA device ordinals, one worker (or `--workers`) each: `--devices 0,1`.
+    #[arg(long, env = "TRIDENT_DEVICES", value_delimiter = ',', conflicts_with = "device")]
+    pub devices: Vec<usize>,
+    /// Encoder workers: CPU workers (each with --threads threads) or workers per CUDA device.
     #[arg(long, env = "TRIDENT_WORKERS", default_value_t = 1)]
     pub workers: usize,
     /// CPU threads per worker (0 = all cores).
@@ -160,9 +163,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Loads the model, starts the pipeline's workers and describes the result for `/info`.
 async fn load(args: &ServeArgs, metrics: Metrics) -> anyhow::Result<LoadedModel> {
     let (device, workers, threads) = (args.device.clone(), args.workers, args.threads);
+    let devices = args.devices.clone();
     let dir = args.model.clone();
     let (model, specs, tokenizer, pieces) = tokio::task::spawn_blocking(move || {
-        let spec = PipelineSpec { model: &dir, device: &device, workers, threads };
+        let spec =
+            PipelineSpec { model: &dir, device: &device, devices: &devices, workers, threads };
         let (model, specs) = build_workers(&spec)?;
         // The pipeline owns its tokenizer; /tokenize gets its own copy and the piece of every id.
         let tokenizer = trident_model::Tokenizer::from_dir(&dir)?;
@@ -179,14 +184,14 @@ async fn load(args: &ServeArgs, metrics: Metrics) -> anyhow::Result<LoadedModel>
         vocab_size: tokenizer.vocab_size(),
         max_length: config.max_sequence_length(),
         backend: match args.device.as_str() {
-            "cpu" => format!(
+            "cpu" if args.devices.is_empty() => format!(
                 "cpu ({} threads per worker) · {} layers × {} hidden, {} heads",
                 if threads == 0 { "all".to_string() } else { threads.to_string() },
                 config.num_hidden_layers,
                 config.hidden_size,
                 config.num_attention_heads
             ),
-            other => other.to_string(),
+            _ => format!("cuda ({} workers)", specs.len()),
         },
         devices: specs.iter().map(|w| w.name.clone()).collect(),
     };

@@ -1,0 +1,333 @@
+//! The f32 GEMM micro-kernel and its packing routines, BLIS-style: a 6 × 16 tile of `C` held in
+//! twelve AVX2 registers while `kc` steps stream a packed `A` micro-panel (`[kc][6]`) and a packed
+//! `B` micro-panel (`[kc][16]`). Packing is what lets callers reuse panels: the attention packs
+//! each head's keys and values once for all query blocks, and the linear layers pack each weight
+//! block once per call for all row blocks.
+
+/// Rows of a tile (`A` micro-panel width).
+pub const MR: usize = 6;
+/// Columns of a tile (`B` micro-panel width: two 8-lane vectors).
+pub const NR: usize = 16;
+
+/// A 64-byte aligned, reusable f32 buffer (aligned so panel loads never split cache lines).
+#[derive(Default)]
+pub struct Aligned {
+    raw: Vec<f32>,
+    off: usize,
+}
+
+impl Aligned {
+    /// A slice of `len` floats (contents unspecified), growing the buffer when needed.
+    pub fn get(&mut self, len: usize) -> &mut [f32] {
+        if self.raw.len() < len + 16 {
+            self.raw = vec![0.0; len + 16];
+            self.off = self.raw.as_ptr().align_offset(64).min(15);
+        }
+        &mut self.raw[self.off..self.off + len]
+    }
+}
+
+/// Packs rows `r0..r0+rows` (row stride `ld`), columns `c0..c0+kc` of `src` as `A` micro-panels:
+/// `dst[p][kk][i] = scale · src[r0 + p·MR + i][c0 + kk]`, zero rows past `rows`.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_a(
+    src: &[f32],
+    ld: usize,
+    r0: usize,
+    rows: usize,
+    c0: usize,
+    kc: usize,
+    scale: f32,
+    dst: &mut [f32],
+) {
+    let zeros = vec![0.0; if rows % MR == 0 { 0 } else { kc }];
+    for (p, panel) in dst.chunks_exact_mut(kc * MR).take(rows.div_ceil(MR)).enumerate() {
+        let row = |i: usize| {
+            let r = p * MR + i;
+            if r < rows {
+                &src[(r0 + r) * ld + c0..][..kc]
+            } else {
+                &zeros[..]
+            }
+        };
+        let src_rows = [row(0), row(1), row(2), row(3), row(4), row(5)];
+        // One output step gathers column kk of the six rows: sequential writes, six read streams.
+        for (kk, out) in panel.chunks_exact_mut(MR).enumerate() {
+            for i in 0..MR {
+                out[i] = src_rows[i][kk] * scale;
+            }
+        }
+    }
+}
+
+/// Packs a `B = Sᵀ` operand given as rows of `S` (PyTorch weights `[out × in]`, attention keys):
+/// rows `j0..j0+cols` of `src` (stride `ld`), columns `c0..c0+kc`, as `dst[p][kk][j] =
+/// src[j0 + p·NR + j][c0 + kk]`, zero columns past `cols`.
+pub fn pack_b_rows(
+    src: &[f32],
+    ld: usize,
+    j0: usize,
+    cols: usize,
+    c0: usize,
+    kc: usize,
+    dst: &mut [f32],
+) {
+    for (p, panel) in dst.chunks_exact_mut(kc * NR).take(cols.div_ceil(NR)).enumerate() {
+        pack_b_rows_panel(src, ld, j0 + p * NR, (cols - p * NR).min(NR), c0, kc, panel);
+    }
+}
+
+/// One `B` micro-panel of [`pack_b_rows`].
+pub fn pack_b_rows_panel(
+    src: &[f32],
+    ld: usize,
+    j0: usize,
+    cols: usize,
+    c0: usize,
+    kc: usize,
+    panel: &mut [f32],
+) {
+    for j in 0..NR {
+        if j < cols {
+            let row = &src[(j0 + j) * ld + c0..][..kc];
+            for (kk, &v) in row.iter().enumerate() {
+                panel[kk * NR + j] = v;
+            }
+        } else {
+            for kk in 0..kc {
+                panel[kk * NR + j] = 0.0;
+            }
+        }
+    }
+}
+
+/// Packs a row-major `B` (`[k × n]`, stride `ld`, attention values): rows `r0..r0+kc`, columns
+/// `0..cols` as `dst[p][kk][j] = src[r0 + kk][p·NR + j]`, zero columns past `cols`.
+pub fn pack_b_cols(src: &[f32], ld: usize, r0: usize, kc: usize, cols: usize, dst: &mut [f32]) {
+    for (p, panel) in dst.chunks_exact_mut(kc * NR).take(cols.div_ceil(NR)).enumerate() {
+        let (c0, w) = (p * NR, (cols - p * NR).min(NR));
+        for kk in 0..kc {
+            let out = &mut panel[kk * NR..(kk + 1) * NR];
+            out[..w].copy_from_slice(&src[(r0 + kk) * ld + c0..][..w]);
+            out[w..].fill(0.0);
+        }
+    }
+}
+
+/// `C[rows × cols] (+)= A·B` for one tile: `ap` is an `A` micro-panel `[kc][MR]`, `bp` a `B`
+/// micro-panel `[kc][NR]`, `c` points at the tile's first element with row stride `ldc`.
+///
+/// # Safety
+/// `ap`/`bp` must hold `kc·MR` / `kc·NR` floats; `c` must be valid for `rows × cols` elements
+/// at stride `ldc`, with `rows ≤ MR`, `cols ≤ NR`.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn tile(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2 and FMA; the caller upholds the buffer contract.
+        return unsafe { tile_avx2(kc, ap, bp, c, ldc, rows, cols, accumulate) };
+    }
+    // SAFETY: as above.
+    unsafe { tile_generic(kc, ap, bp, c, ldc, rows, cols, accumulate) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// Writes (or adds) a computed `[MR × NR]` tile into `c`, clipped to `rows × cols`.
+#[inline(always)]
+unsafe fn store(
+    acc: &[[f32; NR]; MR],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    for (i, row) in acc.iter().enumerate().take(rows) {
+        // SAFETY: the caller guarantees `c` covers `rows × cols` at stride `ldc`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), cols) };
+        if accumulate {
+            dst.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+        } else {
+            dst.copy_from_slice(&row[..cols]);
+        }
+    }
+}
+
+/// Portable tile (CPUs without AVX2+FMA, and the reference the AVX2 tile is tested against).
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_generic(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    // SAFETY: sizes per the caller's contract.
+    let (a, b) = unsafe {
+        (std::slice::from_raw_parts(ap, kc * MR), std::slice::from_raw_parts(bp, kc * NR))
+    };
+    let mut acc = [[0f32; NR]; MR];
+    for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        for i in 0..MR {
+            for j in 0..NR {
+                acc[i][j] = ak[i].mul_add(bk[j], acc[i][j]);
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { store(&acc, c, ldc, rows, cols, accumulate) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2(
+    kc: usize,
+    ap: *const f32,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let z = _mm256_setzero_ps();
+    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+    let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+    let (mut a, mut b) = (ap, bp);
+    // SAFETY: `a` advances MR and `b` NR floats per step, kc steps: inside the panels.
+    unsafe {
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            let x = _mm256_broadcast_ss(&*a);
+            c00 = _mm256_fmadd_ps(x, b0, c00);
+            c01 = _mm256_fmadd_ps(x, b1, c01);
+            let x = _mm256_broadcast_ss(&*a.add(1));
+            c10 = _mm256_fmadd_ps(x, b0, c10);
+            c11 = _mm256_fmadd_ps(x, b1, c11);
+            let x = _mm256_broadcast_ss(&*a.add(2));
+            c20 = _mm256_fmadd_ps(x, b0, c20);
+            c21 = _mm256_fmadd_ps(x, b1, c21);
+            let x = _mm256_broadcast_ss(&*a.add(3));
+            c30 = _mm256_fmadd_ps(x, b0, c30);
+            c31 = _mm256_fmadd_ps(x, b1, c31);
+            let x = _mm256_broadcast_ss(&*a.add(4));
+            c40 = _mm256_fmadd_ps(x, b0, c40);
+            c41 = _mm256_fmadd_ps(x, b1, c41);
+            let x = _mm256_broadcast_ss(&*a.add(5));
+            c50 = _mm256_fmadd_ps(x, b0, c50);
+            c51 = _mm256_fmadd_ps(x, b1, c51);
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        let acc = [[c00, c01], [c10, c11], [c20, c21], [c30, c31], [c40, c41], [c50, c51]];
+        if rows == MR && cols == NR {
+            for (i, [v0, v1]) in acc.into_iter().enumerate() {
+                let p = c.add(i * ldc);
+                if accumulate {
+                    _mm256_storeu_ps(p, _mm256_add_ps(v0, _mm256_loadu_ps(p)));
+                    _mm256_storeu_ps(p.add(8), _mm256_add_ps(v1, _mm256_loadu_ps(p.add(8))));
+                } else {
+                    _mm256_storeu_ps(p, v0);
+                    _mm256_storeu_ps(p.add(8), v1);
+                }
+            }
+        } else {
+            let mut tmp = [[0f32; NR]; MR];
+            for (i, [v0, v1]) in acc.into_iter().enumerate() {
+                _mm256_storeu_ps(tmp[i].as_mut_ptr(), v0);
+                _mm256_storeu_ps(tmp[i].as_mut_ptr().add(8), v1);
+            }
+            store(&tmp, c, ldc, rows, cols, accumulate);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| (((i + seed) * 2_654_435_761 % 1000) as f32 / 500.0) - 1.0).collect()
+    }
+
+    /// Both tile implementations, full and clipped, written and accumulated, against f64.
+    #[test]
+    fn tiles_match_naive_products() {
+        let (m, n, k) = (5, 13, 37);
+        let a = rand(m * k, 1); // [m × k]
+        let s = rand(n * k, 2); // B = Sᵀ, S is [n × k]
+        let mut ap = vec![0.0; MR * k];
+        let mut bp = vec![0.0; NR * k];
+        pack_a(&a, k, 0, m, 0, k, 1.0, &mut ap);
+        pack_b_rows(&s, k, 0, n, 0, k, &mut bp);
+        for generic in [true, false] {
+            for accumulate in [false, true] {
+                let mut c = vec![1.0f32; m * n];
+                // SAFETY: panels of the packed sizes, c is [m × n].
+                unsafe {
+                    if generic {
+                        tile_generic(
+                            k,
+                            ap.as_ptr(),
+                            bp.as_ptr(),
+                            c.as_mut_ptr(),
+                            n,
+                            m,
+                            n,
+                            accumulate,
+                        )
+                    } else {
+                        tile(k, ap.as_ptr(), bp.as_ptr(), c.as_mut_ptr(), n, m, n, accumulate)
+                    }
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|kk| a[i * k + kk] as f64 * s[j * k + kk] as f64)
+                            .sum::<f64>()
+                            + if accumulate { 1.0 } else { 0.0 };
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "generic={generic} acc={accumulate} ({i},{j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn column_packing_equals_row_packing_of_the_transpose() {
+        let (k, n) = (9, 21);
+        let b = rand(k * n, 3); // [k × n]
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect(); // [n × k]
+        let panels = n.div_ceil(NR);
+        let (mut x, mut y) = (vec![7.0; panels * NR * k], vec![7.0; panels * NR * k]);
+        pack_b_cols(&b, n, 0, k, n, &mut x);
+        pack_b_rows(&bt, k, 0, n, 0, k, &mut y);
+        assert_eq!(x, y);
+    }
+}

@@ -1,0 +1,79 @@
+//! Device placement flags (`--device`, `--devices`, `--workers`) of `trident embed` and
+//! `trident node`: bad lists fail at once (before the model loads) with a message naming the
+//! flag; on a machine without CUDA, asking for a GPU is a clear error, never a CPU fallback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TRIDENT: &str = env!("CARGO_BIN_EXE_trident");
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m3")
+}
+
+fn trident(args: &[&str]) -> Output {
+    Command::new(TRIDENT).args(args).env("TRIDENT_LOG", "warn").output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_device_lists_fail_before_loading_the_model() {
+    // The model path does not exist: the placement error must come first.
+    let out =
+        trident(&["embed", "--model", "/no/such/model", "--devices", "0,1,0", "--input", "-"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("device 0 twice"), "{}", stderr(&out));
+
+    let out = trident(&["embed", "--model", "/no/such/model", "--device", "tpu:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--device tpu:0"), "{}", stderr(&out));
+
+    let out =
+        trident(&["embed", "--model", "/no/such/model", "--device", "cuda:0", "--devices", "1"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("--devices"), "{}", stderr(&out));
+
+    let out = trident(&["embed", "--model", "/no/such/model", "--devices", "x"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("--devices"), "{}", stderr(&out));
+
+    let out = trident(&["embed", "--model", "/no/such/model", "--workers", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--workers"), "{}", stderr(&out));
+}
+
+#[test]
+fn gpu_placement_without_cuda_is_a_clear_error() {
+    if trident_cuda::cuda_available() {
+        eprintln!("skipped: this machine has CUDA; tests/gpu.rs covers the GPU path");
+        return;
+    }
+    let m = tiny();
+    let m = m.to_str().unwrap();
+    let out = trident(&["embed", "--model", m, "--devices", "0,1", "--input", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no CUDA driver or device"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("[0, 1]"), "{}", stderr(&out));
+
+    // `trident node --devices 0` takes the same path (no broker is contacted before it fails).
+    let out = trident(&[
+        "node",
+        "--model",
+        m,
+        "--brokers",
+        "127.0.0.1:1",
+        "--group",
+        "g",
+        "--input-topic",
+        "in",
+        "--output-topic",
+        "out",
+        "--devices",
+        "0",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("no CUDA driver or device"), "{}", stderr(&out));
+}
