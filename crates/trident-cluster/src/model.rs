@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use trident_model::cpu::CpuBackend;
+use trident_model::cpu::{CpuBackend, CpuPrecision};
 use trident_model::{Checkpoint, Encoder, Tokenizer};
 
 use crate::codec::model_fingerprint;
@@ -19,15 +19,25 @@ pub struct LoadedModel {
 }
 
 pub fn load_model(dir: &Path) -> Result<LoadedModel, ClusterError> {
-    let tokenizer = Tokenizer::from_dir(dir)?;
-    let checkpoint = Arc::new(Checkpoint::open(dir)?);
+    // The tokenizer parses on a second thread while the checkpoint opens.
+    let (tokenizer, checkpoint) = std::thread::scope(|s| {
+        let tok = s.spawn(|| Tokenizer::from_dir(dir));
+        let ckpt = Checkpoint::open(dir);
+        (tok.join().expect("tokenizer thread"), ckpt)
+    });
+    let (tokenizer, checkpoint) = (tokenizer?, Arc::new(checkpoint?));
     let fingerprint = model_fingerprint(dir)
         .map_err(|e| ClusterError::Io { path: dir.display().to_string(), source: e })?;
     Ok(LoadedModel { tokenizer, checkpoint, fingerprint })
 }
 
-/// `workers` CPU workers of `threads` threads each (0 = all cores).
-pub fn cpu_workers(m: &LoadedModel, workers: usize, threads: usize) -> Vec<WorkerSpec> {
+/// `workers` CPU workers of `threads` threads each (0 = all cores), weights at `precision`.
+pub fn cpu_workers(
+    m: &LoadedModel,
+    workers: usize,
+    threads: usize,
+    precision: CpuPrecision,
+) -> Vec<WorkerSpec> {
     let special = m.tokenizer.special_ids();
     (0..workers.max(1))
         .map(|i| {
@@ -35,8 +45,8 @@ pub fn cpu_workers(m: &LoadedModel, workers: usize, threads: usize) -> Vec<Worke
             WorkerSpec {
                 name: format!("cpu-{i}"),
                 factory: Arc::new(move || {
-                    let mut enc =
-                        Encoder::new(&ckpt, CpuBackend::new(threads)).map_err(|e| e.to_string())?;
+                    let backend = CpuBackend::with_precision(threads, precision);
+                    let mut enc = Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
                     enc.set_special_ids(special);
                     Ok(Box::new(enc) as Box<dyn trident_model::Embedder>)
                 }),

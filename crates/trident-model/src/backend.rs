@@ -88,6 +88,25 @@ impl HostTensor {
     }
 }
 
+impl HostTensor {
+    /// Drops this tensor's pages from the process's resident set when it is memory-mapped (a
+    /// backend that converted it keeps no reference into it). The file stays mapped: a later
+    /// read faults the pages back in from the page cache.
+    pub fn release_pages(&self) {
+        let Storage::Mapped(m) = &*self.storage else { return };
+        let page = 4096;
+        let (start, end) = (4 * self.offset, 4 * (self.offset + self.len()));
+        let (start, end) = (start.div_ceil(page) * page, end / page * page);
+        if end > start {
+            // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED discards no
+            // data; `start..end` lies inside it. Failure only means the pages stay resident.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+}
+
 impl std::fmt::Debug for HostTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "HostTensor{:?}", self.shape)

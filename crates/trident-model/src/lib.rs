@@ -22,12 +22,26 @@ pub use error::ModelError;
 pub use special::SpecialIds;
 pub use tokenizer::Tokenizer;
 
-/// Opens a model directory for CPU inference: its tokenizer and an encoder on `threads`
-/// threads (0 = all cores).
+/// Opens a model directory for CPU inference: its tokenizer and an encoder with f32 weights on
+/// `threads` threads (0 = all cores).
 pub fn load_cpu(dir: &Path, threads: usize) -> Result<(Tokenizer, Box<dyn Embedder>), ModelError> {
-    let tokenizer = Tokenizer::from_dir(dir)?;
-    let ckpt = Checkpoint::open(dir)?;
-    let mut enc = Encoder::new(&ckpt, cpu::CpuBackend::new(threads))?;
+    load_cpu_with(dir, threads, cpu::CpuPrecision::F32)
+}
+
+/// As [`load_cpu`], with the linear layers' weights stored at `precision`. The tokenizer is
+/// parsed on a second thread while the checkpoint is opened (both take a few hundred ms).
+pub fn load_cpu_with(
+    dir: &Path,
+    threads: usize,
+    precision: cpu::CpuPrecision,
+) -> Result<(Tokenizer, Box<dyn Embedder>), ModelError> {
+    let (tokenizer, ckpt) = std::thread::scope(|s| {
+        let tok = s.spawn(|| Tokenizer::from_dir(dir));
+        let ckpt = Checkpoint::open(dir);
+        (tok.join().expect("tokenizer thread"), ckpt)
+    });
+    let (tokenizer, ckpt) = (tokenizer?, ckpt?);
+    let mut enc = Encoder::new(&ckpt, cpu::CpuBackend::with_precision(threads, precision))?;
     enc.set_special_ids(tokenizer.special_ids());
     Ok((tokenizer, Box::new(enc)))
 }

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::kernel::{pack_a, pack_b_rows_panel, tile, Aligned, MR, NR};
+use super::kernel::{pack_a, pack_b_rows_panel, tile, Aligned, Element, MR, NR};
 
 /// Input features per packed block: a `B` micro-panel (`KC × NR`) stays in L1 while the tiles of
 /// one row block run over it.
@@ -46,12 +46,12 @@ unsafe impl Sync for Out {}
 ///
 /// # Safety
 /// `c` must be valid for `m` rows of `n` elements at stride `ldc` and must not alias `a` or `w`.
-pub unsafe fn matmul_wt(
+pub unsafe fn matmul_wt<T: Element>(
     m: usize,
     n: usize,
     k: usize,
     a: &[f32],
-    w: &[f32],
+    w: &[T],
     c: *mut f32,
     ldc: usize,
 ) {

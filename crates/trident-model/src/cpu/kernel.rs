@@ -9,6 +9,26 @@ pub const MR: usize = 6;
 /// Columns of a tile (`B` micro-panel width: two 8-lane vectors).
 pub const NR: usize = 16;
 
+/// A stored weight element, widened to f32 while packing (the micro-kernel computes in f32).
+pub trait Element: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+}
+
+impl Element for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl Element for half::bf16 {
+    /// bf16 is the top half of an f32: widening is a shift (exact).
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+}
+
 /// A 64-byte aligned, reusable f32 buffer (aligned so panel loads never split cache lines).
 #[derive(Default)]
 pub struct Aligned {
@@ -63,8 +83,8 @@ pub fn pack_a(
 /// Packs a `B = Sᵀ` operand given as rows of `S` (PyTorch weights `[out × in]`, attention keys):
 /// rows `j0..j0+cols` of `src` (stride `ld`), columns `c0..c0+kc`, as `dst[p][kk][j] =
 /// src[j0 + p·NR + j][c0 + kk]`, zero columns past `cols`.
-pub fn pack_b_rows(
-    src: &[f32],
+pub fn pack_b_rows<T: Element>(
+    src: &[T],
     ld: usize,
     j0: usize,
     cols: usize,
@@ -78,8 +98,8 @@ pub fn pack_b_rows(
 }
 
 /// One `B` micro-panel of [`pack_b_rows`].
-pub fn pack_b_rows_panel(
-    src: &[f32],
+pub fn pack_b_rows_panel<T: Element>(
+    src: &[T],
     ld: usize,
     j0: usize,
     cols: usize,
@@ -91,7 +111,7 @@ pub fn pack_b_rows_panel(
         if j < cols {
             let row = &src[(j0 + j) * ld + c0..][..kc];
             for (kk, &v) in row.iter().enumerate() {
-                panel[kk * NR + j] = v;
+                panel[kk * NR + j] = v.to_f32();
             }
         } else {
             for kk in 0..kc {
@@ -217,6 +237,13 @@ unsafe fn tile_avx2(
     let (mut a, mut b) = (ap, bp);
     // SAFETY: `a` advances MR and `b` NR floats per step, kc steps: inside the panels.
     unsafe {
+        // The tile of C is read (or written) after the loop; start fetching it now so the
+        // misses overlap the FMAs (prefetches never fault, the addresses need not be valid).
+        for i in 0..rows {
+            let p = c.wrapping_add(i * ldc) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(p);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(4 * NR - 1));
+        }
         for _ in 0..kc {
             let b0 = _mm256_loadu_ps(b);
             let b1 = _mm256_loadu_ps(b.add(8));

@@ -31,10 +31,47 @@ impl CpuAct {
     }
 }
 
-/// A linear layer: the parts' weights in place (`[out_i × in]` each), their biases concatenated.
+/// How the CPU backend stores the linear layers' weights (activations are always f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuPrecision {
+    /// The checkpoint's f32 weights, read in place.
+    #[default]
+    F32,
+    /// Weights rounded to bf16 at load (half the memory of the linear layers; widened to f32
+    /// when packed, so the arithmetic stays f32).
+    Bf16,
+}
+
+impl std::str::FromStr for CpuPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(CpuPrecision::F32),
+            "bf16" => Ok(CpuPrecision::Bf16),
+            other => Err(format!("precision {other:?}: expected f32 or bf16")),
+        }
+    }
+}
+
+/// One part of a linear layer's weight, `[out_i × in]`.
+enum PartWeight {
+    F32(HostTensor),
+    Bf16(Vec<half::bf16>),
+}
+
+impl PartWeight {
+    fn rows(&self, in_dim: usize) -> usize {
+        match self {
+            PartWeight::F32(t) => t.shape()[0],
+            PartWeight::Bf16(v) => v.len() / in_dim.max(1),
+        }
+    }
+}
+
+/// A linear layer: the parts' weights (`[out_i × in]` each), their biases concatenated.
 pub struct CpuLinear {
     name: String,
-    weights: Vec<HostTensor>,
+    weights: Vec<PartWeight>,
     bias: Vec<f32>,
     in_dim: usize,
     out_dim: usize,
@@ -56,12 +93,18 @@ pub struct CpuEmbeddings {
 pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
+    precision: CpuPrecision,
     buffers: Arc<BufferPool>,
 }
 
 impl CpuBackend {
-    /// A backend running on its own pool of `threads` threads (0 = all cores).
+    /// A backend with f32 weights on its own pool of `threads` threads (0 = all cores).
     pub fn new(threads: usize) -> Self {
+        Self::with_precision(threads, CpuPrecision::F32)
+    }
+
+    /// As [`CpuBackend::new`], storing the linear layers' weights at `precision`.
+    pub fn with_precision(threads: usize, precision: CpuPrecision) -> Self {
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -72,7 +115,7 @@ impl CpuBackend {
             .thread_name(|i| format!("trident-cpu-{i}"))
             .build()
             .expect("rayon thread pool");
-        CpuBackend { pool: Arc::new(pool), threads, buffers: Arc::default() }
+        CpuBackend { pool: Arc::new(pool), threads, precision, buffers: Arc::default() }
     }
 
     pub fn threads(&self) -> usize {
@@ -95,18 +138,16 @@ impl CpuBackend {
         let mut y = Pooled::new(&self.buffers, m * n);
         let mut col = 0;
         for part in &w.weights {
-            let out_i = part.shape()[0];
+            let out_i = part.rows(w.in_dim);
+            let dst = y.data[col..].as_mut_ptr();
             // SAFETY: x is [m × in], the part is [out_i × in], y has room for columns col..col+out_i.
             unsafe {
-                gemm::matmul_wt(
-                    m,
-                    out_i,
-                    w.in_dim,
-                    x.data(),
-                    part.data(),
-                    y.data.as_mut_ptr().add(col),
-                    n,
-                )
+                match part {
+                    PartWeight::F32(t) => {
+                        gemm::matmul_wt(m, out_i, w.in_dim, x.data(), t.data(), dst, n)
+                    }
+                    PartWeight::Bf16(v) => gemm::matmul_wt(m, out_i, w.in_dim, x.data(), v, dst, n),
+                }
             };
             col += out_i;
         }
@@ -138,7 +179,10 @@ impl Backend for CpuBackend {
     type Embeddings = CpuEmbeddings;
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads, f32)", self.threads)
+        match self.precision {
+            CpuPrecision::F32 => format!("cpu ({} threads, f32)", self.threads),
+            CpuPrecision::Bf16 => format!("cpu ({} threads, bf16 weights, f32 math)", self.threads),
+        }
     }
 
     fn load_linear(&self, name: &str, parts: &[LinearParts]) -> BResult<CpuLinear> {
@@ -156,13 +200,27 @@ impl Backend for CpuBackend {
             check_len(name, &p.bias, s[0])?;
             bias.extend_from_slice(p.bias.data());
         }
-        Ok(CpuLinear {
-            name: name.to_string(),
-            weights: parts.iter().map(|p| p.weight.clone()).collect(),
-            out_dim: bias.len(),
-            bias,
-            in_dim,
-        })
+        // The one-output sparse head stays f32: it is a dot product, not a GEMM.
+        let bf16 = self.precision == CpuPrecision::Bf16 && bias.len() > 1;
+        let weights = parts
+            .iter()
+            .map(|p| {
+                if bf16 {
+                    let src = p.weight.data();
+                    let mut v = vec![half::bf16::ZERO; src.len()];
+                    self.pool.install(|| {
+                        v.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| {
+                            d.iter_mut().zip(s).for_each(|(d, &s)| *d = half::bf16::from_f32(s))
+                        })
+                    });
+                    p.weight.release_pages();
+                    PartWeight::Bf16(v)
+                } else {
+                    PartWeight::F32(p.weight.clone())
+                }
+            })
+            .collect();
+        Ok(CpuLinear { name: name.to_string(), weights, out_dim: bias.len(), bias, in_dim })
     }
 
     fn load_norm(
@@ -320,7 +378,10 @@ impl Backend for CpuBackend {
                     ),
                 ));
             }
-            let (w, b) = (sparse.weights[0].data(), sparse.bias[0]);
+            let PartWeight::F32(w) = &sparse.weights[0] else {
+                return Err(Self::err("sparse head", "weight is not f32"));
+            };
+            let (w, b) = (w.data(), sparse.bias[0]);
             out.token_weights = self.pool.install(|| {
                 h.data().par_chunks(hidden).map(|row| (ops::dot(row, w) + b).max(0.0)).collect()
             });

@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde_json::json;
 use trident_core::{Modes, TokenizedDoc};
-use trident_model::cpu::CpuBackend;
+use trident_model::cpu::{CpuBackend, CpuPrecision};
 use trident_model::{Checkpoint, Embedder, Encoder, ModelConfig, Tokenizer};
 
 /// Where `--random` looks for the real XLM-R tokenizer when `--tokenizer` is not given:
@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Truncate documents to this many tokens (specials included).
     #[arg(long, default_value_t = 8192)]
     pub max_length: usize,
+    /// Weight precision of the CPU backend: f32, or bf16 (half the memory of the linear layers;
+    /// the arithmetic stays f32).
+    #[arg(long, default_value = "f32")]
+    pub precision: CpuPrecision,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -158,7 +162,7 @@ fn load(
 ) -> anyhow::Result<(Tokenizer, Box<dyn Embedder>, String)> {
     if let Some(model) = &args.model {
         let dir = crate::hub::resolve_model(model)?;
-        let (tok, emb) = trident_model::load_cpu(&dir, threads)
+        let (tok, emb) = trident_model::load_cpu_with(&dir, threads, args.precision)
             .with_context(|| format!("loading model {}", dir.display()))?;
         return Ok((tok, emb, dir.display().to_string()));
     }
@@ -177,7 +181,7 @@ fn load(
     }
     let layers = config.num_hidden_layers;
     let ckpt = Checkpoint::random(config, args.seed);
-    let mut enc = Encoder::new(&ckpt, CpuBackend::new(threads))?;
+    let mut enc = Encoder::new(&ckpt, CpuBackend::with_precision(threads, args.precision))?;
     enc.set_special_ids(tokenizer.special_ids());
     let model = format!("random xlmr-large (layers={layers}, seed={})", args.seed);
     Ok((tokenizer, Box::new(enc), model))

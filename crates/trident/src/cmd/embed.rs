@@ -19,6 +19,7 @@ use trident_cluster::flight::FlightLimits;
 use trident_cluster::model::{cpu_workers, load_model, LoadedModel};
 use trident_cluster::{BatchPolicy, Cache, Metrics, Pipeline, PipelineConfig, WorkerSpec};
 use trident_core::Modes;
+use trident_model::cpu::CpuPrecision;
 
 #[derive(clap::Args)]
 pub struct EmbedArgs {
@@ -55,6 +56,10 @@ pub struct EmbedArgs {
     /// CUDA device ordinals, one worker (or `--workers`) each: `--devices 0,1`.
     #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     pub devices: Vec<usize>,
+    /// Weight precision of the CPU backend: f32, or bf16 (half the memory of the linear layers,
+    /// f32 arithmetic; outputs differ from f32 by about 1e-3 relative).
+    #[arg(long, default_value = "f32")]
+    pub precision: CpuPrecision,
     /// Workers: CPU workers (each with `--threads` threads), or workers per CUDA device (each
     /// on its own stream, so one batch's copies and host work overlap another's kernels).
     #[arg(long, default_value_t = 1)]
@@ -75,6 +80,8 @@ pub struct PipelineSpec<'a> {
     pub devices: &'a [usize],
     pub workers: usize,
     pub threads: usize,
+    /// Weight precision of CPU workers.
+    pub precision: CpuPrecision,
 }
 
 /// Load the model and build the worker specs for `--device` / `--devices`.
@@ -85,7 +92,7 @@ pub fn build_workers(spec: &PipelineSpec) -> anyhow::Result<(LoadedModel, Vec<Wo
     let model = load_model(spec.model)
         .with_context(|| format!("loading model {}", spec.model.display()))?;
     let workers = match placement {
-        Placement::Cpu => cpu_workers(&model, spec.workers, spec.threads),
+        Placement::Cpu => cpu_workers(&model, spec.workers, spec.threads, spec.precision),
         Placement::Cuda(devices) => cuda_workers(&model, &devices, spec.workers)?,
     };
     Ok((model, workers))
@@ -198,6 +205,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         devices: &args.devices,
         workers: args.workers,
         threads: args.threads,
+        precision: args.precision,
     };
     let (model, workers) = build_workers(&spec)?;
     let modes = Modes::from_flags(args.dense, args.sparse, args.colbert);

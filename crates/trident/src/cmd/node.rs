@@ -120,6 +120,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         devices: &cfg.devices,
         workers: cfg.workers,
         threads: cfg.threads,
+        precision: Default::default(),
     };
     let (model, workers) = build_workers(&spec)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -166,8 +166,14 @@ async fn load(args: &ServeArgs, metrics: Metrics) -> anyhow::Result<LoadedModel>
     let devices = args.devices.clone();
     let dir = args.model.clone();
     let (model, specs, tokenizer, pieces) = tokio::task::spawn_blocking(move || {
-        let spec =
-            PipelineSpec { model: &dir, device: &device, devices: &devices, workers, threads };
+        let spec = PipelineSpec {
+            model: &dir,
+            device: &device,
+            devices: &devices,
+            workers,
+            threads,
+            precision: Default::default(),
+        };
         let (model, specs) = build_workers(&spec)?;
         // The pipeline owns its tokenizer; /tokenize gets its own copy and the piece of every id.
         let tokenizer = trident_model::Tokenizer::from_dir(&dir)?;
