@@ -18,6 +18,10 @@ use crate::backend::{
 };
 use pool::{BufferPool, Pooled};
 
+/// The linear-layer GEMM, public for `examples/gemm_bench.rs`.
+#[doc(hidden)]
+pub use gemm::matmul_wt;
+
 /// A `[rows × cols]` row-major activation (its buffer goes back to the backend's pool on drop).
 pub struct CpuAct {
     buf: Pooled,
