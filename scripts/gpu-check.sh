@@ -65,7 +65,7 @@ rc_tests=0
 : > "$OUT/gpu-tests.log"
 for t in fixture_parity_f32:45 attention_kernels_match_reference:30 attention_tensor_core_8192_tokens:30 \
          fixture_bf16_matches_cpu:45 real_shape_bf16_matches_cpu:90 buffers_are_reused_across_batches:20 \
-         no_gpu_gives_a_typed_error_not_a_panic:10; do
+         two_workers_share_one_device:45 no_gpu_gives_a_typed_error_not_a_panic:10; do
   name=${t%%:*}; limit=${t##*:}
   timeout "$limit" $BIN/gpu-tests --exact "$name" --test-threads=1 --nocapture >> "$OUT/gpu-tests.log" 2>&1
   rc=$?

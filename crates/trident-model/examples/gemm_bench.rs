@@ -10,7 +10,8 @@ fn main() {
     let m: usize = args.get(1).map_or(4096, |s| s.parse().expect("ROWS"));
     let threads: usize = args.get(2).map_or(2, |s| s.parse().expect("THREADS"));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-    for (name, n, k) in [("qkv part", 1024, 1024), ("ffn up", 4096, 1024), ("ffn down", 1024, 4096)] {
+    for (name, n, k) in [("qkv part", 1024, 1024), ("ffn up", 4096, 1024), ("ffn down", 1024, 4096)]
+    {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0).collect();
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 480.0).collect();
         let mut c = vec![0f32; m * n];
