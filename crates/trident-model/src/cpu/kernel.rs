@@ -247,24 +247,20 @@ unsafe fn tile_avx2(
         for _ in 0..kc {
             let b0 = _mm256_loadu_ps(b);
             let b1 = _mm256_loadu_ps(b.add(8));
-            let x = _mm256_broadcast_ss(&*a);
-            c00 = _mm256_fmadd_ps(x, b0, c00);
-            c01 = _mm256_fmadd_ps(x, b1, c01);
-            let x = _mm256_broadcast_ss(&*a.add(1));
-            c10 = _mm256_fmadd_ps(x, b0, c10);
-            c11 = _mm256_fmadd_ps(x, b1, c11);
-            let x = _mm256_broadcast_ss(&*a.add(2));
-            c20 = _mm256_fmadd_ps(x, b0, c20);
-            c21 = _mm256_fmadd_ps(x, b1, c21);
-            let x = _mm256_broadcast_ss(&*a.add(3));
-            c30 = _mm256_fmadd_ps(x, b0, c30);
-            c31 = _mm256_fmadd_ps(x, b1, c31);
-            let x = _mm256_broadcast_ss(&*a.add(4));
-            c40 = _mm256_fmadd_ps(x, b0, c40);
-            c41 = _mm256_fmadd_ps(x, b1, c41);
-            let x = _mm256_broadcast_ss(&*a.add(5));
-            c50 = _mm256_fmadd_ps(x, b0, c50);
-            c51 = _mm256_fmadd_ps(x, b1, c51);
+            // Row i of the tile: broadcast A[i] against both halves of the B row.
+            macro_rules! row {
+                ($i:expr, $lo:ident, $hi:ident) => {
+                    let x = _mm256_broadcast_ss(&*a.add($i));
+                    $lo = _mm256_fmadd_ps(x, b0, $lo);
+                    $hi = _mm256_fmadd_ps(x, b1, $hi);
+                };
+            }
+            row!(0, c00, c01);
+            row!(1, c10, c11);
+            row!(2, c20, c21);
+            row!(3, c30, c31);
+            row!(4, c40, c41);
+            row!(5, c50, c51);
             a = a.add(MR);
             b = b.add(NR);
         }
