@@ -69,9 +69,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- fail "modes: at least one of dense, sparse, colbert must be true" }}
 {{- end }}
 {{- range $c := list "node" "server" }}
-{{- if gt (int (index $.Values $c).gpus) 1 }}
-{{- fail (printf "%s.gpus: a pod drives one GPU (got %v); scale with replicas instead" $c (index $.Values $c).gpus) }}
+{{- if lt (int (index $.Values $c).gpus) 0 }}
+{{- fail (printf "%s.gpus must be 0 or more (got %v)" $c (index $.Values $c).gpus) }}
 {{- end }}
+{{- end }}
+{{- if lt (int .Values.batching.workersPerGpu) 1 }}
+{{- fail "batching.workersPerGpu must be at least 1" }}
 {{- end }}
 {{- if and .Values.keda.enabled (not .Values.node.enabled) }}
 {{- fail "keda.enabled scales the node Deployment: node.enabled must be true" }}
@@ -173,9 +176,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* `cpu`, or `cuda:0` when the pod has a GPU. Called with a component's values. */}}
-{{- define "trident.device" -}}
-{{- if gt (int .gpus) 0 }}cuda:0{{ else }}cpu{{ end }}
+{{/* The pod's CUDA ordinals, "0,1,…", one per GPU. Called with a component's values. */}}
+{{- define "trident.devices" -}}
+{{- range $i, $e := until (int .gpus) }}{{ if $i }},{{ end }}{{ $i }}{{ end }}
 {{- end }}
 
 {{/* Environment shared by node and server containers. */}}
