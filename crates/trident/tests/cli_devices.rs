@@ -40,6 +40,11 @@ fn bad_device_lists_fail_before_loading_the_model() {
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("--devices"), "{}", stderr(&out));
 
+    let out =
+        trident(&["embed", "--model", "/no/such/model", "--devices", "0", "--precision", "bf16"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--precision"), "{}", stderr(&out));
+
     let out = trident(&["embed", "--model", "/no/such/model", "--workers", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--workers"), "{}", stderr(&out));

@@ -89,6 +89,11 @@ pub fn build_workers(spec: &PipelineSpec) -> anyhow::Result<(LoadedModel, Vec<Wo
     // The placement is checked before the (slow) model load so a typo fails at once.
     let placement = Placement::parse(spec.device, spec.devices)?;
     anyhow::ensure!(spec.workers > 0, "--workers must be positive");
+    anyhow::ensure!(
+        placement == Placement::Cpu || spec.precision == CpuPrecision::F32,
+        "--precision is the CPU backend's weight storage; on CUDA the GEMMs run in bf16 \
+         (TRIDENT_PRECISION=f32 for fp32)"
+    );
     let model = load_model(spec.model)
         .with_context(|| format!("loading model {}", spec.model.display()))?;
     let workers = match placement {
