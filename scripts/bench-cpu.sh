@@ -9,6 +9,8 @@
 # MIXES ("mixed short long"), TORCH_REPEAT (2), REPEAT (3), SKIP_TORCH=1 to reuse earlier
 # baseline files in WORKDIR. Needs the Python packages of ../shared/TESTING-INFRA.md
 # (FlagEmbedding 1.4.2, torch, faker) and a release build (`cargo build --release -p trident`).
+# With `onnxruntime` and `onnx` installed (pip), scripts/ort_reference.py adds an ONNX Runtime
+# float32 column (heads in the graph, length buckets of at most 4096 padded tokens).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -38,6 +40,12 @@ for mix in $MIXES; do
         python3 "$SHARED/bench/torch_reference.py" --model "$MODEL" --corpus "$corpus" \
             --threads "$THREADS" --repeat "$reps" >"$WORK/torch-$mix.json" 2>"$WORK/torch-$mix.err"
     fi
+    if python3 -c "import onnxruntime, onnx" 2>/dev/null &&
+        { [ "${SKIP_TORCH:-0}" != 1 ] || [ ! -s "$WORK/ort-$mix.json" ]; }; then
+        echo "== ONNX Runtime $mix" >&2
+        python3 "$ROOT/scripts/ort_reference.py" --model "$MODEL" --corpus "$corpus" \
+            --threads "$THREADS" --repeat "$reps" --work "$WORK/onnx" >"$WORK/ort-$mix.json" 2>"$WORK/ort-$mix.err"
+    fi
     for p in f32 bf16; do
         echo "== trident $mix $p" >&2
         "$TRIDENT" bench --model "$MODEL" --corpus "$corpus" --threads "$THREADS" \
@@ -48,12 +56,18 @@ python3 - "$WORK" $MIXES <<'EOF'
 import json, sys
 work, mixes = sys.argv[1], sys.argv[2:]
 load = lambda n: json.load(open(f"{work}/{n}.json"))
-print("| corpus | tokens | FlagEmbedding tok/s | trident f32 tok/s | × | trident bf16 tok/s | × | TTFE f32 s | peak RSS f32 / bf16 MiB |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| corpus | tokens | FlagEmbedding tok/s | ONNX Runtime f32 tok/s | trident f32 tok/s | × FE | × ORT | trident bf16 tok/s | × FE | TTFE f32 s | peak RSS f32 / bf16 MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for m in mixes:
     t, f, b = load(f"torch-{m}"), load(f"trident-{m}-f32"), load(f"trident-{m}-bf16")
+    try:
+        o = load(f"ort-{m}")["tokens_per_s"]
+    except (OSError, ValueError):
+        o = None
     base = t["tokens_per_s"]
-    print(f"| {m} | {f['tokens']} | {base:.0f} | {f['tokens_per_s']:.0f} | {f['tokens_per_s']/base:.2f} "
-          f"| {b['tokens_per_s']:.0f} | {b['tokens_per_s']/base:.2f} | {f['time_to_first_embedding_s']:.2f} "
+    ort = f"{o:.0f}" if o else "—"
+    vs_ort = f"{f['tokens_per_s']/o:.2f}" if o else "—"
+    print(f"| {m} | {f['tokens']} | {base:.0f} | {ort} | {f['tokens_per_s']:.0f} | {f['tokens_per_s']/base:.2f} "
+          f"| {vs_ort} | {b['tokens_per_s']:.0f} | {b['tokens_per_s']/base:.2f} | {f['time_to_first_embedding_s']:.2f} "
           f"| {f['peak_rss_bytes']>>20} / {b['peak_rss_bytes']>>20} |")
 EOF
