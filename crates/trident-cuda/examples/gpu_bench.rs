@@ -116,6 +116,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vocab = ckpt.config.vocab_size;
     let layers = ckpt.config.num_hidden_layers;
     let enc = Encoder::new(&ckpt, be)?;
+    // A second worker on the same device (`--workers 2`): its own backend, stream and weights.
+    let enc2 = CudaBackend::new(0, Precision::Bf16)
+        .map_err(|e| e.to_string())
+        .and_then(|b| Encoder::new(&ckpt, b).map_err(|e| e.to_string()));
     drop(ckpt);
     eprintln!(
         "gpu_bench: random XLM-R large ({layers} layers) built and uploaded in {:?}",
@@ -151,6 +155,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 100.0 * flops / peak
             ));
             eprintln!("{}  ({reps} reps)", lines.last().unwrap());
+        }
+    }
+    // Two workers on one device, each encoding its own copy of the batch on its own thread: the
+    // gain over one worker is the overlap of one batch's copies and host work with the other's
+    // kernels.
+    match &enc2 {
+        Err(e) => lines.push(format!("two workers on one device: failed to build: {e}")),
+        Ok(enc2) => {
+            lines.push(String::new());
+            lines.push(format!(
+                "{:>12} | {:<14} | {:>10} | {:>10} | {:>6}",
+                "docs×tokens", "all three", "1 worker", "2 workers", "gain"
+            ));
+            for (len, n) in [(128usize, 256usize), (512, 64), (2048, 16)] {
+                let batch = docs(n, len, vocab, len as u64);
+                let one = match time_encode(&enc, &batch, Modes::ALL) {
+                    Ok((secs, _)) => (n * len) as f64 / secs,
+                    Err(e) => {
+                        lines.push(format!("{n}×{len}: one worker failed: {e}"));
+                        continue;
+                    }
+                };
+                if let Err(e) = enc2.encode(&batch, Modes::ALL) {
+                    lines.push(format!("{n}×{len}: second worker failed: {e}"));
+                    continue;
+                }
+                let reps = 8;
+                let t = Instant::now();
+                let run = |e: &'static str, enc: &Encoder<CudaBackend>| -> Result<(), String> {
+                    for _ in 0..reps {
+                        enc.encode(&batch, Modes::ALL).map_err(|x| format!("{e}: {x}"))?;
+                    }
+                    Ok(())
+                };
+                let ok = std::thread::scope(|s| {
+                    let a = s.spawn(|| run("worker 0", &enc));
+                    let b = s.spawn(|| run("worker 1", enc2));
+                    a.join().expect("worker 0").and(b.join().expect("worker 1"))
+                });
+                let two = (2 * reps * n * len) as f64 / t.elapsed().as_secs_f64();
+                match ok {
+                    Ok(()) => lines.push(format!(
+                        "{:>12} | {:<14} | {:>10.0} | {:>10.0} | {:>5.2}×",
+                        format!("{n}×{len}"),
+                        "tokens/s",
+                        one,
+                        two,
+                        two / one
+                    )),
+                    Err(e) => lines.push(format!("{n}×{len}: two workers failed: {e}")),
+                }
+                eprintln!("{}", lines.last().unwrap());
+            }
         }
     }
     let table = lines.join("\n");
