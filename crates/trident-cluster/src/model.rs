@@ -19,13 +19,8 @@ pub struct LoadedModel {
 }
 
 pub fn load_model(dir: &Path) -> Result<LoadedModel, ClusterError> {
-    // The tokenizer parses on a second thread while the checkpoint opens.
-    let (tokenizer, checkpoint) = std::thread::scope(|s| {
-        let tok = s.spawn(|| Tokenizer::from_dir(dir));
-        let ckpt = Checkpoint::open(dir);
-        (tok.join().expect("tokenizer thread"), ckpt)
-    });
-    let (tokenizer, checkpoint) = (tokenizer?, Arc::new(checkpoint?));
+    let (tokenizer, checkpoint) = trident_model::open_dir(dir)?;
+    let checkpoint = Arc::new(checkpoint);
     let fingerprint = model_fingerprint(dir)
         .map_err(|e| ClusterError::Io { path: dir.display().to_string(), source: e })?;
     Ok(LoadedModel { tokenizer, checkpoint, fingerprint })

@@ -28,19 +28,24 @@ pub fn load_cpu(dir: &Path, threads: usize) -> Result<(Tokenizer, Box<dyn Embedd
     load_cpu_with(dir, threads, cpu::CpuPrecision::F32)
 }
 
-/// As [`load_cpu`], with the linear layers' weights stored at `precision`. The tokenizer is
-/// parsed on a second thread while the checkpoint is opened (both take a few hundred ms).
-pub fn load_cpu_with(
-    dir: &Path,
-    threads: usize,
-    precision: cpu::CpuPrecision,
-) -> Result<(Tokenizer, Box<dyn Embedder>), ModelError> {
+/// A model directory's tokenizer and checkpoint, the tokenizer parsed on a second thread while
+/// the checkpoint opens (both take a few hundred ms).
+pub fn open_dir(dir: &Path) -> Result<(Tokenizer, Checkpoint), ModelError> {
     let (tokenizer, ckpt) = std::thread::scope(|s| {
         let tok = s.spawn(|| Tokenizer::from_dir(dir));
         let ckpt = Checkpoint::open(dir);
         (tok.join().expect("tokenizer thread"), ckpt)
     });
-    let (tokenizer, ckpt) = (tokenizer?, ckpt?);
+    Ok((tokenizer?, ckpt?))
+}
+
+/// As [`load_cpu`], with the linear layers' weights stored at `precision`.
+pub fn load_cpu_with(
+    dir: &Path,
+    threads: usize,
+    precision: cpu::CpuPrecision,
+) -> Result<(Tokenizer, Box<dyn Embedder>), ModelError> {
+    let (tokenizer, ckpt) = open_dir(dir)?;
     let mut enc = Encoder::new(&ckpt, cpu::CpuBackend::with_precision(threads, precision))?;
     enc.set_special_ids(tokenizer.special_ids());
     Ok((tokenizer, Box::new(enc)))

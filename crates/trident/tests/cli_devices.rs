@@ -21,33 +21,26 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn bad_device_lists_fail_before_loading_the_model() {
-    // The model path does not exist: the placement error must come first.
-    let out =
-        trident(&["embed", "--model", "/no/such/model", "--devices", "0,1,0", "--input", "-"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("device 0 twice"), "{}", stderr(&out));
-
-    let out = trident(&["embed", "--model", "/no/such/model", "--device", "tpu:0"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--device tpu:0"), "{}", stderr(&out));
-
-    let out =
-        trident(&["embed", "--model", "/no/such/model", "--device", "cuda:0", "--devices", "1"]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("--devices"), "{}", stderr(&out));
-
-    let out = trident(&["embed", "--model", "/no/such/model", "--devices", "x"]);
-    assert_ne!(out.status.code(), Some(0));
-    assert!(stderr(&out).contains("--devices"), "{}", stderr(&out));
-
-    let out =
-        trident(&["embed", "--model", "/no/such/model", "--devices", "0", "--precision", "bf16"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--precision"), "{}", stderr(&out));
-
-    let out = trident(&["embed", "--model", "/no/such/model", "--workers", "0"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--workers"), "{}", stderr(&out));
+    // The model path does not exist: the placement error must come first. Exit code 2 is
+    // trident's own usage error; `None` means clap's (any non-zero code).
+    let cases: [(&[&str], Option<i32>, &str); 6] = [
+        (&["--devices", "0,1,0", "--input", "-"], Some(2), "device 0 twice"),
+        (&["--device", "tpu:0"], Some(2), "--device tpu:0"),
+        (&["--device", "cuda:0", "--devices", "1"], None, "--devices"),
+        (&["--devices", "x"], None, "--devices"),
+        (&["--devices", "0", "--precision", "bf16"], Some(2), "--precision"),
+        (&["--workers", "0"], Some(2), "--workers"),
+    ];
+    for (flags, code, needle) in cases {
+        let mut args = vec!["embed", "--model", "/no/such/model"];
+        args.extend_from_slice(flags);
+        let out = trident(&args);
+        match code {
+            Some(c) => assert_eq!(out.status.code(), Some(c), "{flags:?}: {}", stderr(&out)),
+            None => assert_ne!(out.status.code(), Some(0), "{flags:?}"),
+        }
+        assert!(stderr(&out).contains(needle), "{flags:?}: {}", stderr(&out));
+    }
 }
 
 #[test]
