@@ -2,28 +2,30 @@
 
 // Dense + sparse in one pass, one warp per token: the first token of each sequence writes its
 // L2-normalised row to dense[seq] (F.normalize: x / max(|x|, 1e-12)); every token writes
-// ReLU(h . w_sparse + b_sparse). Either part is skipped when not asked for.
-template <typename T>
-__device__ __forceinline__ void heads_dense_sparse(const T* h, const u32* tok_seq, const u32* cu_seqlens,
-                                                   const T* w_sparse, const float* b_sparse,
-                                                   float* dense, float* token_weights, int n, int H,
-                                                   int want_dense, int want_sparse) {
+// ReLU(h . w_sparse + b_sparse). Either part is skipped when not asked for. h is the fp32 final
+// state and w_sparse fp32 in both modes: a single dot product per token has no GEMM to feed, and
+// the lexical weights are the output most sensitive to rounding.
+extern "C" __global__ void heads_dense_sparse(const float* h, const u32* tok_seq,
+                                              const u32* cu_seqlens, const float* w_sparse,
+                                              const float* b_sparse, float* dense,
+                                              float* token_weights, int n, int H, int want_dense,
+                                              int want_sparse) {
     int row = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     if (row >= n) return;
-    const T* hr = h + (long long)row * H;
+    const float* hr = h + (long long)row * H;
     float v[ROW_VPT];
 #pragma unroll
     for (int i = 0; i < ROW_VPT; i++) {
         int c = lane + 32 * i;
-        v[i] = c < H ? tof(hr[c]) : 0.f;
+        v[i] = c < H ? hr[c] : 0.f;
     }
     if (want_sparse) {
         float d = 0.f;
 #pragma unroll
         for (int i = 0; i < ROW_VPT; i++) {
             int c = lane + 32 * i;
-            if (c < H) d += v[i] * tof(w_sparse[c]);
+            if (c < H) d += v[i] * w_sparse[c];
         }
         d = warp_sum(d) + b_sparse[0];
         if (lane == 0) token_weights[row] = fmaxf(d, 0.f);
@@ -43,21 +45,6 @@ __device__ __forceinline__ void heads_dense_sparse(const T* h, const u32* tok_se
             }
         }
     }
-}
-
-extern "C" __global__ void heads_dense_sparse_f32(const float* h, const u32* tok_seq, const u32* cu_seqlens,
-                                                  const float* w_sparse, const float* b_sparse, float* dense,
-                                                  float* token_weights, int n, int H, int want_dense,
-                                                  int want_sparse) {
-    heads_dense_sparse<float>(h, tok_seq, cu_seqlens, w_sparse, b_sparse, dense, token_weights, n, H,
-                              want_dense, want_sparse);
-}
-extern "C" __global__ void heads_dense_sparse_bf16(const bf16* h, const u32* tok_seq, const u32* cu_seqlens,
-                                                   const bf16* w_sparse, const float* b_sparse, float* dense,
-                                                   float* token_weights, int n, int H, int want_dense,
-                                                   int want_sparse) {
-    heads_dense_sparse<bf16>(h, tok_seq, cu_seqlens, w_sparse, b_sparse, dense, token_weights, n, H,
-                             want_dense, want_sparse);
 }
 
 // ColBERT: `proj` is the fp32 GEMM h . W_colbert^T `[tokens x C]` (no bias). Output row r is

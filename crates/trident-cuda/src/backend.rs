@@ -110,9 +110,12 @@ pub struct CudaBackend {
     staging: Mutex<Staging>,
 }
 
-/// An activation `[rows × cols]` in the backend's precision, in a pooled device buffer.
+/// An activation `[rows × cols]` in the backend's precision, in a pooled device buffer. The
+/// residual stream (LayerNorm outputs) also keeps an fp32 copy in bf16 mode: `buf` feeds the
+/// GEMMs, `wide` the residual additions and the dense/sparse heads.
 pub struct CudaAct {
     buf: DevBuf,
+    wide: Option<DevBuf>,
     pub rows: usize,
     pub cols: usize,
 }
@@ -131,6 +134,9 @@ pub struct CudaLinear {
     w_ptr: u64,
     _b: CudaSlice<f32>,
     b_ptr: u64,
+    /// fp32 weights of a single-output head (the sparse head), read by `heads_dense_sparse`.
+    _w32: Option<CudaSlice<f32>>,
+    w32_ptr: u64,
     pub out_features: usize,
     pub in_features: usize,
 }
@@ -274,7 +280,27 @@ impl CudaBackend {
 
     fn alloc_act(&self, rows: usize, cols: usize, what: &str) -> CResult<CudaAct> {
         let buf = self.pool.get(rows * cols * self.precision.elem(), what)?;
-        Ok(CudaAct { buf, rows, cols })
+        Ok(CudaAct { buf, wide: None, rows, cols })
+    }
+
+    /// An activation of the residual stream: with its fp32 copy in bf16 mode.
+    fn alloc_stream(&self, rows: usize, cols: usize, what: &str) -> CResult<CudaAct> {
+        let mut act = self.alloc_act(rows, cols, what)?;
+        if self.precision == Precision::Bf16 {
+            act.wide = Some(self.pool.get(rows * cols * 4, what)?);
+        }
+        Ok(act)
+    }
+
+    /// Device pointer to the fp32 values of a residual-stream activation.
+    fn stream_f32(&self, a: &CudaAct, what: &str) -> CResult<u64> {
+        match (&a.wide, self.precision) {
+            (Some(w), _) => Ok(w.ptr()),
+            (None, Precision::F32) => Ok(a.buf.ptr()),
+            (None, Precision::Bf16) => Err(CudaError::Unsupported(format!(
+                "{what}: the activation is not a LayerNorm output (no fp32 copy)"
+            ))),
+        }
     }
 
     /// Host f32 values → device buffer in the backend's precision.
@@ -457,7 +483,7 @@ impl CudaBackend {
             )));
         }
         let h = emb.norm.features;
-        let out = self.alloc_act(p.n_tokens, h, "embeddings")?;
+        let out = self.alloc_stream(p.n_tokens, h, "embeddings")?;
         if p.n_tokens == 0 {
             return Ok(out);
         }
@@ -471,6 +497,7 @@ impl CudaBackend {
         );
         let (gamma, beta) = (ptr(&emb.norm.gamma, &self.stream), ptr(&emb.norm.beta, &self.stream));
         let (o, n, hh) = (out.buf.ptr(), p.n_tokens as i32, h as i32);
+        let o32 = out.wide.as_ref().map_or(0u64, DevBuf::ptr);
         launch!(
             self,
             "embed_ln",
@@ -485,6 +512,7 @@ impl CudaBackend {
             &beta,
             &emb.norm.eps,
             &o,
+            &o32,
             &n,
             &hh
         )?;
@@ -525,34 +553,56 @@ impl CudaBackend {
         residual: &CudaAct,
         norm: &CudaNorm,
     ) -> CResult<CudaAct> {
-        let y = self.gemm_linear(x, w, "residual block output")?;
-        if residual.rows != y.rows || residual.cols != y.cols || norm.features != y.cols {
+        if x.cols != w.in_features {
             return Err(CudaError::Unsupported(format!(
-                "{}: output {}x{}, residual {}x{}, norm {} features",
-                w.name, y.rows, y.cols, residual.rows, residual.cols, norm.features
+                "{}: input has {} features, the weight expects {}",
+                w.name, x.cols, w.in_features
             )));
         }
-        if y.rows == 0 {
-            return Ok(y);
+        let (rows, cols) = (x.rows, w.out_features);
+        if residual.rows != rows || residual.cols != cols || norm.features != cols {
+            return Err(CudaError::Unsupported(format!(
+                "{}: output {rows}x{cols}, residual {}x{}, norm {} features",
+                w.name, residual.rows, residual.cols, norm.features
+            )));
         }
-        let (yp, bp, rp) = (y.buf.ptr(), w.b_ptr, residual.buf.ptr());
+        let res = self.stream_f32(residual, &w.name)?;
+        // The GEMM writes fp32 (in both modes); LayerNorm then writes the new stream: in place
+        // in fp32 mode, a bf16 copy plus the fp32 values in place in bf16 mode.
+        let y32 = self.pool.get(rows * cols * 4, "residual block output")?;
+        let out = match self.precision {
+            Precision::F32 => CudaAct { buf: y32, wide: None, rows, cols },
+            Precision::Bf16 => {
+                let buf = self.pool.get(rows * cols * 2, "residual stream (bf16)")?;
+                CudaAct { buf, wide: Some(y32), rows, cols }
+            }
+        };
+        if rows == 0 {
+            return Ok(out);
+        }
+        let yp = self.stream_f32(&out, &w.name)?;
+        self.gemm_raw(x.buf.ptr(), rows, x.cols, w.w_ptr, cols, yp, true, &w.name)?;
+        let o16 = if out.wide.is_some() { out.buf.ptr() } else { yp };
+        let o32 = if out.wide.is_some() { yp } else { 0u64 };
         let (gamma, beta) = (ptr(&norm.gamma, &self.stream), ptr(&norm.beta, &self.stream));
-        let (n, h) = (y.rows as i32, y.cols as i32);
+        let (n, h) = (rows as i32, cols as i32);
         launch!(
             self,
             "bias_residual_ln",
             &self.k.bias_residual_ln,
-            Self::rows_cfg(y.rows),
+            Self::rows_cfg(rows),
             &yp,
-            &bp,
-            &rp,
+            &w.b_ptr,
+            &res,
             &gamma,
             &beta,
             &norm.eps,
+            &o16,
+            &o32,
             &n,
             &h
         )?;
-        Ok(y)
+        Ok(out)
     }
 
     fn attention_impl(&self, qkv: &CudaAct, batch: &CudaBatch, heads: usize) -> CResult<CudaAct> {
@@ -667,8 +717,9 @@ impl CudaBackend {
         let base = batch.buf.ptr();
         let hp = h.buf.ptr();
         if modes.dense || modes.sparse {
+            let h32 = self.stream_f32(h, "heads")?;
             let (ts, cu) = (base + 4 * p.off.tok_seq as u64, base + 4 * p.off.cu_seqlens as u64);
-            let (ws, bs) = (sparse.w_ptr, sparse.b_ptr);
+            let (ws, bs) = (sparse.w32_ptr, sparse.b_ptr);
             let (n, hh, wd, wsp) =
                 (p.n_tokens as i32, hid as i32, i32::from(modes.dense), i32::from(modes.sparse));
             launch!(
@@ -676,7 +727,7 @@ impl CudaBackend {
                 "heads_dense_sparse",
                 &self.k.heads_dense_sparse,
                 Self::rows_cfg(p.n_tokens),
-                &hp,
+                &h32,
                 &ts,
                 &cu,
                 &ws,
@@ -807,7 +858,7 @@ fn load_kernels(ctx: &Arc<CudaContext>, cc: (i32, i32), precision: Precision) ->
             (64, func(&at, format!("attention_{s}_d64"))?),
         ],
         attn_tc: func(&tc, "attention_tc_bf16_d64".into())?,
-        heads_dense_sparse: func(&hd, format!("heads_dense_sparse_{s}"))?,
+        heads_dense_sparse: func(&hd, "heads_dense_sparse".into())?,
         colbert_norm: func(&hd, "colbert_norm".into())?,
     })
 }
@@ -859,10 +910,16 @@ impl Backend for CudaBackend {
         let out_f = b.len();
         let wd = self.upload_values(&w, &format!("{name}.weight"))?;
         let bd = self.upload_f32(&b, &format!("{name}.bias"))?;
+        let w32 = match out_f {
+            1 => Some(self.upload_f32(&w, &format!("{name}.weight (fp32)"))?),
+            _ => None,
+        };
         Ok(CudaLinear {
             name: name.to_string(),
             w_ptr: ptr(&wd, &self.stream),
             b_ptr: ptr(&bd, &self.stream),
+            w32_ptr: w32.as_ref().map_or(0, |w| ptr(w, &self.stream)),
+            _w32: w32,
             _w: wd,
             _b: bd,
             out_features: out_f,
@@ -1006,7 +1063,25 @@ impl CudaAct {
         cols: usize,
     ) -> Result<CudaAct, CudaError> {
         assert_eq!(data.len(), rows * cols, "activation data/shape mismatch");
-        let act = be.alloc_act(rows, cols, "uploaded activation")?;
+        let mut act = be.alloc_stream(rows, cols, "uploaded activation")?;
+        if let Some(w) = act.wide.take() {
+            // The exact values as the fp32 copy, so uploaded rows can stand for the stream.
+            let tmp = be.upload_f32(data, "activation (fp32)")?;
+            if !data.is_empty() {
+                // SAFETY: both buffers hold 4·len bytes; stream-ordered.
+                unsafe {
+                    drv::memcpy_dtod_async(
+                        w.ptr(),
+                        ptr(&tmp, &be.stream),
+                        4 * data.len(),
+                        be.stream.cu_stream(),
+                    )
+                }
+                .map_err(CudaError::driver("copying an activation"))?;
+                be.synchronize("copying an activation")?;
+            }
+            act.wide = Some(w);
+        }
         let tmp = be.upload_values(data, "activation")?;
         if !data.is_empty() {
             let bytes = data.len() * be.precision.elem();

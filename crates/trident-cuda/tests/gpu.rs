@@ -202,29 +202,36 @@ fn fixture_parity_f32() {
 }
 
 /// Compares two encoders' outputs: |a − b| ≤ tol·(1 + |b|) per element, and lexical keys with
-/// weight > 1e-3 on either side present on the other. Reports every field's worst before failing.
-fn compare(gpu: &[Embedding], cpu: &[Embedding], tol: f64, what: &str) -> f64 {
+/// weight > `key_floor` on either side present on the other (keys nearer zero are counted and
+/// reported: in bf16 they can cross zero, see `real_shape_bf16_matches_cpu`). Reports every
+/// field's worst before failing.
+fn compare(gpu: &[Embedding], cpu: &[Embedding], tol: f64, key_floor: f32, what: &str) -> f64 {
     let (mut wd, mut wc, mut ws) = (0f64, 0f64, 0f64);
-    let mut key_errors = Vec::new();
+    let (mut key_errors, mut near_zero) = (Vec::new(), 0);
     for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
         wd = wd.max(worst(g.dense.as_ref().unwrap(), c.dense.as_ref().unwrap(), "dense"));
         wc = wc.max(worst(g.colbert.as_ref().unwrap(), c.colbert.as_ref().unwrap(), "colbert"));
         let (gs, cs) =
             (sparse_map(g.sparse.as_ref().unwrap()), sparse_map(c.sparse.as_ref().unwrap()));
-        for (k, &v) in &cs {
-            if v > 1e-3 && !gs.contains_key(k) {
-                key_errors.push(format!("doc {i}: token {k} (cpu weight {v}) missing on the GPU"));
+        for (here, there, side) in [(&cs, &gs, "cpu"), (&gs, &cs, "gpu")] {
+            for (k, &v) in here {
+                if v > 1e-3 && !there.contains_key(k) {
+                    if v > key_floor {
+                        key_errors.push(format!(
+                            "doc {i}: token {k} ({side} weight {v}) missing on the other side"
+                        ));
+                    } else {
+                        near_zero += 1;
+                    }
+                }
             }
+        }
+        for (k, &v) in &cs {
             let gv = gs.get(k).copied().unwrap_or(0.0);
             ws = ws.max(((gv - v).abs() as f64) / (1.0 + v.abs() as f64));
         }
-        for (k, &v) in &gs {
-            if v > 1e-3 && !cs.contains_key(k) {
-                key_errors.push(format!("doc {i}: token {k} (gpu weight {v}) missing on the CPU"));
-            }
-        }
     }
-    eprintln!("{what}: worst dense {wd:.2e}, colbert {wc:.2e}, sparse {ws:.2e}; lexical key mismatches: {}", key_errors.len());
+    eprintln!("{what}: worst dense {wd:.2e}, colbert {wc:.2e}, sparse {ws:.2e}; lexical keys above {key_floor:.0e} missing on one side: {}, keys in (1e-3, {key_floor:.0e}] on one side only: {near_zero}", key_errors.len());
     assert!(key_errors.is_empty(), "{what}: lexical key sets differ: {key_errors:?}");
     let w = wd.max(wc).max(ws);
     assert!(w <= tol, "{what}: deviation {w:.3e} > {tol:.0e}");
@@ -256,6 +263,19 @@ fn compare_scores(
     m
 }
 
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-30)
+}
+
+/// bf16 on the tiny fixture, against the CPU backend in f32. The fixture's large random weights
+/// (query/key weights ~0.3, so sharp attention) amplify rounding: rounding only the weights to
+/// bf16 already moves its outputs by 1.6e-2 (dense) and 4e-2 (ColBERT) element-wise
+/// (`scripts/bf16-error-budget.py`), so the element-wise 1e-2 bar is checked on the real shape
+/// (`real_shape_bf16_matches_cpu`) and this test holds the bounds of the CPU backend's own bf16
+/// test: directions (cosines) and the lexical keys that matter.
 #[test]
 fn fixture_bf16_matches_cpu() {
     if !gpu_or_skip("fixture_bf16_matches_cpu") {
@@ -268,9 +288,33 @@ fn fixture_bf16_matches_cpu() {
     let cpu = Encoder::new(&ckpt, CpuBackend::new(0)).unwrap();
     let (go, gp) = encode_fixture(&gpu, &exp);
     let (co, cp) = encode_fixture(&cpu, &exp);
-    let w = compare(&go, &co, 1e-2, "fixture bf16");
-    let ws = compare_scores(&gp, &cp, 1e-2, "fixture bf16");
-    eprintln!("fixture_bf16_matches_cpu: worst output deviation {w:.2e}, scores {ws:.2e}");
+    let (mut dense_min, mut colbert_min, mut differ, mut total) = (1.0f64, 1.0f64, 0, 0);
+    for (g, c) in go.iter().zip(&co) {
+        dense_min = dense_min.min(cosine(g.dense.as_ref().unwrap(), c.dense.as_ref().unwrap()));
+        let d = g.colbert_dim;
+        for (r, s) in
+            g.colbert.as_ref().unwrap().chunks(d).zip(c.colbert.as_ref().unwrap().chunks(d))
+        {
+            colbert_min = colbert_min.min(cosine(r, s));
+        }
+        let keys = |e: &Embedding| -> std::collections::BTreeSet<u32> {
+            e.sparse.as_ref().unwrap().iter().filter(|(_, w)| *w > 1e-2).map(|(t, _)| *t).collect()
+        };
+        differ += keys(g).symmetric_difference(&keys(c)).count();
+        total += keys(g).union(&keys(c)).count();
+    }
+    let wd = go
+        .iter()
+        .zip(&co)
+        .map(|(g, c)| worst(g.dense.as_ref().unwrap(), c.dense.as_ref().unwrap(), "dense"))
+        .fold(0.0, f64::max);
+    eprintln!("fixture bf16 vs cpu f32: dense cos ≥ {dense_min:.6} (element-wise {wd:.2e}), colbert cos ≥ {colbert_min:.6}, {differ} of {total} lexical keys above 1e-2 differ");
+    assert!(dense_min > 0.997, "dense cosine {dense_min}");
+    assert!(colbert_min > 0.98, "colbert cosine {colbert_min}");
+    assert!(differ * 50 <= total, "{differ} of {total} lexical keys above 1e-2 differ");
+    // Scores: reported; bf16 weights alone move the fixture's sparse score by 1.8e-2.
+    let ws = compare_scores(&gp, &cp, 1e-1, "fixture bf16");
+    eprintln!("fixture_bf16_matches_cpu: scores {ws:.2e}");
 }
 
 fn random_docs(lens: &[usize], vocab: u32, seed: u64) -> Vec<TokenizedDoc> {
@@ -319,8 +363,11 @@ fn real_shape_bf16_matches_cpu() {
     let t = std::time::Instant::now();
     let g = gpu.encode(&docs, Modes::ALL).unwrap();
     let tg = t.elapsed();
-    let wf = compare(&f, &c, 1e-4, "real shape f32");
-    let w = compare(&g, &c, 1e-2, "real shape bf16");
+    let wf = compare(&f, &c, 1e-4, 1e-3, "real shape f32");
+    // bf16: a lexical weight within the tolerance of zero can land on either side of it (bf16
+    // weights alone do that to 0-2 of ~1,800 tokens here: scripts/bf16-error-budget.py), so key
+    // sets must agree above the tolerance and the weights element-wise everywhere.
+    let w = compare(&g, &c, 1e-2, 1e-2, "real shape bf16");
     // Scores between consecutive documents.
     let gp: Vec<_> = g.windows(2).map(|p| (p[0].clone(), p[1].clone())).collect();
     let cp: Vec<_> = c.windows(2).map(|p| (p[0].clone(), p[1].clone())).collect();
