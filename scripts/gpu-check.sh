@@ -72,7 +72,7 @@ for t in fixture_parity_f32:45 attention_kernels_match_reference:30 attention_te
   [ $rc = 0 ] || rc_tests=$rc
   [ $rc = 124 ] && echo "test $name ... TIMED OUT after ${limit}s" >> "$OUT/gpu-tests.log"
 done
-grep -aE "^test |worst|deviation|SKIP|panicked|TIMED OUT|cuda:|Error|error" "$OUT/gpu-tests.log" | grep -v "^test result" | head -60 | tee -a "$OUT/summary.txt"
+grep -aE "^test |worst|deviation|cos ≥|SKIP|panicked|TIMED OUT|cuda:|Error|error" "$OUT/gpu-tests.log" | grep -v "^test result" | head -60 | tee -a "$OUT/summary.txt"
 say "GPU tests done (last failing exit code: $rc_tests)"
 
 # A failing tensor-core attention kernel must not cost the benchmark: fall back to the generic one.
