@@ -201,11 +201,20 @@ fn fixture_parity_f32() {
     eprintln!("fixture_parity_f32: worst output deviation {worst_seen:.2e}, worst score deviation {ws:.2e}");
 }
 
+/// Bounds for `compare`: dense and ColBERT element-wise, lexical weights element-wise, and the
+/// weight above which a lexical key must be present on both sides.
+struct Bounds {
+    tol: f64,
+    lexical: f64,
+    key_floor: f32,
+}
+
 /// Compares two encoders' outputs: |a − b| ≤ tol·(1 + |b|) per element, and lexical keys with
 /// weight > `key_floor` on either side present on the other (keys nearer zero are counted and
 /// reported: in bf16 they can cross zero, see `real_shape_bf16_matches_cpu`). Reports every
 /// field's worst before failing.
-fn compare(gpu: &[Embedding], cpu: &[Embedding], tol: f64, key_floor: f32, what: &str) -> f64 {
+fn compare(gpu: &[Embedding], cpu: &[Embedding], b: Bounds, what: &str) -> f64 {
+    let Bounds { tol, lexical, key_floor } = b;
     let (mut wd, mut wc, mut ws) = (0f64, 0f64, 0f64);
     let (mut key_errors, mut near_zero) = (Vec::new(), 0);
     for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
@@ -233,7 +242,8 @@ fn compare(gpu: &[Embedding], cpu: &[Embedding], tol: f64, key_floor: f32, what:
     }
     eprintln!("{what}: worst dense {wd:.2e}, colbert {wc:.2e}, sparse {ws:.2e}; lexical keys above {key_floor:.0e} missing on one side: {}, keys in (1e-3, {key_floor:.0e}] on one side only: {near_zero}", key_errors.len());
     assert!(key_errors.is_empty(), "{what}: lexical key sets differ: {key_errors:?}");
-    let w = wd.max(wc).max(ws);
+    assert!(ws <= lexical, "{what}: lexical weights deviate by {ws:.3e} > {lexical:.0e}");
+    let w = wd.max(wc);
     assert!(w <= tol, "{what}: deviation {w:.3e} > {tol:.0e}");
     w
 }
@@ -363,11 +373,14 @@ fn real_shape_bf16_matches_cpu() {
     let t = std::time::Instant::now();
     let g = gpu.encode(&docs, Modes::ALL).unwrap();
     let tg = t.elapsed();
-    let wf = compare(&f, &c, 1e-4, 1e-3, "real shape f32");
-    // bf16: a lexical weight within the tolerance of zero can land on either side of it (bf16
-    // weights alone do that to 0-2 of ~1,800 tokens here: scripts/bf16-error-budget.py), so key
-    // sets must agree above the tolerance and the weights element-wise everywhere.
-    let w = compare(&g, &c, 1e-2, 1e-2, "real shape bf16");
+    let wf =
+        compare(&f, &c, Bounds { tol: 1e-4, lexical: 1e-4, key_floor: 1e-3 }, "real shape f32");
+    // bf16: dense, ColBERT and the scores within 1e-2. Lexical weights: rounding the weights
+    // alone moves them by 6-7e-3 here and puts 1-3 of ~1,800 tokens' weights on the other side
+    // of zero (scripts/bf16-error-budget.py), so key sets must agree above 1e-2 and the weights
+    // stay within 3e-2 (the emulated fp32-stream kernels: 0.7-1.05e-2).
+    let bounds = Bounds { tol: 1e-2, lexical: 3e-2, key_floor: 1e-2 };
+    let w = compare(&g, &c, bounds, "real shape bf16");
     // Scores between consecutive documents.
     let gp: Vec<_> = g.windows(2).map(|p| (p[0].clone(), p[1].clone())).collect();
     let cp: Vec<_> = c.windows(2).map(|p| (p[0].clone(), p[1].clone())).collect();
