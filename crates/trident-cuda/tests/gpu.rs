@@ -4,9 +4,14 @@
 //! Fixture: `TRIDENT_FIXTURE_DIR` (default: the repository's tests/fixtures/tiny-m3).
 //! Real-shape CPU comparison layers: `TRIDENT_GPU_TEST_LAYERS` (default 4).
 
+// The CPU bf16 test's closeness measures, shared with it.
+#[path = "../../trident-model/tests/common/closeness.rs"]
+mod closeness;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use closeness::{closeness, Closeness};
 use serde_json::Value;
 use trident_core::{Embedding, Modes, TokenizedDoc};
 use trident_cuda::{cuda_available, AttentionKernel, CudaAct, CudaBackend, CudaError, Precision};
@@ -273,13 +278,6 @@ fn compare_scores(
     m
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb).max(1e-30)
-}
-
 /// bf16 on the tiny fixture, against the CPU backend in f32. The fixture's large random weights
 /// (query/key weights ~0.3, so sharp attention) amplify rounding: rounding only the weights to
 /// bf16 already moves its outputs by 1.6e-2 (dense) and 4e-2 (ColBERT) element-wise
@@ -298,21 +296,7 @@ fn fixture_bf16_matches_cpu() {
     let cpu = Encoder::new(&ckpt, CpuBackend::new(0)).unwrap();
     let (go, gp) = encode_fixture(&gpu, &exp);
     let (co, cp) = encode_fixture(&cpu, &exp);
-    let (mut dense_min, mut colbert_min, mut differ, mut total) = (1.0f64, 1.0f64, 0, 0);
-    for (g, c) in go.iter().zip(&co) {
-        dense_min = dense_min.min(cosine(g.dense.as_ref().unwrap(), c.dense.as_ref().unwrap()));
-        let d = g.colbert_dim;
-        for (r, s) in
-            g.colbert.as_ref().unwrap().chunks(d).zip(c.colbert.as_ref().unwrap().chunks(d))
-        {
-            colbert_min = colbert_min.min(cosine(r, s));
-        }
-        let keys = |e: &Embedding| -> std::collections::BTreeSet<u32> {
-            e.sparse.as_ref().unwrap().iter().filter(|(_, w)| *w > 1e-2).map(|(t, _)| *t).collect()
-        };
-        differ += keys(g).symmetric_difference(&keys(c)).count();
-        total += keys(g).union(&keys(c)).count();
-    }
+    let Closeness { dense_min, colbert_min, differ, total } = closeness(&go, &co);
     let wd = go
         .iter()
         .zip(&co)

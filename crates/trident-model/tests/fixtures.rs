@@ -1,7 +1,10 @@
 //! The encoder against the reference outputs in tests/fixtures/tiny-m3/expected.json.
 
+#[path = "common/closeness.rs"]
+mod closeness;
 mod common;
 
+use closeness::{closeness, Closeness};
 use common::{check, copy_without, ids, items, texts, tiny};
 use trident_core::{Modes, TokenizedDoc};
 use trident_model::{cpu::CpuBackend, Checkpoint, Encoder, Tokenizer};
@@ -155,13 +158,6 @@ fn checker_rejects_small_deviations() {
     assert!(check("colbert rows", &bad, item).is_err());
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb).max(1e-30)
-}
-
 /// `--precision bf16` stores the linear weights in bf16: outputs stay close to f32 (the bounds
 /// are this fixture's, whose large random weights amplify rounding more than a trained model).
 #[test]
@@ -174,22 +170,10 @@ fn bf16_weights_stay_close_to_f32() {
     let docs: Vec<TokenizedDoc> = texts().iter().map(|t| tok.encode(t, 512).unwrap()).collect();
     let (a, b) =
         (f32_enc.encode(&docs, Modes::ALL).unwrap(), bf16_enc.encode(&docs, Modes::ALL).unwrap());
-    let (mut dense_min, mut colbert_min, mut differ, mut total) = (1.0f64, 1.0f64, 0, 0);
     for (x, y) in a.iter().zip(&b) {
-        dense_min = dense_min.min(cosine(x.dense.as_ref().unwrap(), y.dense.as_ref().unwrap()));
-        let d = x.colbert_dim;
-        for (r, s) in
-            x.colbert.as_ref().unwrap().chunks(d).zip(y.colbert.as_ref().unwrap().chunks(d))
-        {
-            colbert_min = colbert_min.min(cosine(r, s));
-        }
         assert_ne!(x.dense, y.dense, "bf16 weights must change the arithmetic");
-        let keys = |e: &trident_core::Embedding| -> std::collections::BTreeSet<u32> {
-            e.sparse.as_ref().unwrap().iter().filter(|(_, w)| *w > 1e-2).map(|(t, _)| *t).collect()
-        };
-        differ += keys(x).symmetric_difference(&keys(y)).count();
-        total += keys(x).union(&keys(y)).count();
     }
+    let Closeness { dense_min, colbert_min, differ, total } = closeness(&a, &b);
     eprintln!("bf16 vs f32: dense cos ≥ {dense_min:.6}, colbert cos ≥ {colbert_min:.6}, {differ} of {total} lexical keys above 1e-2 differ");
     assert!(dense_min > 0.999, "dense cosine {dense_min}");
     assert!(colbert_min > 0.99, "colbert cosine {colbert_min}");
