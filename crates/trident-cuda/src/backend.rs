@@ -134,7 +134,7 @@ pub struct CudaLinear {
     w_ptr: u64,
     _b: CudaSlice<f32>,
     b_ptr: u64,
-    /// fp32 weights of a single-output head (the sparse head), read by `heads_dense_sparse`.
+    /// fp32 weights (meaningful for the single-output sparse head, read by `heads_dense_sparse`).
     _w32: Option<CudaSlice<f32>>,
     w32_ptr: u64,
     pub out_features: usize,
@@ -910,15 +910,17 @@ impl Backend for CudaBackend {
         let out_f = b.len();
         let wd = self.upload_values(&w, &format!("{name}.weight"))?;
         let bd = self.upload_f32(&b, &format!("{name}.bias"))?;
-        let w32 = match out_f {
-            1 => Some(self.upload_f32(&w, &format!("{name}.weight (fp32)"))?),
+        // A single-output head keeps fp32 weights (in fp32 mode they are the weights themselves).
+        let w32 = match (out_f, self.precision) {
+            (1, Precision::Bf16) => Some(self.upload_f32(&w, &format!("{name}.weight (fp32)"))?),
             _ => None,
         };
+        let w_ptr = ptr(&wd, &self.stream);
         Ok(CudaLinear {
             name: name.to_string(),
-            w_ptr: ptr(&wd, &self.stream),
+            w_ptr,
             b_ptr: ptr(&bd, &self.stream),
-            w32_ptr: w32.as_ref().map_or(0, |w| ptr(w, &self.stream)),
+            w32_ptr: w32.as_ref().map_or(w_ptr, |w| ptr(w, &self.stream)),
             _w32: w32,
             _w: wd,
             _b: bd,
