@@ -9,9 +9,11 @@
 //! Value layout (all integers and floats little-endian):
 //! ```text
 //! 0   4  magic "TRD1"
-//! 4   1  flags: bit0 dense, bit1 sparse, bit2 colbert, bit3 truncated
+//! 4   1  flags: bit0 dense, bit1 sparse, bit2 colbert, bit3 truncated, bit4 source version
 //! 5   4  u32 tokens
-//! 9   4  u32 id length L, then L bytes: the id as JSON (`"abc"` or `42`); L = 0 in cache entries
+//!        version (if bit4): i32 source partition, i64 source offset — the result store's
+//!        compare-and-set reads these two at byte 9 (see `store`)
+//! ..  4  u32 id length L, then L bytes: the id as JSON (`"abc"` or `42`); L = 0 in cache entries
 //!        dense   (if bit0): u32 dim, dim × f32
 //!        sparse  (if bit1): u32 n, n × (u32 token id, f32 weight), in output order
 //!        colbert (if bit2): u32 rows, u32 dim, rows × dim × f32
@@ -24,6 +26,15 @@ const MAGIC: &[u8; 4] = b"TRD1";
 
 /// Serialise an embedding (and, for the result store, its id).
 pub fn encode_value(id: Option<&DocId>, e: &Embedding) -> Vec<u8> {
+    encode_versioned(id, e, None)
+}
+
+/// Flag bit of a value that carries its source (partition, offset).
+pub const VERSION_FLAG: u8 = 16;
+
+/// [`encode_value`] with the source (partition, offset) the result came from, for the result
+/// store's newest-wins write.
+pub fn encode_versioned(id: Option<&DocId>, e: &Embedding, version: Option<(i32, i64)>) -> Vec<u8> {
     let dense_len = e.dense.as_ref().map_or(0, |d| 4 + 4 * d.len());
     let sparse_len = e.sparse.as_ref().map_or(0, |s| 4 + 8 * s.len());
     let colbert_len = e.colbert.as_ref().map_or(0, |c| 8 + 4 * c.len());
@@ -33,9 +44,14 @@ pub fn encode_value(id: Option<&DocId>, e: &Embedding) -> Vec<u8> {
     let flags = (e.dense.is_some() as u8)
         | (e.sparse.is_some() as u8) << 1
         | (e.colbert.is_some() as u8) << 2
-        | (e.truncated as u8) << 3;
+        | (e.truncated as u8) << 3
+        | if version.is_some() { VERSION_FLAG } else { 0 };
     out.push(flags);
     out.extend_from_slice(&(e.tokens as u32).to_le_bytes());
+    if let Some((partition, offset)) = version {
+        out.extend_from_slice(&partition.to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+    }
     out.extend_from_slice(&(id_json.len() as u32).to_le_bytes());
     out.extend_from_slice(&id_json);
     if let Some(d) = &e.dense {
@@ -88,6 +104,9 @@ pub fn decode_value(buf: &[u8]) -> Result<(Option<DocId>, Embedding), String> {
     }
     let flags = r.take(1, "flags")?[0];
     let tokens = r.u32("tokens")? as usize;
+    if flags & VERSION_FLAG != 0 {
+        r.take(12, "source version")?;
+    }
     let id_len = r.u32("id length")? as usize;
     let id = if id_len == 0 {
         None
@@ -203,6 +222,11 @@ mod tests {
         assert_eq!(back_id, Some(id.clone()));
         assert_eq!(back, e);
         assert_eq!(back.to_json(&id), e.to_json(&id));
+        let versioned = encode_versioned(Some(&id), &e, Some((3, 1 << 40)));
+        assert_eq!(versioned[4] & VERSION_FLAG, VERSION_FLAG);
+        assert_eq!(&versioned[9..13], &3i32.to_le_bytes());
+        assert_eq!(&versioned[13..21], &(1i64 << 40).to_le_bytes());
+        assert_eq!(decode_value(&versioned).unwrap(), (Some(id.clone()), e.clone()));
         let partial = Embedding { sparse: None, colbert: None, colbert_dim: 0, ..sample() };
         let (none_id, p) = decode_value(&encode_value(None, &partial)).unwrap();
         assert_eq!(none_id, None);

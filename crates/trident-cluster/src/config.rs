@@ -77,6 +77,15 @@ pub struct NodeConfig {
     pub low_water_tokens: usize,
     /// Pause above this many records in flight.
     pub max_records_in_flight: usize,
+    /// Pause above this many input bytes in flight (resume below half): with the token marks,
+    /// what bounds the node's memory whatever the records' sizes.
+    pub max_bytes_in_flight: usize,
+    /// A dead letter carries at most this many bytes of the original value (header
+    /// `trident.truncated` says when it was cut).
+    pub dlq_max_value_bytes: usize,
+    /// How long a transient producer failure is retried before the record is dead-lettered
+    /// (or, for a dead letter, dropped and counted).
+    pub produce_retry_ms: u64,
     /// On SIGTERM/SIGINT, how long to finish in-flight work before committing and exiting.
     pub shutdown_deadline_ms: u64,
     /// On a partition revoke, how long to let its in-flight records finish before committing.
@@ -115,6 +124,9 @@ impl Default for NodeConfig {
             high_water_tokens: 0,
             low_water_tokens: 0,
             max_records_in_flight: 20_000,
+            max_bytes_in_flight: 64 << 20,
+            dlq_max_value_bytes: 64 << 10,
+            produce_retry_ms: 60_000,
             shutdown_deadline_ms: 10_000,
             revoke_drain_ms: 5_000,
             kafka: BTreeMap::new(),
@@ -168,7 +180,39 @@ impl NodeConfig {
         if self.batch_tokens == 0 || self.workers == 0 {
             return Err(ClusterError::config("batch_tokens/workers", "must be positive"));
         }
+        if self.max_bytes_in_flight == 0 {
+            return Err(ClusterError::config("max_bytes_in_flight", "must be positive"));
+        }
+        let limit = self.message_max_bytes()?;
+        if limit < 16 << 10 {
+            return Err(ClusterError::config(
+                "kafka_producer.message.max.bytes",
+                format!("{limit} is too small for a dead letter (at least 16384)"),
+            ));
+        }
         Ok(())
+    }
+
+    /// The producer's `message.max.bytes` (`[kafka_producer]`, then `[kafka]`, else
+    /// librdkafka's default): no message over it is ever sent.
+    pub fn message_max_bytes(&self) -> Result<usize, ClusterError> {
+        let Some(v) = self
+            .kafka_producer
+            .get("message.max.bytes")
+            .or_else(|| self.kafka.get("message.max.bytes"))
+        else {
+            return Ok(crate::deliver::DEFAULT_MESSAGE_MAX_BYTES);
+        };
+        kafka_value(v).parse().map_err(|_| {
+            ClusterError::config("message.max.bytes", format!("expected a byte count, got {v}"))
+        })
+    }
+
+    /// Bytes of the original value a dead letter keeps: the setting, and never so many that
+    /// the dead letter (with its key and headers) would be over the message limit.
+    pub fn dlq_value_bytes(&self) -> usize {
+        let limit = self.message_max_bytes().unwrap_or(crate::deliver::DEFAULT_MESSAGE_MAX_BYTES);
+        self.dlq_max_value_bytes.min(limit.saturating_sub(8 << 10))
     }
 
     pub fn high_water(&self) -> usize {

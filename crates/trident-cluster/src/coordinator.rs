@@ -16,14 +16,20 @@ use crate::Pipeline;
 
 /// A record as a source read it. `ticket` identifies it to the sink (a line number, or an entry
 /// of the node's in-flight table); `fallback_id` is the id when the record carries none.
+/// `bytes` is shared with the source (one copy of each value, kept for a dead letter);
+/// `est_tokens` is what the source counted in flight for it before tokenizing.
 pub struct RawRecord {
     pub ticket: u64,
-    pub bytes: Vec<u8>,
+    pub bytes: Arc<[u8]>,
     pub fallback_id: DocId,
+    pub est_tokens: usize,
 }
 
 /// What sinks receive. `tokens` is what the record added to the in-flight count.
 pub enum SinkMsg {
+    /// Records of one chunk that decoded, with their ids (as keys), before any of them is done:
+    /// a sink that orders results per id knows which versions are still coming.
+    Decoded(Vec<(u64, String)>),
     Done {
         ticket: u64,
         id: DocId,
@@ -39,6 +45,12 @@ pub enum SinkMsg {
     Delivered {
         ticket: u64,
         ok: bool,
+    },
+    /// Internal to a sink: a result could not be delivered (it goes to the dead letters).
+    Undeliverable {
+        ticket: u64,
+        id: DocId,
+        reason: String,
     },
     /// End of a finite input of `total` records: answer once all are written.
     End {
@@ -94,9 +106,11 @@ impl Actor for Coordinator {
         metrics.records_in.inc_by(recs.len() as u64);
         let mut reqs = Vec::with_capacity(recs.len());
         let mut metas = Vec::with_capacity(recs.len());
+        let mut decoded = Vec::with_capacity(recs.len());
         for r in recs {
             match decode_record(&r.bytes, r.fallback_id, st.max_record_bytes) {
                 Err(bad) => {
+                    st.flight.correct_tokens(r.est_tokens, 0);
                     let _ = st.sink.send_message(SinkMsg::Bad {
                         ticket: r.ticket,
                         id: bad.id,
@@ -106,16 +120,26 @@ impl Actor for Coordinator {
                 Ok(doc) => {
                     let poison = crate::fault::is_poison(&doc.text);
                     let modes = doc.modes.unwrap_or(st.modes);
-                    reqs.push((doc.text, modes, doc.max_length.unwrap_or(st.max_length)));
-                    metas.push((r.ticket, doc.id, poison));
+                    let max_length = doc.max_length.unwrap_or(st.max_length).min(st.max_length);
+                    decoded.push((r.ticket, doc.id.as_key()));
+                    reqs.push((doc.text, modes, max_length));
+                    metas.push((r.ticket, doc.id, poison, r.est_tokens));
                 }
             }
         }
+        if !decoded.is_empty() {
+            let _ = st.sink.send_message(SinkMsg::Decoded(decoded));
+        }
         let prepared = st.pipeline.prepare(&reqs).await;
         let mut jobs = Vec::new();
-        let mut tokens = 0;
-        for (((ticket, id, poison), p), (_, modes, _)) in metas.into_iter().zip(prepared).zip(&reqs)
+        for (((ticket, id, poison, est), p), (_, modes, _)) in
+            metas.into_iter().zip(prepared).zip(&reqs)
         {
+            let actual = match &p {
+                Prepared::Miss { doc, .. } => doc.ids.len(),
+                _ => 0,
+            };
+            st.flight.correct_tokens(est, actual);
             match p {
                 Prepared::Hit(e) => {
                     let _ = st.sink.send_message(SinkMsg::Done {
@@ -135,7 +159,6 @@ impl Actor for Coordinator {
                 }
                 Prepared::Miss { doc, cache_key } => {
                     let n = doc.ids.len();
-                    tokens += n;
                     let sink = st.sink.clone();
                     jobs.push(st.pipeline.job(
                         doc,
@@ -151,7 +174,6 @@ impl Actor for Coordinator {
                 }
             }
         }
-        st.flight.add_tokens(tokens);
         st.pipeline.submit(jobs);
         Ok(())
     }

@@ -100,7 +100,7 @@ impl OrderedState {
             self.next += 1;
             self.summary.records += 1;
             self.summary.failed += failed as u64;
-            self.flight.release(1, tokens);
+            self.flight.release(1, tokens, 0);
         }
         if let Some(p) = &self.progress {
             p(self.summary.records);
@@ -147,7 +147,7 @@ impl Actor for OrderedSink {
             SinkMsg::Bad { ticket, id, reason } => {
                 st.pending.insert(ticket, (error_json(&id, &reason), true, 0));
             }
-            SinkMsg::Delivered { .. } => {}
+            SinkMsg::Delivered { .. } | SinkMsg::Decoded(_) | SinkMsg::Undeliverable { .. } => {}
             SinkMsg::End { total, reply } => st.end = Some((total, reply)),
         }
         st.drain();
@@ -238,7 +238,12 @@ pub async fn embed_file(
                     // Over the limit: keep the true length visible to the validator.
                     bytes.resize(max + 1, 0);
                 }
-                RawRecord { ticket: line_no, bytes, fallback_id: DocId::from(line_no) }
+                RawRecord {
+                    ticket: line_no,
+                    bytes: bytes.into(),
+                    fallback_id: DocId::from(line_no),
+                    est_tokens: 0,
+                }
             })
             .collect();
         flight.add_records(recs.len());

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::ClusterError;
@@ -35,6 +35,14 @@ pub struct Metrics {
     pub worker_restarts: IntCounter,
     pub batch_retries: IntCounter,
     pub stored_offset: IntGaugeVec,
+    pub records_dropped: IntCounterVec,
+    pub records_superseded: IntCounter,
+    pub records_revoked: IntCounter,
+    pub tombstones: IntCounter,
+    pub produce_retries: IntCounter,
+    pub outputs_slimmed: IntCounter,
+    pub store_stale_skipped: IntCounter,
+    pub bytes_in_flight: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -74,7 +82,53 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(stored_offset.clone())).expect("unique metric");
+        let records_dropped = IntCounterVec::new(
+            Opts::new(
+                "trident_records_dropped_total",
+                "Records acknowledged without any output: no dead-letter topic, or the dead \
+                 letter itself could not be written",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(records_dropped.clone())).expect("unique metric");
         Metrics {
+            records_dropped,
+            records_superseded: counter(
+                &r,
+                "trident_records_superseded_total",
+                "Results not published because a newer version of the same id was taken",
+            ),
+            records_revoked: counter(
+                &r,
+                "trident_records_revoked_total",
+                "Results discarded because their partition was revoked (the new owner redoes them)",
+            ),
+            tombstones: counter(
+                &r,
+                "trident_tombstones_total",
+                "Null-value records (tombstones) acknowledged without embedding",
+            ),
+            produce_retries: counter(
+                &r,
+                "trident_produce_retries_total",
+                "Transient producer failures retried",
+            ),
+            outputs_slimmed: counter(
+                &r,
+                "trident_outputs_colbert_in_store_total",
+                "Results over the message limit published without ColBERT rows (rows in the store)",
+            ),
+            store_stale_skipped: counter(
+                &r,
+                "trident_store_stale_writes_total",
+                "Store writes skipped because a later offset of the id was already stored",
+            ),
+            bytes_in_flight: gauge(
+                &r,
+                "trident_bytes_in_flight",
+                "Input bytes taken and not yet acknowledged",
+            ),
             records_in: counter(&r, "trident_records_in_total", "Records taken from the source"),
             records_out: counter(
                 &r,

@@ -5,9 +5,16 @@
 //!   key or topic/partition/offset); optional `"modes": ["dense","sparse","colbert"]` and
 //!   `"max_length": N` override the command's defaults for that record.
 //! - Any other value is the text itself, with the fallback id.
-//! - Bad records (invalid UTF-8, oversize, malformed JSON objects) yield the reason.
+//! - Bad records (invalid UTF-8, oversize, malformed JSON objects, an id over [`MAX_ID_BYTES`],
+//!   an empty or blank text: nothing to embed) yield the reason.
+//! - An id is a string or a number; a number is keyed by its decimal text, so `7` and `"7"` name
+//!   one document (Kafka keys and Redis keys are strings) and the newest of them wins.
 
 use trident_core::{DocId, Modes};
+
+/// Longest id accepted, in bytes: ids become Kafka keys and Redis keys and travel in every
+/// output and dead letter, so a megabyte id would make each of those oversize.
+pub const MAX_ID_BYTES: usize = 512;
 
 /// A valid input document.
 #[derive(Clone, Debug, PartialEq)]
@@ -43,6 +50,13 @@ pub fn decode_record(
         Err(e) => return bad(fallback_id, format!("invalid UTF-8 at byte {}", e.valid_up_to())),
     };
     if !text.trim_start().starts_with('{') {
+        if fallback_id.as_key().len() > MAX_ID_BYTES {
+            let len = fallback_id.as_key().len();
+            return bad(fallback_id, format!("key is {len} bytes, over the id limit of {MAX_ID_BYTES}"));
+        }
+        if text.trim().is_empty() {
+            return bad(fallback_id, "empty text: nothing to embed".into());
+        }
         return Ok(InputDoc {
             id: fallback_id,
             text: text.to_string(),
@@ -73,6 +87,13 @@ pub fn decode_record(
         None => return bad(id, "missing \"text\" (expected a string)".into()),
         Some(other) => return bad(id, format!("\"text\" must be a string, not {}", kind(&other))),
     };
+    if id.as_key().len() > MAX_ID_BYTES {
+        let len = id.as_key().len();
+        return bad(id, format!("id is {len} bytes, over the limit of {MAX_ID_BYTES}"));
+    }
+    if text.trim().is_empty() {
+        return bad(id, "empty text: nothing to embed".into());
+    }
     let modes = match obj.remove("modes") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Array(items)) => {
@@ -130,7 +151,7 @@ mod tests {
         assert_eq!(d.modes, Some(Modes::from_flags(true, false, false)));
         assert_eq!(d.max_length, Some(16));
         assert_eq!(dec(br#"{"text":"x"}"#).unwrap().id, DocId::from(9u64));
-        assert_eq!(dec(br#"{"id":3,"text":""}"#).unwrap().id, DocId::from(3u64));
+        assert_eq!(dec(br#"{"id":3,"text":"."}"#).unwrap().id, DocId::from(3u64));
     }
 
     #[test]
@@ -144,5 +165,12 @@ mod tests {
         assert!(reason(br#"{"id":true,"text":"x"}"#).contains("\"id\""));
         assert!(reason(br#"{"text":"x","modes":["dens"]}"#).contains("modes"));
         assert_eq!(dec(br#"{"id":"k","text":null}"#).unwrap_err().id, DocId::from("k"));
+        assert!(reason(br#"{"id":3,"text":" \n"}"#).contains("empty text"));
+        assert!(reason(b" ").contains("empty text"));
+        let long_id = format!(r#"{{"id":"{}","text":"x"}}"#, "i".repeat(MAX_ID_BYTES + 1));
+        let r = decode_record(long_id.as_bytes(), DocId::from(9u64), 1 << 20).unwrap_err();
+        assert!(r.reason.contains("over the limit of 512"), "{}", r.reason);
+        let r = decode_record(b"text", DocId::Str("k".repeat(600)), 1 << 20).unwrap_err();
+        assert!(r.reason.contains("key is 600 bytes"), "{}", r.reason);
     }
 }

@@ -1,6 +1,11 @@
 //! The Redis result store: each document's result under `{prefix}:doc:{id}` in the binary format
 //! of `codec`. A sink: writes are retried until Redis takes them, and a record is acknowledged
 //! (so its offset may be stored) only once its result is stored.
+//!
+//! Newest wins: a value carries the (partition, offset) of the record it came from, and the
+//! write is a compare-and-set in one Lua script — a result of an earlier offset of the same
+//! partition never replaces a later one (e.g. a late write of a node whose partition was revoked
+//! after the new owner stored the newer version). One key per write, so it works on Redis Cluster.
 
 use std::time::Duration;
 
@@ -19,6 +24,21 @@ pub struct StoreWrite {
     pub done: Box<dyn FnOnce() + Send>,
 }
 
+/// KEYS[1] the document key, ARGV[1] the new value (codec layout; version at byte 9 when flag
+/// bit4 is set). Returns 1 when written, 0 when the stored value is of a later offset.
+const NEWEST_WINS: &str = r#"
+local new = ARGV[1]
+local cur = redis.call('GET', KEYS[1])
+if cur and #cur >= 21 and #new >= 21 and string.sub(cur, 1, 4) == 'TRD1'
+   and bit.band(string.byte(cur, 5), 16) ~= 0 and bit.band(string.byte(new, 5), 16) ~= 0 then
+  local cp, co = struct.unpack('<i4i8', cur, 10)
+  local np, no = struct.unpack('<i4i8', new, 10)
+  if cp == np and co > no then return 0 end
+end
+redis.call('SET', KEYS[1], new)
+return 1
+"#;
+
 /// Start the writer task: it takes whatever writes are queued (up to 512), sends them as one
 /// pipeline, and on failure waits (backing off to 2 s) and retries the same writes.
 pub fn start_writer(
@@ -33,15 +53,22 @@ pub fn start_writer(
         while rx.recv_many(&mut buf, 512).await > 0 {
             let mut pipe = redis::pipe();
             for w in &buf {
-                pipe.cmd("SET").arg(&w.key).arg(&w.value).ignore();
+                pipe.cmd("EVAL").arg(NEWEST_WINS).arg(1).arg(&w.key).arg(&w.value);
             }
             let mut backoff = Duration::from_millis(100);
             loop {
                 let mut c = conn.clone();
-                match tokio::time::timeout(Duration::from_secs(5), pipe.query_async::<()>(&mut c))
-                    .await
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    pipe.query_async::<Vec<i64>>(&mut c),
+                )
+                .await
                 {
-                    Ok(Ok(())) => break,
+                    Ok(Ok(written)) => {
+                        let stale = written.iter().filter(|&&w| w == 0).count();
+                        metrics.store_stale_skipped.inc_by(stale as u64);
+                        break;
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!("result store {url}: {e}; retrying in {backoff:?}")
                     }

@@ -251,6 +251,8 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
                 high_tokens: 4 * args.batch_tokens * args.workers.max(1),
                 low_tokens: 2 * args.batch_tokens * args.workers.max(1),
                 max_records: 8192,
+                // Records are lines read under `max_record_bytes`; the records bound covers them.
+                max_bytes: usize::MAX,
             },
             progress,
             input_name: if args.input == "-" { "stdin".into() } else { args.input.clone() },

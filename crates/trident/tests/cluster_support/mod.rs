@@ -277,8 +277,12 @@ impl Env {
             }
         }
         let map = Arc::new(Mutex::new(HashMap::new()));
-        let p: BaseProducer<Ctx> =
-            self.client().set("linger.ms", "5").create_with_context(Ctx(map.clone())).unwrap();
+        let p: BaseProducer<Ctx> = self
+            .client()
+            .set("linger.ms", "5")
+            .set("message.max.bytes", "4000000") // hostile-record tests send 1 MB+ values
+            .create_with_context(Ctx(map.clone()))
+            .unwrap();
         for (i, r) in records.iter().enumerate() {
             let mut rec = BaseRecord::with_opaque_to(topic, Box::new(i))
                 .payload(&r.value)
@@ -305,6 +309,23 @@ impl Env {
         p.flush(Duration::from_secs(30)).expect("flush");
         let m = map.lock().unwrap();
         (0..records.len()).map(|i| m[&i]).collect()
+    }
+
+    /// Produce a tombstone (null value) with `key` to `partition`.
+    pub fn produce_tombstone(&self, topic: &str, key: &str, partition: i32) {
+        let p: BaseProducer = self.client().create().unwrap();
+        p.send(BaseRecord::<str, [u8]>::to(topic).key(key).partition(partition))
+            .map_err(|(e, _)| e)
+            .expect("queue tombstone");
+        p.flush(Duration::from_secs(30)).expect("flush");
+    }
+
+    /// End offsets (one past the last record) of each partition of `topic`.
+    pub fn end_offsets(&self, topic: &str, partitions: i32) -> Vec<i64> {
+        let c: BaseConsumer = self.client().create().unwrap();
+        (0..partitions)
+            .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)
+            .collect()
     }
 
     /// Read every record of `topic` (all partitions, from the start) until `done(records)` or

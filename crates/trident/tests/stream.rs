@@ -1,0 +1,328 @@
+//! The stream under real outputs and hostile input (issue 12), against real servers: `tansu`
+//! as the Kafka broker, `redis-server`, and `trident node` processes with the tiny model.
+//!
+//! The node's producer runs with `message.max.bytes` = 64 KiB here, so that documents of a few
+//! hundred tokens give outputs over the limit as a 1024-dim model's do at ~85 tokens under the
+//! default 1 MB: the same code path, at the tiny model's scale.
+
+mod cluster_support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cluster_support::*;
+
+const PARTS: i32 = 4;
+const LIMIT: usize = 64 * 1024;
+
+/// A node config with the small producer limit and a short retry budget.
+fn node_config(env: &Env, extra: &str) -> PathBuf {
+    let path = env.dir.path().join("node.toml");
+    let text = format!(
+        "produce_retry_ms = 5000\n{extra}\n[kafka_producer]\n\"message.max.bytes\" = {LIMIT}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn json_rec(key: &str, value: serde_json::Value, partition: i32) -> Rec {
+    Rec { key: Some(key.as_bytes().to_vec()), value: value.to_string().into_bytes(), partition }
+}
+
+/// `n` documents long enough that their output is over `LIMIT` (checked against the reference).
+fn long_docs(env: &Env, prefix: &str, n: usize) -> Vec<(String, String)> {
+    let docs: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let words = ["stream", "kafka", "vector", "chat", "noir", "Straße", "数据", "🙂"];
+            let text: Vec<&str> = (0..400 + 37 * i).map(|j| words[(j * 7 + i) % words.len()]).collect();
+            (format!("{prefix}-long-{i}"), text.join(" "))
+        })
+        .collect();
+    for (id, out) in reference(env.dir.path(), &docs) {
+        let size = out.to_string().len();
+        assert!(size > LIMIT, "{id}: output of {size} bytes should be over {LIMIT}");
+    }
+    docs
+}
+
+/// Every record of every partition acknowledged: the group's committed offsets reach the ends.
+fn wait_committed_to_end(env: &Env, group: &str, topic: &str, limit: Duration) {
+    let ends = env.end_offsets(topic, PARTS);
+    let mut last = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        last = env.committed(group, topic, PARTS);
+        if last == ends {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("committed offsets {last:?} did not reach the partition ends {ends:?} in {limit:?}");
+}
+
+/// Oversize outputs and hostile records: each ends in the dead-letter topic (small, with its
+/// reason), everything else is published once, and every partition is committed to its end.
+#[test]
+fn s1_oversize_and_hostile_records_never_stall() {
+    let _g = serial();
+    let Some(env) = Env::start(false) else { return };
+    let topics = Topics::new(&env, "s1", PARTS);
+    let c = corpus("s1", 300, 0, PARTS, 1 << 20);
+    let long = long_docs(&env, "s1", 8);
+    let mut records = c.records.clone();
+    for (i, (id, text)) in long.iter().enumerate() {
+        records.insert(i * 30, json_rec(id, serde_json::json!({"id": id, "text": text}), i as i32 % PARTS));
+    }
+    let big_id = "i".repeat(600_000);
+    let mut bad_utf8 = vec![b'a'; 1_010_000];
+    bad_utf8.push(0xff);
+    let hostile: Vec<(&str, Rec, &str)> = vec![
+        ("s1-h-bigid", json_rec("s1-h-bigid", serde_json::json!({"id": big_id, "text": "hi"}), 0), "over the limit of 512"),
+        ("s1-h-utf8", Rec { key: Some(b"s1-h-utf8".to_vec()), value: bad_utf8, partition: 1 }, "invalid UTF-8"),
+        ("s1-h-huge", json_rec("s1-h-huge", serde_json::json!({"id": "s1-h-huge", "text": "x".repeat(1_100_000)}), 2), "exceeds the limit"),
+        ("s1-h-type", json_rec("s1-h-type", serde_json::json!({"id": "j".repeat(600_000), "text": 5}), 3), "\"text\" must be a string"),
+        ("s1-h-empty", json_rec("s1-h-empty", serde_json::json!({"id": "s1-h-empty", "text": " "}), 0), "empty text"),
+    ];
+    for (i, (_, r, _)) in hostile.iter().enumerate() {
+        records.insert(50 + i * 40, r.clone());
+    }
+    // A megabyte Kafka key on a plain-text value: the key would be the id.
+    let key_big = "k".repeat(600_000);
+    records.insert(120, Rec { key: Some(key_big.clone().into_bytes()), value: b"plain text".to_vec(), partition: 1 });
+    env.produce(&topics.input, &records);
+    env.produce_tombstone(&topics.input, "s1-tomb", 2);
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let cfg = node_config(&env, "");
+    let cfg = cfg.to_str().unwrap();
+    let t0 = Instant::now();
+    let mut node = env.node("s1", "gs1", &topics, &["--config", cfg, "--metrics-addr", &maddr], &[]);
+    env.read_topic(&topics.output, 1, Duration::from_secs(180), |o| {
+        let ids: HashSet<String> = o.iter().map(|o| o.key_str()).collect();
+        c.good.iter().all(|(id, _)| ids.contains(id))
+    });
+    wait_committed_to_end(&env, "gs1", &topics.input, Duration::from_secs(60));
+    let took = t0.elapsed();
+    let outs = env.read_now(&topics.output, 1);
+    let want = reference(env.dir.path(), &c.good);
+    let counts = id_counts(&outs);
+    for o in &outs {
+        let id = o.key_str();
+        let w = want.get(&id).unwrap_or_else(|| panic!("unexpected output id {}", &id[..id.len().min(80)]));
+        assert_same_output(&o.json(), w, &id);
+        assert!(o.value.len() <= LIMIT, "{id}: output of {} bytes", o.value.len());
+    }
+    let dups: usize = counts.values().map(|n| n - 1).sum();
+    assert_eq!(dups, 0, "no duplicates without a restart");
+    let dlq = env.read_now(&topics.dlq, 1);
+    let by_key: HashMap<String, &Out> = dlq.iter().map(|o| (o.key_str(), o)).collect();
+    for d in &dlq {
+        let size = d.value.len() + d.key.as_ref().map_or(0, Vec::len);
+        assert!(size < LIMIT, "a dead letter of {size} bytes");
+    }
+    for (id, _) in &long {
+        let d = by_key.get(id).unwrap_or_else(|| panic!("{id} not dead-lettered"));
+        let r = &d.headers["trident.reason"];
+        assert!(r.starts_with("output_too_large"), "{id}: {r}");
+        assert!(r.contains(&LIMIT.to_string()), "{id}: the reason names the limit: {r}");
+    }
+    for (key, rec, reason) in &hostile {
+        let d = by_key.get(*key).unwrap_or_else(|| panic!("{key} not dead-lettered"));
+        let r = &d.headers["trident.reason"];
+        assert!(r.contains(reason), "{key}: reason {r:?} should mention {reason:?}");
+        assert_eq!(d.headers["trident.value.bytes"], rec.value.len().to_string());
+        if rec.value.len() > LIMIT {
+            assert_eq!(d.headers.get("trident.truncated").map(String::as_str), Some("value"));
+        }
+    }
+    let cut_key = dlq.iter().find(|d| d.headers.get("trident.truncated").is_some_and(|t| t.contains("key")));
+    let cut_key = cut_key.expect("the megabyte-key record is dead-lettered with its key cut");
+    assert!(cut_key.headers["trident.reason"].contains("key is 600000 bytes"));
+    assert_eq!(dlq.len(), long.len() + hostile.len() + 1, "one dead letter each, nothing else");
+    assert_eq!(metric(&maddr, "trident_tombstones_total"), Some(1.0));
+    assert_eq!(metric(&maddr, "trident_records_dropped_total").unwrap_or(0.0), 0.0);
+    eprintln!(
+        "s1: {} records + tombstone: {} published, {} dead letters, committed to the end in {:.1}s",
+        records.len(),
+        outs.len(),
+        dlq.len(),
+        took.as_secs_f64()
+    );
+    node.signal("TERM");
+    let (status, took) = node.wait_exit(Duration::from_secs(20)).expect("exits after SIGTERM");
+    assert!(status.success() && took < Duration::from_secs(12), "{status:?} after {took:?}");
+}
+
+/// With `--store`, results too large for a message are stored whole and published without
+/// their ColBERT rows (`colbert_in_store`).
+#[test]
+fn s2_store_keeps_what_the_topic_cannot() {
+    let _g = serial();
+    let Some(env) = Env::start(true) else { return };
+    let topics = Topics::new(&env, "s2", PARTS);
+    let c = corpus("s2", 60, 0, PARTS, 1 << 20);
+    let long = long_docs(&env, "s2", 4);
+    let mut records = c.records.clone();
+    for (i, (id, text)) in long.iter().enumerate() {
+        records.push(json_rec(id, serde_json::json!({"id": id, "text": text}), i as i32 % PARTS));
+    }
+    env.produce(&topics.input, &records);
+    let url = env.redis.as_ref().unwrap().url();
+    let cfg = node_config(&env, "");
+    let _node =
+        env.node("s2", "gs2", &topics, &["--config", cfg.to_str().unwrap(), "--redis", &url, "--store"], &[]);
+    let mut all = c.good.clone();
+    all.extend(long.iter().cloned());
+    let want = reference(env.dir.path(), &all);
+    let outs = env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| {
+        let ids: HashSet<String> = o.iter().map(|o| o.key_str()).collect();
+        all.iter().all(|(id, _)| ids.contains(id))
+    });
+    wait_committed_to_end(&env, "gs2", &topics.input, Duration::from_secs(60));
+    for o in &outs {
+        let id = o.key_str();
+        let mut got = o.json();
+        let mut w = want[&id].clone();
+        if long.iter().any(|(l, _)| *l == id) {
+            assert_eq!(got["colbert_in_store"], serde_json::Value::Bool(true), "{id}");
+            assert!(got.get("colbert").is_none(), "{id}: no ColBERT rows in the message");
+            got.as_object_mut().unwrap().remove("colbert_in_store");
+            w.as_object_mut().unwrap().remove("colbert");
+            assert!(o.value.len() <= LIMIT);
+        }
+        assert_same_output(&got, &w, &id);
+    }
+    let ids: Vec<&str> = long.iter().map(|(id, _)| id.as_str()).collect();
+    let out = std::process::Command::new(TRIDENT).args(["lookup", "--redis", &url]).args(&ids).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (id, line) in ids.iter().zip(std::str::from_utf8(&out.stdout).unwrap().lines()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_same_output(&v, &want[*id], id);
+    }
+    assert!(env.read_now(&topics.dlq, 1).is_empty(), "nothing dead-lettered");
+}
+
+/// The same id written twice on one partition (a long version, then a short one): the newest
+/// version is the last output message of the id and the stored value, for every id.
+#[test]
+fn s3_newest_version_wins() {
+    let _g = serial();
+    let Some(env) = Env::start(true) else { return };
+    let topics = Topics::new(&env, "s3", PARTS);
+    let n = 20;
+    let mut records = Vec::new();
+    let mut newest = Vec::new();
+    for i in 0..n {
+        let id = format!("s3-{i}");
+        let old: Vec<String> = (0..150 + 5 * i).map(|j| format!("old{}", j % 13)).collect();
+        let new = format!("the newest version of document {i}");
+        let p = (i % PARTS as usize) as i32;
+        records.push(json_rec(&id, serde_json::json!({"id": id, "text": old.join(" ")}), p));
+        records.push(json_rec(&id, serde_json::json!({"id": id, "text": new}), p));
+        newest.push((id, new));
+    }
+    // Fillers between them, so the versions land in different batches.
+    let c = corpus("s3", 80, 0, PARTS, 1 << 20);
+    let mut mixed = Vec::new();
+    for (i, r) in records.into_iter().enumerate() {
+        mixed.push(r);
+        mixed.extend(c.records.get(i * 2..i * 2 + 2).into_iter().flatten().cloned());
+    }
+    env.produce(&topics.input, &mixed);
+    let url = env.redis.as_ref().unwrap().url();
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let flags = ["--redis", &url, "--store", "--batch-tokens", "512", "--metrics-addr", &maddr];
+    let _node = env.node("s3", "gs3", &topics, &flags, &[]);
+    wait_committed_to_end(&env, "gs3", &topics.input, Duration::from_secs(180));
+    let outs = env.read_now(&topics.output, 1);
+    let want = reference(env.dir.path(), &newest);
+    let mut last: HashMap<String, serde_json::Value> = HashMap::new();
+    for o in &outs {
+        last.insert(o.key_str(), o.json());
+    }
+    let ids: Vec<&str> = newest.iter().map(|(id, _)| id.as_str()).collect();
+    let out = std::process::Command::new(TRIDENT).args(["lookup", "--redis", &url]).args(&ids).output().unwrap();
+    let stored: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(stored.len(), n);
+    for ((id, _), line) in newest.iter().zip(stored) {
+        assert_same_output(&last[id], &want[id], &format!("{id} in the topic"));
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_same_output(&v, &want[id], &format!("{id} in the store"));
+    }
+    let superseded = metric(&maddr, "trident_records_superseded_total").unwrap_or(0.0);
+    eprintln!("s3: newest wins for {n} of {n} ids; {superseded} older results superseded");
+}
+
+/// Topics the broker does not have: outputs go to the dead letters, dead letters fail, and each
+/// record is dropped and counted within the retry budget; offsets still reach the end.
+#[test]
+fn s4_undeliverable_records_are_dropped_and_counted() {
+    let _g = serial();
+    let Some(env) = Env::start(false) else { return };
+    let input = "s4-in".to_string();
+    env.create_topics(&[(&input, PARTS)]);
+    let topics = Topics { input, output: "s4-missing-out".into(), dlq: "s4-missing-dlq".into() };
+    let c = corpus("s4", 40, 0, PARTS, 1 << 20);
+    env.produce(&topics.input, &c.records);
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let cfg = node_config(&env, "");
+    let extra = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "--metrics-addr",
+        &maddr,
+    ];
+    let _node = env.node("s4", "gs4", &topics, &extra, &[]);
+    wait_committed_to_end(&env, "gs4", &topics.input, Duration::from_secs(120));
+    let dropped = metric(&maddr, "trident_records_dropped_total").unwrap_or(0.0);
+    assert_eq!(dropped, c.records.len() as f64, "every record dropped and counted");
+}
+
+/// Records far larger than usual, far faster than the node embeds: memory stays within the
+/// model plus twice the bytes-in-flight limit, and everything comes out.
+#[test]
+fn s5_big_records_memory_is_bounded_by_the_bytes_limit() {
+    const BYTES_LIMIT: usize = 8 << 20;
+    let _g = serial();
+    let Some(env) = Env::start(false) else { return };
+    let topics = Topics::new(&env, "s5", PARTS);
+    let records: Vec<Rec> = (0..300)
+        .map(|i| {
+            let text = format!("document {i} ") + &"lorem ipsum dolor sit amet ".repeat(7400);
+            json_rec(&format!("s5-{i}"), serde_json::json!({"id": format!("s5-{i}"), "text": text}), (i % 4) as i32)
+        })
+        .collect();
+    assert!(records[0].value.len() > 200_000);
+    env.produce(&topics.input, &records);
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let flags = ["--metrics-addr", &maddr, "--dense", "--max-length", "128", "--batch-tokens", "2048"];
+    let limit = BYTES_LIMIT.to_string();
+    let node = env.node("s5", "gs5", &topics, &flags, &[("TRIDENT_MAX_BYTES_IN_FLIGHT", &limit)]);
+    // The model loaded and the consumer up, nothing taken yet is not observable from outside;
+    // the baseline is the RSS when the node logs that it consumes.
+    wait_until(Duration::from_secs(60), "node started", || node.log_text().contains("node consuming"));
+    let base = node.rss_kib().unwrap();
+    let (mut peak, mut peak_bytes) = (base, 0.0f64);
+    let t0 = Instant::now();
+    loop {
+        peak = peak.max(node.rss_kib().unwrap_or(0));
+        peak_bytes = peak_bytes.max(metric(&maddr, "trident_bytes_in_flight").unwrap_or(0.0));
+        if metric(&maddr, "trident_records_out_total").unwrap_or(0.0) >= records.len() as f64 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(240), "node did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let grew = (peak - base) * 1024;
+    eprintln!(
+        "s5: 300 x {} KB: RSS {} MiB at start, peak {} MiB (+{} MiB; bound 2 x {} MiB); peak bytes in flight {:.1} MiB",
+        records[0].value.len() / 1000,
+        base / 1024,
+        peak / 1024,
+        grew >> 20,
+        BYTES_LIMIT >> 20,
+        peak_bytes / (1 << 20) as f64
+    );
+    assert!(peak_bytes <= (BYTES_LIMIT + 256 << 10) as f64, "bytes in flight {peak_bytes}");
+    assert!(grew as usize <= 2 * BYTES_LIMIT, "RSS grew by {} MiB", grew >> 20);
+}
