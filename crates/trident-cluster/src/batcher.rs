@@ -1,14 +1,21 @@
 //! The batcher actor: groups jobs into batches by the `trident_core::batch` policy and hands each
 //! batch to an idle worker (one batch per worker at a time, so the least-loaded worker is an idle
 //! one and nothing is stranded in a dead worker's mailbox). It supervises the workers: a worker
-//! that fails is restarted; its batch is retried once, then split in halves until a record that
-//! fails alone is reported as failed (the poison record), so the rest proceed.
+//! that fails is restarted without blocking the batcher (the new worker loads its model on its
+//! own task and reports `Ready`), and its batch is retried on another worker, then split to
+//! isolate a poison record (see `retry`).
 
+mod retry;
+
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use trident_core::batch::{split_batch, Batch, BatchPolicy, Batcher, Priority};
 use trident_core::{Embedding, Modes, TokenizedDoc};
+
+pub use retry::RetryState;
+use retry::Verdict;
 
 use crate::pipeline::WorkerSpec;
 use crate::worker::{Worker, WorkerArgs, WorkerMsg};
@@ -23,8 +30,10 @@ pub struct Job {
     pub doc: TokenizedDoc,
     pub modes: Modes,
     pub priority: Priority,
-    /// Failed attempts of the batches this job was in (see module doc).
+    /// Failed attempts of the batches this job was in.
     pub attempts: u32,
+    /// Where those attempts failed (see `retry`).
+    pub retry: RetryState,
     /// Set by the fault-injection hook only (test builds).
     pub poison: bool,
     pub done: Box<dyn FnOnce(Outcome) + Send>,
@@ -36,6 +45,11 @@ pub enum BatcherMsg {
     Tick,
     /// Close partial batches now (end of input, shutdown).
     Flush,
+    /// A worker has its embedder and takes batches.
+    Ready {
+        index: usize,
+        generation: u64,
+    },
     WorkerDone {
         index: usize,
         generation: u64,
@@ -46,6 +60,7 @@ pub enum BatcherMsg {
         batch: Batch<Job>,
         reason: String,
     },
+    /// Start the worker of a slot whose last start failed (after a backoff).
     Restart {
         index: usize,
     },
@@ -61,11 +76,28 @@ struct Slot {
     spec: WorkerSpec,
     actor: Option<ActorRef<WorkerMsg>>,
     generation: u64,
+    /// The worker has its embedder (a restarted one builds it after spawning).
+    ready: bool,
     busy: bool,
+    /// Consecutive failed starts: sets the restart backoff.
+    start_failures: u32,
+}
+
+impl Slot {
+    fn idle(&self) -> bool {
+        self.actor.is_some() && self.ready && !self.busy
+    }
+
+    /// Up, or starting for the first time since it last ran: worth waiting for with a retry.
+    fn up(&self) -> bool {
+        self.actor.is_some() && (self.ready || self.start_failures == 0)
+    }
 }
 
 pub struct BatcherState {
     batcher: Batcher<Job>,
+    /// Failed batches waiting for a worker they have not failed on; served before new ones.
+    retries: VecDeque<Batch<Job>>,
     slots: Vec<Slot>,
     timer_at: Option<Instant>,
     metrics: Metrics,
@@ -74,17 +106,23 @@ pub struct BatcherState {
 pub struct BatcherActor;
 
 impl BatcherActor {
+    /// Spawn the worker of slot `index`; without `embedder` it builds one from the factory on
+    /// its own task and reports `Ready`, so the batcher keeps serving the other workers.
     async fn start_worker(
         me: &ActorRef<BatcherMsg>,
         st: &mut BatcherState,
         index: usize,
+        embedder: Option<Box<dyn trident_model::Embedder>>,
     ) -> Result<(), String> {
         let slot = &mut st.slots[index];
         slot.generation += 1;
+        slot.ready = false;
+        slot.busy = false;
         let args = WorkerArgs {
             index,
             generation: slot.generation,
             spec: slot.spec.clone(),
+            embedder,
             batcher: me.clone(),
             metrics: st.metrics.clone(),
         };
@@ -92,24 +130,59 @@ impl BatcherActor {
             .await
             .map_err(|e| e.to_string())?;
         slot.actor = Some(actor);
-        slot.busy = false;
         Ok(())
     }
 
+    /// A start failed: try again after a backoff.
+    fn start_failed(me: &ActorRef<BatcherMsg>, st: &mut BatcherState, index: usize, why: &str) {
+        let slot = &mut st.slots[index];
+        slot.actor = None;
+        slot.start_failures += 1;
+        let (n, wait) = (slot.start_failures, retry::backoff(slot.start_failures));
+        if retry::log_start_failure(n) {
+            tracing::error!(
+                "starting worker {index} ({}) failed {n} time(s): {why}; retrying in {wait:?}",
+                slot.spec.name
+            );
+        } else {
+            tracing::debug!("starting worker {index} failed {n} times: {why}");
+        }
+        me.send_after(wait, move || BatcherMsg::Restart { index });
+    }
+
+    /// The first retry batch that slot `index` may take.
+    fn take_retry(st: &mut BatcherState, index: usize) -> Option<Batch<Job>> {
+        let slots = &st.slots;
+        let pos = st.retries.iter().position(|b| {
+            let failed_on = b.items.first().map_or(&[][..], |j| &j.retry.failed_on[..]);
+            retry::eligible(index, failed_on, |j| slots[j].up(), slots.len())
+        })?;
+        st.retries.remove(pos)
+    }
+
     fn dispatch(st: &mut BatcherState) {
-        loop {
-            let Some(i) = st.slots.iter().position(|s| s.actor.is_some() && !s.busy) else {
-                return;
+        for i in 0..st.slots.len() {
+            if !st.slots[i].idle() {
+                continue;
+            }
+            let (batch, is_retry) = match Self::take_retry(st, i) {
+                Some(b) => (b, true),
+                None => match st.batcher.pop_ready() {
+                    Some(b) => (b, false),
+                    None => continue,
+                },
             };
-            let Some(batch) = st.batcher.pop_ready() else { return };
             let slot = &mut st.slots[i];
-            match slot.actor.as_ref().unwrap().send_message(WorkerMsg::Run(batch)) {
-                Ok(()) => slot.busy = true,
-                Err(e) => {
-                    slot.actor = None;
-                    if let ractor::MessagingErr::SendErr(WorkerMsg::Run(batch)) = e {
-                        st.batcher.requeue_front(batch);
-                    }
+            // Busy until `WorkerDone`; if the worker is gone, busy until its supervision event.
+            slot.busy = true;
+            let Err(e) = slot.actor.as_ref().unwrap().send_message(WorkerMsg::Run(batch)) else {
+                continue;
+            };
+            if let ractor::MessagingErr::SendErr(WorkerMsg::Run(batch)) = e {
+                if is_retry {
+                    st.retries.push_front(batch);
+                } else {
+                    st.batcher.requeue_front(batch);
                 }
             }
         }
@@ -124,24 +197,42 @@ impl BatcherActor {
         }
     }
 
-    fn retry(st: &mut BatcherState, batch: Batch<Job>, reason: String) {
-        st.metrics.batch_retries.inc();
-        let attempts = batch.items.iter().map(|j| j.attempts).max().unwrap_or(0) + 1;
-        if attempts < 2 {
-            let mut batch = batch;
-            batch.items.iter_mut().for_each(|j| j.attempts = attempts);
-            st.batcher.requeue_front(batch);
-        } else if batch.items.len() > 1 {
-            let [mut a, mut b] = split_batch(batch, |j: &Job| j.doc.ids.len(), st.batcher.policy());
-            // A half that fails once more is split again.
-            a.items.iter_mut().chain(b.items.iter_mut()).for_each(|j| j.attempts = 1);
-            st.batcher.requeue_front(b);
-            st.batcher.requeue_front(a);
-        } else {
-            for job in batch.items {
-                (job.done)(Err(format!(
-                    "encoder failed on this record after {attempts} attempts: {reason}"
-                )));
+    /// A batch failed on slot `index`: retry it elsewhere, split it, or fail its poison record.
+    fn retry(st: &mut BatcherState, index: usize, mut batch: Batch<Job>, reason: String) {
+        for j in &mut batch.items {
+            j.attempts += 1;
+            j.retry.failed_on.push(index);
+        }
+        let Some(first) = batch.items.first() else { return };
+        let r = &first.retry;
+        let alternative =
+            st.slots.iter().enumerate().any(|(j, s)| !r.failed_on.contains(&j) && s.up());
+        match retry::verdict(batch.items.len(), r, alternative) {
+            Verdict::Retry => {
+                st.metrics.batch_retries.inc();
+                st.retries.push_back(batch);
+            }
+            Verdict::Split => {
+                st.metrics.batch_retries.inc();
+                let halves = split_batch(batch, |j: &Job| j.doc.ids.len(), st.batcher.policy());
+                for mut half in halves {
+                    for j in &mut half.items {
+                        j.retry = RetryState { failed_on: Vec::new(), split: true };
+                    }
+                    st.retries.push_back(half);
+                }
+            }
+            Verdict::Poison => {
+                let names: Vec<&str> =
+                    r.failed_on.iter().map(|&i| st.slots[i].spec.name.as_str()).collect();
+                let msg = format!(
+                    "encoder failed on this record after {} attempts (alone on {}): {reason}",
+                    first.attempts,
+                    names.join(", ")
+                );
+                for job in batch.items {
+                    (job.done)(Err(msg.clone()));
+                }
             }
         }
     }
@@ -163,16 +254,31 @@ impl Actor for BatcherActor {
         let slots = args
             .workers
             .into_iter()
-            .map(|spec| Slot { spec, actor: None, generation: 0, busy: false })
+            .map(|spec| Slot {
+                spec,
+                actor: None,
+                generation: 0,
+                ready: false,
+                busy: false,
+                start_failures: 0,
+            })
             .collect();
         let mut st = BatcherState {
             batcher: Batcher::new(args.policy),
+            retries: VecDeque::new(),
             slots,
             timer_at: None,
             metrics: args.metrics,
         };
-        for i in 0..st.slots.len() {
-            Self::start_worker(&me, &mut st, i).await?;
+        // The first embedders are built here, all before any worker is spawned, so that a
+        // pipeline that cannot load its model fails to start (leaving no orphan workers)
+        // instead of retrying forever.
+        let mut embedders = Vec::with_capacity(st.slots.len());
+        for slot in &st.slots {
+            embedders.push(crate::worker::build_embedder(&slot.spec).await?);
+        }
+        for (i, embedder) in embedders.into_iter().enumerate() {
+            Self::start_worker(&me, &mut st, i, Some(embedder)).await?;
         }
         Ok(st)
     }
@@ -196,6 +302,16 @@ impl Actor for BatcherActor {
                 st.batcher.expire(Instant::now());
             }
             BatcherMsg::Flush => st.batcher.flush(),
+            BatcherMsg::Ready { index, generation } => {
+                let slot = &mut st.slots[index];
+                if slot.generation == generation && slot.actor.is_some() {
+                    if slot.start_failures > 0 {
+                        tracing::info!("worker {index} ({}) started again", slot.spec.name);
+                    }
+                    slot.ready = true;
+                    slot.start_failures = 0;
+                }
+            }
             BatcherMsg::WorkerDone { index, generation } => {
                 let slot = &mut st.slots[index];
                 if slot.generation == generation {
@@ -207,15 +323,12 @@ impl Actor for BatcherActor {
                 if slot.generation == generation {
                     slot.busy = true; // dying; the supervision event restarts it
                 }
-                Self::retry(st, batch, reason);
+                Self::retry(st, index, batch, reason);
             }
             BatcherMsg::Restart { index } => {
                 if st.slots[index].actor.is_none() {
-                    if let Err(e) = Self::start_worker(&me, st, index).await {
-                        tracing::error!("restarting worker {index} failed: {e}; retrying in 1 s");
-                        me.send_after(std::time::Duration::from_secs(1), move || {
-                            BatcherMsg::Restart { index }
-                        });
+                    if let Err(e) = Self::start_worker(&me, st, index, None).await {
+                        Self::start_failed(&me, st, index, &e);
                     }
                 }
             }
@@ -231,20 +344,37 @@ impl Actor for BatcherActor {
         evt: SupervisionEvent,
         st: &mut BatcherState,
     ) -> Result<(), ActorProcessingErr> {
-        let cell = match evt {
-            SupervisionEvent::ActorFailed(cell, _)
-            | SupervisionEvent::ActorTerminated(cell, _, _) => cell,
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, e) => (cell, e.to_string()),
+            // A clean stop is a shutdown (`Pipeline::stop`): not restarted.
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                let id = cell.get_id();
+                for s in &mut st.slots {
+                    if s.actor.as_ref().is_some_and(|a| a.get_id() == id) {
+                        s.actor = None;
+                    }
+                }
+                return Ok(());
+            }
             _ => return Ok(()),
         };
         let id = cell.get_id();
-        if let Some(index) =
+        let Some(index) =
             st.slots.iter().position(|s| s.actor.as_ref().is_some_and(|a| a.get_id() == id))
-        {
+        else {
+            return Ok(());
+        };
+        if st.slots[index].ready {
             st.slots[index].actor = None;
             st.metrics.worker_restarts.inc();
-            tracing::warn!("worker {index} ({}) stopped; restarting", st.slots[index].spec.name);
-            let _ = me.send_message(BatcherMsg::Restart { index });
+            tracing::warn!("worker {index} ({}) failed; restarting", st.slots[index].spec.name);
+            if let Err(e) = Self::start_worker(&me, st, index, None).await {
+                Self::start_failed(&me, st, index, &e);
+            }
+        } else {
+            Self::start_failed(&me, st, index, &why);
         }
+        Self::dispatch(st);
         Ok(())
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! `TRIDENT_FAULT_INJECT` holds comma-separated rules:
 //! - `fail-batches=N`: the first N first attempts of batches panic inside the worker (the worker
-//!   is restarted and the batch retried, which then succeeds);
-//! - `poison=MARKER`: any batch holding a record whose text contains MARKER panics
-//!   (the batch is retried, then split until the record is isolated and dead-lettered).
+//!   is restarted and the batch retried, on another worker if there is one, and succeeds);
+//! - `poison=MARKER`: any batch holding a record whose text contains MARKER panics on every
+//!   worker (the batch is retried, then split until the record, failing alone on two workers or
+//!   twice on the only one, is dead-lettered).
 //!
 //! Without the feature, [`poison_marker`] is always `None` and [`before_encode`] does nothing.
 

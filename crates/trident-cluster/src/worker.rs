@@ -1,7 +1,9 @@
 //! A worker actor: owns one `Embedder` (one device, or a share of the CPU) and encodes one batch
-//! at a time on a blocking thread, so the tokio reactor never runs model code. A failed batch
-//! (encoder error or panic) goes back to the batcher and the worker stops with an error; its
-//! supervisor (the batcher) starts a fresh one from the factory.
+//! at a time on a blocking thread, so the tokio reactor never runs model code. A restarted worker
+//! builds its embedder after spawning (`post_start`, seconds for a model load) and then reports
+//! `Ready`, so its supervisor (the batcher) is not blocked meanwhile. A failed batch (encoder
+//! error or panic) goes back to the batcher and the worker stops with an error; the batcher
+//! starts a fresh one from the factory.
 
 use std::time::Instant;
 
@@ -20,6 +22,8 @@ pub struct WorkerArgs {
     pub index: usize,
     pub generation: u64,
     pub spec: WorkerSpec,
+    /// Built by the caller (first start), or `None` to build it from `spec` after spawning.
+    pub embedder: Option<Box<dyn Embedder>>,
     pub batcher: ActorRef<BatcherMsg>,
     pub metrics: Metrics,
 }
@@ -27,6 +31,7 @@ pub struct WorkerArgs {
 pub struct WorkerState {
     index: usize,
     generation: u64,
+    spec: WorkerSpec,
     embedder: Option<Box<dyn Embedder>>,
     batcher: ActorRef<BatcherMsg>,
     metrics: Metrics,
@@ -61,6 +66,15 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
+/// Run a worker's factory on a blocking thread (a model load).
+pub(crate) async fn build_embedder(spec: &WorkerSpec) -> Result<Box<dyn Embedder>, String> {
+    let factory = spec.factory.clone();
+    tokio::task::spawn_blocking(move || factory())
+        .await
+        .map_err(|e| format!("worker {}: factory panicked: {}", spec.name, panic_message(e)))?
+        .map_err(|e| format!("worker {}: {e}", spec.name))
+}
+
 impl Actor for Worker {
     type Msg = WorkerMsg;
     type State = WorkerState;
@@ -71,20 +85,29 @@ impl Actor for Worker {
         _me: ActorRef<WorkerMsg>,
         args: WorkerArgs,
     ) -> Result<WorkerState, ActorProcessingErr> {
-        let factory = args.spec.factory.clone();
-        let embedder = tokio::task::spawn_blocking(move || factory())
-            .await
-            .map_err(|e| {
-                format!("worker {}: factory panicked: {}", args.spec.name, panic_message(e))
-            })?
-            .map_err(|e| format!("worker {}: {e}", args.spec.name))?;
         Ok(WorkerState {
             index: args.index,
             generation: args.generation,
-            embedder: Some(embedder),
+            spec: args.spec,
+            embedder: args.embedder,
             batcher: args.batcher,
             metrics: args.metrics,
         })
+    }
+
+    async fn post_start(
+        &self,
+        me: ActorRef<WorkerMsg>,
+        st: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        if st.embedder.is_none() {
+            st.embedder = Some(build_embedder(&st.spec).await?);
+        }
+        let ready = BatcherMsg::Ready { index: st.index, generation: st.generation };
+        if st.batcher.send_message(ready).is_err() {
+            me.stop(None); // the pipeline shut down while the model loaded
+        }
+        Ok(())
     }
 
     async fn handle(
