@@ -30,6 +30,7 @@ pub mod offsets;
 pub mod pipeline;
 pub mod record;
 pub mod store;
+pub mod tokenize;
 pub mod worker;
 
 pub use cache::Cache;

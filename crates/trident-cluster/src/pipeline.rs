@@ -170,9 +170,12 @@ impl Pipeline {
             let tok = self.inner.tokenizer.clone();
             let texts: Vec<(String, usize)> =
                 misses.iter().map(|&i| (reqs[i].0.clone(), reqs[i].2)).collect();
-            let docs = tokio::task::spawn_blocking(move || tokenize_all(&tok, &texts))
-                .await
-                .unwrap_or_else(|e| vec![Err(format!("tokenizer panicked: {e}")); misses.len()]);
+            let docs =
+                tokio::task::spawn_blocking(move || crate::tokenize::tokenize_all(&tok, &texts))
+                    .await
+                    .unwrap_or_else(|e| {
+                        vec![Err(format!("tokenizer panicked: {e}")); misses.len()]
+                    });
             for (&i, d) in misses.iter().zip(docs) {
                 out[i] = Some(match d {
                     Ok(doc) => {
@@ -201,6 +204,7 @@ impl Pipeline {
             modes,
             priority,
             attempts: 0,
+            retry: Default::default(),
             poison,
             done: Box::new(move |o: Outcome| {
                 if let (Some(cache), Some(key), Ok(e)) = (&cache, cache_key, &o) {
@@ -232,42 +236,49 @@ impl Pipeline {
     }
 }
 
-/// Tokenize texts grouped by max length (one `encode_batch` per group), falling back to one at
-/// a time when a batch call fails so one bad text does not fail the others.
-fn tokenize_all(tok: &Tokenizer, texts: &[(String, usize)]) -> Vec<Result<TokenizedDoc, String>> {
-    let mut out: Vec<Option<Result<TokenizedDoc, String>>> = vec![None; texts.len()];
-    let mut lengths: Vec<usize> = texts.iter().map(|t| t.1).collect();
-    lengths.sort_unstable();
-    lengths.dedup();
-    for len in lengths {
-        let idx: Vec<usize> = (0..texts.len()).filter(|&i| texts[i].1 == len).collect();
-        let strs: Vec<&str> = idx.iter().map(|&i| texts[i].0.as_str()).collect();
-        match tok.encode_batch(&strs, len) {
-            Ok(docs) if docs.len() == idx.len() => {
-                for (&i, d) in idx.iter().zip(docs) {
-                    out[i] = Some(Ok(d));
-                }
-            }
-            _ => {
-                for &i in &idx {
-                    out[i] = Some(tok.encode(&texts[i].0, len).map_err(|e| e.to_string()));
-                }
-            }
-        }
-    }
-    out.into_iter().map(|o| o.expect("every text tokenized")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
     use trident_core::Embedding;
     use trident_model::ModelError;
 
+    /// One `encode` call of a fake: which worker, how many records, whether it failed.
+    #[derive(Clone, Copy, Debug)]
+    struct Call {
+        worker: usize,
+        size: usize,
+        ok: bool,
+    }
+
+    type Log = Arc<Mutex<Vec<Call>>>;
+
     /// A deterministic stand-in for the encoder: dense = [tokens, last id], sparse = each id once,
-    /// ColBERT = one row per token after the first. Fails any batch holding a doc of `fail_len` tokens.
+    /// ColBERT = one row per token after the first. Fails any batch holding a doc of `fail_len`
+    /// tokens, and the first batches while `flaky` (shared across restarts) counts down.
+    #[derive(Clone, Default)]
     struct Fake {
         fail_len: Option<usize>,
+        flaky: Option<Arc<AtomicUsize>>,
+        worker: usize,
+        log: Log,
+    }
+
+    impl Fake {
+        fn fails(&self, docs: &[TokenizedDoc]) -> bool {
+            let transient = self
+                .flaky
+                .as_ref()
+                .is_some_and(|f| f.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok());
+            transient || docs.iter().any(|d| Some(d.ids.len()) == self.fail_len)
+        }
+
+        fn factory(&self) -> EmbedderFactory {
+            let fake = self.clone();
+            Arc::new(move || Ok(Box::new(fake.clone()) as Box<dyn Embedder>))
+        }
     }
 
     impl Embedder for Fake {
@@ -276,7 +287,9 @@ mod tests {
             docs: &[TokenizedDoc],
             modes: Modes,
         ) -> Result<Vec<Embedding>, ModelError> {
-            if docs.iter().any(|d| Some(d.ids.len()) == self.fail_len) {
+            let ok = !self.fails(docs);
+            self.log.lock().unwrap().push(Call { worker: self.worker, size: docs.len(), ok });
+            if !ok {
                 return Err(ModelError::Tokenize("fake failure".into()));
             }
             Ok(docs
@@ -309,11 +322,21 @@ mod tests {
     }
 
     async fn pipeline(fail_len: Option<usize>, workers: usize, cache: Option<Cache>) -> Pipeline {
-        let specs = (0..workers)
-            .map(|i| WorkerSpec {
-                name: format!("fake-{i}"),
-                factory: Arc::new(move || Ok(Box::new(Fake { fail_len }) as Box<dyn Embedder>)),
-            })
+        let log = Log::default();
+        let fakes = (0..workers).map(|worker| Fake {
+            fail_len,
+            worker,
+            log: log.clone(),
+            ..Fake::default()
+        });
+        start(fakes.map(|f| f.factory()).collect(), cache).await
+    }
+
+    async fn start(factories: Vec<EmbedderFactory>, cache: Option<Cache>) -> Pipeline {
+        let specs = factories
+            .into_iter()
+            .enumerate()
+            .map(|(i, factory)| WorkerSpec { name: format!("fake-{i}"), factory })
             .collect();
         let policy = BatchPolicy {
             batch_tokens: 64,
@@ -353,13 +376,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_poison_record_is_isolated_and_the_rest_proceed() {
-        let tok = tokenizer();
-        let mut texts = texts();
-        texts.insert(17, "poison ".repeat(40)); // longer than any other text
-        let lens: Vec<usize> =
-            texts.iter().map(|t| tok.encode(t, 8192).unwrap().ids.len()).collect();
-        let poison_len = lens[17];
-        assert_eq!(lens.iter().filter(|&&l| l == poison_len).count(), 1);
+        let (texts, lens, poison_len) = with_poison();
         let p = pipeline(Some(poison_len), 1, None).await;
         let out = p.embed(texts, Modes::ALL, 8192, Priority::Stream).await;
         for (len, r) in lens.iter().zip(&out) {
@@ -382,6 +399,116 @@ mod tests {
         assert_eq!(p.metrics().batches.get(), batches, "no encoding for cached texts");
         assert_eq!(p.metrics().cache_hits.get(), 60);
         assert_eq!(first, second);
+        p.stop().await;
+    }
+
+    /// The poison test's texts: `texts()` plus one longer than any other, and every length.
+    fn with_poison() -> (Vec<String>, Vec<usize>, usize) {
+        let tok = tokenizer();
+        let mut texts = texts();
+        texts.insert(17, "poison ".repeat(40));
+        let lens: Vec<usize> =
+            texts.iter().map(|t| tok.encode(t, 8192).unwrap().ids.len()).collect();
+        let poison_len = lens[17];
+        assert_eq!(lens.iter().filter(|&&l| l == poison_len).count(), 1);
+        (texts, lens, poison_len)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poison_record_is_isolated_with_two_workers_after_failing_alone_on_both() {
+        let (texts, lens, poison_len) = with_poison();
+        let log = Log::default();
+        let fakes = (0..2).map(|worker| Fake {
+            fail_len: Some(poison_len),
+            worker,
+            log: log.clone(),
+            ..Fake::default()
+        });
+        let p = start(fakes.map(|f| f.factory()).collect(), None).await;
+        let out = p.embed(texts, Modes::ALL, 8192, Priority::Stream).await;
+        for (len, r) in lens.iter().zip(&out) {
+            if *len == poison_len {
+                let e = r.as_ref().unwrap_err();
+                assert!(e.contains("encoder failed on this record"), "{e}");
+                assert!(e.contains("fake-0") && e.contains("fake-1"), "{e}");
+            } else {
+                assert_eq!(r.as_ref().unwrap().tokens, *len);
+            }
+        }
+        let mut alone: Vec<usize> =
+            log.lock().unwrap().iter().filter(|c| c.size == 1 && !c.ok).map(|c| c.worker).collect();
+        alone.sort_unstable();
+        assert_eq!(alone, [0, 1], "the poison record failed alone once on each worker");
+        p.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flaky_worker_dead_letters_nothing_when_another_is_healthy() {
+        let log = Log::default();
+        let flaky = Arc::new(AtomicUsize::new(3));
+        let w0 = Fake { flaky: Some(flaky.clone()), log: log.clone(), ..Fake::default() };
+        let w1 = Fake { worker: 1, log: log.clone(), ..Fake::default() };
+        let p = start(vec![w0.factory(), w1.factory()], None).await;
+        for _ in 0..4 {
+            let out = p.embed(texts(), Modes::ALL, 8192, Priority::Stream).await;
+            assert!(out.iter().all(|r| r.is_ok()), "{:?}", out.iter().find(|r| r.is_err()));
+        }
+        assert_eq!(flaky.load(SeqCst), 0, "worker 0 failed its first 3 batches");
+        assert_eq!(p.metrics().worker_restarts.get(), 3);
+        assert_eq!(p.metrics().batch_retries.get(), 3, "each retried once, whole, on worker 1");
+        let calls = log.lock().unwrap().clone();
+        assert_eq!(calls.iter().filter(|c| !c.ok).count(), 3);
+        assert!(calls.iter().any(|c| c.worker == 0 && c.ok), "worker 0 works once restarted");
+        p.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_restart_does_not_stall_the_other_worker() {
+        let log = Log::default();
+        let flaky = Arc::new(AtomicUsize::new(1));
+        let w0 = Fake { flaky: Some(flaky.clone()), log: log.clone(), ..Fake::default() };
+        let w1 = Fake { worker: 1, log: log.clone(), ..Fake::default() };
+        let (builds, rebuilt) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let slow: EmbedderFactory = {
+            let (builds, rebuilt) = (builds.clone(), rebuilt.clone());
+            Arc::new(move || {
+                if builds.fetch_add(1, SeqCst) > 0 {
+                    std::thread::sleep(Duration::from_millis(1500)); // a model load
+                    rebuilt.store(true, SeqCst);
+                }
+                Ok(Box::new(w0.clone()) as Box<dyn Embedder>)
+            })
+        };
+        let p = start(vec![slow, w1.factory()], None).await;
+        let few: Vec<String> = texts().into_iter().take(4).collect();
+        // Idle workers are picked in order, so worker 0 soon gets a batch, fails it (the batch
+        // is retried on worker 1) and starts its slow restart.
+        for _ in 0..100 {
+            if flaky.load(SeqCst) == 0 {
+                break;
+            }
+            assert!(p
+                .embed(few.clone(), Modes::ALL, 8192, Priority::Online)
+                .await
+                .iter()
+                .all(|r| r.is_ok()));
+        }
+        assert_eq!(flaky.load(SeqCst), 0);
+        let t = Instant::now();
+        let mut served = 0;
+        while t.elapsed() < Duration::from_millis(800) {
+            let out = p.embed(few.clone(), Modes::ALL, 8192, Priority::Online).await;
+            assert!(out.iter().all(|r| r.is_ok()));
+            served += 1;
+        }
+        assert!(!rebuilt.load(SeqCst), "worker 0 was still loading meanwhile");
+        assert!(served >= 5, "worker 1 served only {served} requests during the restart");
+        // Once loaded, worker 0 takes batches again.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(rebuilt.load(SeqCst));
+        let before = log.lock().unwrap().len();
+        assert!(p.embed(few, Modes::ALL, 8192, Priority::Online).await.iter().all(|r| r.is_ok()));
+        assert!(log.lock().unwrap()[before..].iter().any(|c| c.worker == 0 && c.ok));
         p.stop().await;
     }
 }
