@@ -130,8 +130,11 @@ pub async fn run_node(
         closing: std::sync::atomic::AtomicBool::new(false),
     });
 
-    // Prefetch is bounded (librdkafka's defaults allow 64 MiB queued and 50 MiB fetches) so the
-    // in-flight limits, not the client's buffers, decide the node's memory.
+    // The client's prefetch scales with the bytes limit (an eighth queued, a quarter per fetch;
+    // librdkafka's defaults allow 64 MiB and 50 MiB whatever the node's limits), so the in-flight
+    // limits, not the client's buffers, decide the node's memory.
+    let queued_kib = (cfg.max_bytes_in_flight / 8 / 1024).clamp(1024, 65536);
+    let fetch_bytes = (cfg.max_bytes_in_flight / 4).clamp(1 << 20, 50 << 20);
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group)
@@ -141,8 +144,8 @@ pub async fn run_node(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("queued.max.messages.kbytes", "8192")
-        .set("fetch.max.bytes", "16777216");
+        .set("queued.max.messages.kbytes", queued_kib.to_string())
+        .set("fetch.max.bytes", fetch_bytes.to_string());
     for (k, v) in cfg.kafka.iter().chain(&cfg.kafka_consumer) {
         cc.set(k, kafka_value(v));
     }

@@ -222,8 +222,24 @@ pub struct Env {
 
 impl Env {
     pub fn start(with_redis: bool) -> Option<Env> {
+        Self::start_with_schemas(with_redis, &[])
+    }
+
+    /// A broker whose embedded schema registry validates the named topics: `(topic, JSON
+    /// schema)`; a record that does not conform is refused with INVALID_RECORD.
+    pub fn start_with_schemas(with_redis: bool, schemas: &[(&str, &str)]) -> Option<Env> {
         let (tansu, redis_bin) = servers()?;
         let dir = tempfile::tempdir().unwrap();
+        let mut registry = Vec::new();
+        if !schemas.is_empty() {
+            let sdir = dir.path().join("schemas");
+            std::fs::create_dir_all(&sdir).unwrap();
+            for (topic, schema) in schemas {
+                std::fs::write(sdir.join(format!("{topic}.json")), schema).unwrap();
+            }
+            // tansu resolves the path against its working directory (set below).
+            registry = vec!["--schema-registry".to_string(), "file://./schemas".to_string()];
+        }
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let log = dir.path().join("tansu.log");
@@ -236,6 +252,8 @@ impl Env {
                 &format!("tcp://{addr}"),
             ])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(&registry)
+            .current_dir(dir.path())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
             .spawn()
@@ -311,21 +329,14 @@ impl Env {
         (0..records.len()).map(|i| m[&i]).collect()
     }
 
-    /// Produce a tombstone (null value) with `key` to `partition`.
-    pub fn produce_tombstone(&self, topic: &str, key: &str, partition: i32) {
-        let p: BaseProducer = self.client().create().unwrap();
-        p.send(BaseRecord::<str, [u8]>::to(topic).key(key).partition(partition))
-            .map_err(|(e, _)| e)
-            .expect("queue tombstone");
-        p.flush(Duration::from_secs(30)).expect("flush");
-    }
-
-    /// End offsets (one past the last record) of each partition of `topic`.
-    pub fn end_offsets(&self, topic: &str, partitions: i32) -> Vec<i64> {
-        let c: BaseConsumer = self.client().create().unwrap();
-        (0..partitions)
-            .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)
-            .collect()
+    /// Produce a tombstone (null value) with `key` to `partition`; returns its offset.
+    pub fn produce_tombstone(&self, topic: &str, key: &str, partition: i32) -> i64 {
+        use rdkafka::producer::FutureRecord;
+        let p: rdkafka::producer::FutureProducer = self.client().create().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rec = FutureRecord::<str, [u8]>::to(topic).key(key).partition(partition);
+        let d = rt.block_on(p.send(rec, Duration::from_secs(30))).map_err(|(e, _)| e).unwrap();
+        d.offset
     }
 
     /// Read every record of `topic` (all partitions, from the start) until `done(records)` or
