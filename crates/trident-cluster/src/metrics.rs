@@ -228,8 +228,17 @@ impl Metrics {
         String::from_utf8(buf).expect("utf-8 metrics")
     }
 
-    /// Serve `/metrics` on `addr` in the background.
+    /// Serve `/metrics` on `addr` in the background. A connection must send its request head
+    /// within 10 s of opening or of its last response (hyper restarts the timer then, so idle
+    /// keep-alive connections close too) and lives at most 120 s; past 64 open connections new
+    /// ones are closed at once. A stuck scraper or a port scan cannot pile up sockets.
     pub async fn serve(&self, addr: &str) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
+        use hyper_util::rt::{TokioIo, TokioTimer};
+        use hyper_util::service::TowerToHyperService;
+        use std::time::Duration;
+        const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+        const CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+        const MAX_CONNECTIONS: usize = 64;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| ClusterError::Metrics { addr: addr.to_string(), msg: e.to_string() })?;
@@ -241,9 +250,26 @@ impl Metrics {
                 async move { me.render() }
             }),
         );
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         Ok(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!("metrics server stopped: {e}");
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!("metrics server: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+                let service = TowerToHyperService::new(app.clone());
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                    drop(slot);
+                });
             }
         }))
     }

@@ -16,6 +16,8 @@ pub enum Kind {
     Unauthorized,
     /// 404: unknown route or absent document.
     NotFound,
+    /// 408: the body did not arrive in time.
+    RequestTimeout,
     /// 413: body larger than the limit.
     PayloadTooLarge,
     /// 422: a field has the wrong type or an out-of-range value.
@@ -26,6 +28,8 @@ pub enum Kind {
     Internal,
     /// 503: the model is still loading, or a dependency (Redis) is not configured or down.
     Unavailable,
+    /// 503: the request was not answered in time (as Go's `http.TimeoutHandler` answers).
+    Timeout,
 }
 
 impl Kind {
@@ -34,11 +38,12 @@ impl Kind {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
             Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::Validation => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Unavailable | Kind::Timeout => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -47,11 +52,13 @@ impl Kind {
             Kind::BadRequest => "invalid_request_error",
             Kind::Unauthorized => "authentication_error",
             Kind::NotFound => "not_found_error",
+            Kind::RequestTimeout => "request_timeout",
             Kind::PayloadTooLarge => "payload_too_large",
             Kind::Validation => "validation_error",
             Kind::Overloaded => "overloaded",
             Kind::Internal => "internal_error",
             Kind::Unavailable => "unavailable",
+            Kind::Timeout => "timeout",
         }
     }
 }
@@ -143,6 +150,11 @@ impl IntoResponse for ApiError {
         let mut resp = (self.kind.status(), axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.kind == Kind::RequestTimeout {
+            // The rest of the body may still be on its way: this connection cannot carry another
+            // request.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.kind == Kind::Unauthorized {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

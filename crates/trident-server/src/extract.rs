@@ -10,12 +10,11 @@ use crate::error::{ApiError, Kind};
 /// Reads at most `limit` bytes of `body` (413 past it) and parses them as `T`: malformed JSON is a
 /// 400, a well-formed body with a wrong field a 422 naming the field.
 pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            Kind::PayloadTooLarge,
-            format!("request body is larger than the limit of {limit} bytes (--max-body-bytes)"),
-        )
-    };
+    parse_json(&read_bytes(body, limit).await?)
+}
+
+/// The whole body, or 413 once it passes `limit` bytes.
+pub async fn read_bytes(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -23,11 +22,16 @@ pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<
             ApiError::new(Kind::BadRequest, format!("cannot read request body: {e}"))
         })?;
         if buf.len() + chunk.len() > limit {
-            return Err(too_large());
+            return Err(ApiError::new(
+                Kind::PayloadTooLarge,
+                format!(
+                    "request body is larger than the limit of {limit} bytes (--max-body-bytes)"
+                ),
+            ));
         }
         buf.extend_from_slice(&chunk);
     }
-    parse_json(&buf)
+    Ok(buf)
 }
 
 /// Parses a JSON body; see `read_json`.

@@ -6,23 +6,28 @@
 //! workers a node uses for its Kafka stream — at online priority, so concurrent requests are
 //! batched together and share the devices with bulk ingestion.
 
+mod conn;
 pub mod error;
 pub mod extract;
+pub mod listen;
 pub mod lookup;
 pub mod metrics;
 mod middleware;
 pub mod openapi;
 pub mod pipeline;
 mod routes;
+pub mod size;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use tokio::sync::Semaphore;
 use trident_cluster::Pipeline;
 use trident_model::Tokenizer;
 
+pub use conn::Deadlines;
 pub use error::{ApiError, Kind};
 pub use lookup::ResultStore;
 pub use metrics::Metrics;
@@ -42,6 +47,21 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Default and largest `max_length` (tokens per input, specials included).
     pub max_length: usize,
+    /// Largest response a request may ask for, estimated from its token counts before encoding
+    /// (422 past it).
+    pub max_response_bytes: usize,
+    /// Time to receive a request head, from the connection's opening or the head's first byte.
+    pub header_timeout: Duration,
+    /// Time to receive a request body, from the end of its head (408 past it).
+    pub body_timeout: Duration,
+    /// Time to answer a request, body read included (503 past it).
+    pub request_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Open connections; more are answered 503 and closed on accept.
+    pub max_connections: usize,
+    /// How long shutdown waits for open requests before closing their connections.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +73,30 @@ impl Default for ServerConfig {
             max_inputs: 256,
             max_in_flight: 64,
             max_length: 8192,
+            max_response_bytes: 64 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(120),
+            // Longer than the 60 s idle timeout of common proxies and load balancers, so they
+            // never reuse a connection we are closing.
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 1024,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The connection-level part of the limits.
+    pub fn conn_limits(&self) -> listen::ConnLimits {
+        listen::ConnLimits {
+            deadlines: Deadlines {
+                idle: self.idle_timeout,
+                header: self.header_timeout,
+                request: self.request_timeout,
+            },
+            max_connections: self.max_connections,
+            shutdown_timeout: self.shutdown_timeout,
         }
     }
 }
@@ -136,16 +180,19 @@ impl AppState {
     }
 }
 
-/// The router with every endpoint and middleware (auth, in-flight limit, metrics).
+/// The router with every endpoint and middleware (auth, timeouts, in-flight limit, metrics).
 pub fn router(state: Arc<AppState>) -> Router {
     routes::router(state)
 }
 
-/// Serves `router(state)` on `listener` until `shutdown` resolves, then drains open requests.
+/// Serves `router(state)` on `listener` until `shutdown` resolves, then lets open requests
+/// finish for up to `shutdown_timeout` and closes what is left.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let limits = state.config.conn_limits();
+    let metrics = state.metrics.clone();
+    listen::serve(listener, router(state), limits, metrics, shutdown).await
 }

@@ -2,7 +2,8 @@
 //! batch, encode time, cache) so `/metrics` shows both.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -11,6 +12,11 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub http_in_flight: IntGauge,
+    pub connections_open: IntGauge,
+    /// Connections closed at accept because `--max-connections` were open.
+    pub connections_rejected: IntCounter,
+    /// Connections closed by a deadline, by phase (`idle`, `header`, `request`).
+    pub connections_timed_out: IntCounterVec,
 }
 
 impl Metrics {
@@ -30,10 +36,34 @@ impl Metrics {
         )?;
         let http_in_flight =
             IntGauge::new("trident_http_requests_in_flight", "HTTP requests being processed")?;
+        let connections_open =
+            IntGauge::new("trident_http_connections_open", "Open HTTP connections")?;
+        let connections_rejected = IntCounter::new(
+            "trident_http_connections_rejected_total",
+            "Connections closed on accept because --max-connections were open",
+        )?;
+        let connections_timed_out = IntCounterVec::new(
+            Opts::new(
+                "trident_http_connections_timed_out_total",
+                "Connections closed by a deadline, by phase (idle, header, request)",
+            ),
+            &["phase"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(http_in_flight.clone()))?;
-        Ok(Metrics { registry, http_requests, http_duration, http_in_flight })
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_rejected.clone()))?;
+        registry.register(Box::new(connections_timed_out.clone()))?;
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            http_in_flight,
+            connections_open,
+            connections_rejected,
+            connections_timed_out,
+        })
     }
 
     /// The Prometheus text exposition of every metric in the registry.

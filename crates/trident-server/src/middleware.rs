@@ -1,14 +1,17 @@
-//! Request middleware: bearer-token auth, the in-flight limit (429) and per-route metrics.
+//! Request middleware: bearer-token auth, the in-flight limit (429), the body and request
+//! timeouts (408, 503) and per-route metrics.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::{ApiError, Kind};
+use crate::extract::read_bytes;
 use crate::AppState;
 
 /// 401 unless `Authorization: Bearer <api key>` matches (when a key is configured).
@@ -37,27 +40,63 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// 429 with `Retry-After` when `max_in_flight` requests are already being processed.
+/// Reads the whole body (408 past `body_timeout`, 413 past `max_body_bytes`), then takes an
+/// in-flight permit or answers 429 with `Retry-After`. Reading first means a slow uploader holds
+/// only its connection, never one of the `max_in_flight` permits.
 pub async fn limit_in_flight(
     State(state): State<Arc<AppState>>,
     req: Request,
     next: Next,
 ) -> Response {
+    let c = &state.config;
+    let openai = req.uri().path().starts_with("/v1/");
+    let shape = |e: ApiError| if openai { e.openai() } else { e };
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(c.body_timeout, read_bytes(body, c.max_body_bytes)).await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return shape(e).into_response(),
+        Err(_) => {
+            let msg = format!(
+                "request body not received within {} s (--body-timeout-secs)",
+                c.body_timeout.as_secs_f64()
+            );
+            return shape(ApiError::new(Kind::RequestTimeout, msg)).into_response();
+        }
+    };
     let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
         let mut e = ApiError::new(
             Kind::Overloaded,
             format!(
                 "too many requests in flight (limit {}, --max-in-flight); retry later",
-                state.config.max_in_flight
+                c.max_in_flight
             ),
         );
         e.retry_after = Some(1);
-        if req.uri().path().starts_with("/v1/") {
-            e = e.openai();
-        }
-        return e.into_response();
+        return shape(e).into_response();
     };
-    next.run(req).await
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// 503 when a request, body read included, is not answered within `request_timeout`.
+pub async fn request_timeout(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = state.config.request_timeout;
+    let openai = req.uri().path().starts_with("/v1/");
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let msg = format!(
+                "request not answered within {} s (--request-timeout-secs)",
+                limit.as_secs_f64()
+            );
+            let e = ApiError::new(Kind::Timeout, msg);
+            if openai { e.openai() } else { e }.into_response()
+        }
+    }
 }
 
 /// Counts every answer by route template and status, and times it.

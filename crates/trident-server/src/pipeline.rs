@@ -6,9 +6,11 @@ use trident_cluster::{Pipeline, Priority};
 use trident_core::{Embedding, Modes};
 
 use crate::error::ApiError;
+use crate::size::ResponseSize;
 
 /// Embeds `texts` (one request). A text longer than `max_length` is a 422 naming
-/// `{field}[i]` unless `truncate`; the check runs after tokenization and before any encoding.
+/// `{field}[i]` unless `truncate`, and so is a request whose response would pass `size`; both
+/// checks run after tokenization and before any encoding.
 pub async fn embed(
     pipeline: &Pipeline,
     field: &str,
@@ -16,6 +18,7 @@ pub async fn embed(
     modes: Modes,
     max_length: usize,
     truncate: bool,
+    size: &ResponseSize,
 ) -> Result<Vec<Embedding>, ApiError> {
     let reqs: Vec<(String, Modes, usize)> =
         texts.into_iter().map(|t| (t, modes, max_length)).collect();
@@ -35,6 +38,15 @@ pub async fn embed(
             ));
         }
     }
+    let tokens: Vec<usize> = prepared
+        .iter()
+        .map(|p| match p {
+            Prepared::Hit(e) => e.tokens,
+            Prepared::Miss { doc, .. } => doc.ids.len(),
+            Prepared::Failed(_) => 0,
+        })
+        .collect();
+    size.check(field, &tokens)?;
     let mut out: Vec<Result<Embedding, tokio::sync::oneshot::Receiver<Result<Embedding, String>>>> =
         Vec::with_capacity(prepared.len());
     let mut jobs = Vec::new();

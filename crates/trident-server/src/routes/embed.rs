@@ -15,6 +15,7 @@ use super::json_response;
 use crate::error::ApiError;
 use crate::extract::read_json;
 use crate::pipeline;
+use crate::size::{check_bytes, ResponseSize};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -56,10 +57,11 @@ pub struct EmbeddingObject {
         (status = 200, description = "One object per input, in order", body = [EmbeddingObject]),
         (status = 400, description = "Body is not JSON"),
         (status = 401, description = "Missing or wrong bearer token"),
+        (status = 408, description = "Body not received within --body-timeout-secs"),
         (status = 413, description = "Body too large"),
-        (status = 422, description = "A field is wrong (named in `error.field`), too many inputs, or an input longer than max_length without truncate"),
+        (status = 422, description = "A field is wrong (named in `error.field`), too many inputs, an input longer than max_length without truncate, or a response that would pass --max-response-bytes"),
         (status = 429, description = "Too many requests in flight; see Retry-After"),
-        (status = 503, description = "Model loading"),
+        (status = 503, description = "Model loading, or not answered within --request-timeout-secs"),
     ))]
 pub async fn embed(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
     let req: EmbedRequest = read_json(body, state.config.max_body_bytes).await?;
@@ -67,8 +69,10 @@ pub async fn embed(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
     let modes = input::modes(req.dense, req.sparse, req.colbert)?;
     let max_length = input::max_length(&state, model, req.max_length)?;
     input::check_count(&state, "inputs", req.inputs.0.len())?;
+    let size = ResponseSize::embed(&model.info, modes, state.config.max_response_bytes);
+    let texts = req.inputs.0;
     let out =
-        pipeline::embed(&model.pipeline, "inputs", req.inputs.0, modes, max_length, req.truncate)
+        pipeline::embed(&model.pipeline, "inputs", texts, modes, max_length, req.truncate, &size)
             .await?;
     let mut json = String::with_capacity(out.len() * 64);
     json.push('[');
@@ -80,6 +84,20 @@ pub async fn embed(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
     }
     json.push(']');
     Ok(json_response(json))
+}
+
+/// 422 when the ids and pieces of `docs` would pass `--max-response-bytes`.
+fn tokenize_size(
+    state: &AppState,
+    model: &crate::LoadedModel,
+    docs: &[trident_core::TokenizedDoc],
+) -> Result<(), ApiError> {
+    let ids = docs.iter().flat_map(|d| &d.ids);
+    // Per token: `id,` (at most 11 bytes) and `"piece",` (escapes aside); per input, the keys.
+    let piece = |id: u32| model.pieces.get(id as usize).map_or(0, String::len);
+    let bytes = ids.clone().map(|&id| 14 + piece(id)).sum::<usize>() + 48 * docs.len();
+    let limit = state.config.max_response_bytes;
+    check_bytes("inputs", bytes, docs.len(), ids.count(), limit)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -113,6 +131,7 @@ pub async fn tokenize(
     let max_length = input::max_length(&state, model, req.max_length)?;
     let docs =
         input::tokenize(&state, model, "inputs", req.inputs.0, max_length, req.truncate).await?;
+    tokenize_size(&state, model, &docs)?;
     let out: Vec<Tokenized> = docs
         .into_iter()
         .map(|d| Tokenized {

@@ -29,6 +29,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_in_flight: usize,
     pub max_length: usize,
+    pub max_response_bytes: usize,
+    pub max_connections: usize,
 }
 
 #[utoipa::path(get, path = "/info", tag = "service",
@@ -46,6 +48,8 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Result<Json<Info>, ApiE
             max_body_bytes: c.max_body_bytes,
             max_in_flight: c.max_in_flight,
             max_length: c.max_length.min(m.info.max_length),
+            max_response_bytes: c.max_response_bytes,
+            max_connections: c.max_connections,
         },
     }))
 }

@@ -30,7 +30,8 @@ use crate::error::{ApiError, Kind};
 use crate::{middleware, AppState};
 
 pub fn router(state: Arc<AppState>) -> Router {
-    // Work that uses the encoder or Redis: counted against the in-flight limit.
+    // Work that uses the encoder or Redis: its body is read, then counted against the in-flight
+    // limit.
     let work = Router::new()
         .route("/embed", post(embed::embed))
         .route("/v1/embeddings", post(openai::embeddings))
@@ -50,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     authed
         .merge(open)
         .fallback(not_found)
+        .layer(from_fn_with_state(state.clone(), middleware::request_timeout))
         .layer(from_fn_with_state(state.clone(), middleware::track))
         .with_state(state)
 }

@@ -16,6 +16,7 @@ use super::json_response;
 use crate::error::{ApiError, Kind};
 use crate::extract::read_json;
 use crate::pipeline;
+use crate::size::ResponseSize;
 use crate::AppState;
 
 /// Unknown fields (`user`, ...) are accepted and ignored, as OpenAI-compatible servers do.
@@ -68,7 +69,7 @@ pub struct Usage {
     responses(
         (status = 200, description = "Dense embeddings, OpenAI format", body = EmbeddingsResponse),
         (status = 400, description = "`dimensions` given, or the body is not JSON"),
-        (status = 422, description = "A field is wrong; `error.param` names it"),
+        (status = 422, description = "A field is wrong; `error.param` names it (also: a response that would pass --max-response-bytes)"),
     ))]
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
@@ -100,8 +101,12 @@ async fn handle(state: &AppState, body: Body) -> Result<Response, ApiError> {
     let max_length = input::max_length(state, model, None)?;
     input::check_count(state, "input", req.input.0.len())?;
     let dense_only = Modes { dense: true, sparse: false, colbert: false };
-    let out = pipeline::embed(&model.pipeline, "input", req.input.0, dense_only, max_length, false)
-        .await?;
+    let name = req.model.unwrap_or_else(|| state.config.model_name.clone());
+    let size = ResponseSize::openai(&model.info, base64, &name, state.config.max_response_bytes);
+    let texts = req.input.0;
+    let out =
+        pipeline::embed(&model.pipeline, "input", texts, dense_only, max_length, false, &size)
+            .await?;
     let tokens: usize = out.iter().map(|e| e.tokens).sum();
     let data = out
         .into_iter()
@@ -120,7 +125,7 @@ async fn handle(state: &AppState, body: Body) -> Result<Response, ApiError> {
     let resp = EmbeddingsResponse {
         object: "list",
         data,
-        model: req.model.unwrap_or_else(|| state.config.model_name.clone()),
+        model: name,
         usage: Usage { prompt_tokens: tokens, total_tokens: tokens },
     };
     Ok(json_response(serde_json::to_string(&resp).expect("response serialises")))

@@ -16,6 +16,7 @@ use super::json_response;
 use crate::error::ApiError;
 use crate::extract::read_json;
 use crate::pipeline;
+use crate::size::ResponseSize;
 use crate::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -49,10 +50,19 @@ pub async fn score(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
     check_pairs(&state, &req.pairs)?;
     // Queries at even positions, passages at odd ones: one engine call, batched together.
     let texts: Vec<String> = req.pairs.into_iter().flatten().collect();
-    let out =
-        pipeline::embed(&model.pipeline, "pairs", texts, Modes::ALL, max_length, req.truncate)
-            .await
-            .map_err(pair_field)?;
+    // Five floats per pair, whatever the lengths: no response-size bound needed.
+    let unbounded = ResponseSize::UNLIMITED;
+    let out = pipeline::embed(
+        &model.pipeline,
+        "pairs",
+        texts,
+        Modes::ALL,
+        max_length,
+        req.truncate,
+        &unbounded,
+    )
+    .await
+    .map_err(pair_field)?;
     let scores = out
         .chunks_exact(2)
         .enumerate()

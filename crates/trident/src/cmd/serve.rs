@@ -3,6 +3,9 @@
 //!
 //! The port is bound first and the model loaded after, so `/health` answers 503 (loading) until
 //! the workers are up; a model that fails to load ends the process with exit code 2.
+//!
+//! On SIGTERM or SIGINT the server stops accepting, lets open requests finish for up to
+//! `--shutdown-timeout-secs`, closes what is left and exits.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,9 +72,32 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "TRIDENT_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Requests processed at once; more are answered 429 with Retry-After.
+    /// Requests processed at once (counted once a body is read); more get 429 and Retry-After.
     #[arg(long, env = "TRIDENT_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
+    /// Largest response a request may ask for, bounded from its token counts before encoding
+    /// (422 past it; ColBERT vectors take ~16 bytes per float as JSON).
+    #[arg(long, env = "TRIDENT_MAX_RESPONSE_BYTES", default_value_t = 64 << 20)]
+    pub max_response_bytes: usize,
+    /// Open connections; more are answered 503 and closed on accept.
+    #[arg(long, env = "TRIDENT_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds to receive a request head, from the connection's opening or the head's first byte.
+    #[arg(long, env = "TRIDENT_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Seconds to receive a request body, from the end of its head (408 past it).
+    #[arg(long, env = "TRIDENT_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+    /// Seconds to answer a request, body included (503 past it).
+    #[arg(long, env = "TRIDENT_REQUEST_TIMEOUT_SECS", default_value_t = 120)]
+    pub request_timeout_secs: u64,
+    /// Seconds a keep-alive connection may wait for its next request (keep it above the idle
+    /// timeout of any proxy in front, often 60 s).
+    #[arg(long, env = "TRIDENT_IDLE_TIMEOUT_SECS", default_value_t = 75)]
+    pub idle_timeout_secs: u64,
+    /// Seconds SIGTERM waits for open requests before closing their connections and exiting.
+    #[arg(long, env = "TRIDENT_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
     /// Model name reported by /info and /v1/embeddings (default: the directory name).
     #[arg(long, env = "TRIDENT_MODEL_NAME")]
     pub model_name: Option<String>,
@@ -93,13 +119,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     anyhow::ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
     anyhow::ensure!(
-        args.max_inputs > 0 && args.max_in_flight > 0,
-        "--max-inputs and --max-in-flight must be positive"
+        args.max_inputs > 0 && args.max_in_flight > 0 && args.max_connections > 0,
+        "--max-inputs, --max-in-flight and --max-connections must be positive"
     );
+    for (flag, secs) in [
+        ("--header-timeout-secs", args.header_timeout_secs),
+        ("--body-timeout-secs", args.body_timeout_secs),
+        ("--request-timeout-secs", args.request_timeout_secs),
+        ("--idle-timeout-secs", args.idle_timeout_secs),
+    ] {
+        anyhow::ensure!(secs > 0, "{flag} must be positive");
+    }
     anyhow::ensure!(!args.cache || args.redis.is_some(), "--cache needs --redis URL");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(serve(args))?;
-    rt.shutdown_timeout(Duration::from_secs(2));
+    // Blocking tasks (an encoder batch) are not waited for past this.
+    rt.shutdown_timeout(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -123,6 +158,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_inputs: args.max_inputs,
         max_in_flight: args.max_in_flight,
         max_length: args.max_length,
+        max_response_bytes: args.max_response_bytes,
+        header_timeout: Duration::from_secs(args.header_timeout_secs),
+        body_timeout: Duration::from_secs(args.body_timeout_secs),
+        request_timeout: Duration::from_secs(args.request_timeout_secs),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        max_connections: args.max_connections,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
     };
     let state = AppState::new(config, Arc::new(http_metrics), store);
 
@@ -154,9 +196,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     shutdown_signal().await;
+    let stop_by = tokio::time::Instant::now() + state.config.shutdown_timeout;
     let _ = stop_tx.send(());
     server.await.context("HTTP server task")?.context("HTTP server")?;
-    pipeline.stop().await;
+    // The workers get what is left of the deadline (at least a second) to finish their batch.
+    let left = stop_by.saturating_duration_since(tokio::time::Instant::now());
+    if tokio::time::timeout(left.max(Duration::from_secs(1)), pipeline.stop()).await.is_err() {
+        tracing::warn!("encoder workers still busy at the shutdown deadline; exiting anyway");
+    }
     Ok(())
 }
 
