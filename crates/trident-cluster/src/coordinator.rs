@@ -11,7 +11,7 @@ use trident_core::{DocId, Modes};
 use crate::batcher::Outcome;
 use crate::flight::InFlight;
 use crate::pipeline::Prepared;
-use crate::record::decode_record;
+use crate::record::{decode_record, is_blank};
 use crate::Pipeline;
 
 /// A record as a source read it. `ticket` identifies it to the sink (a line number, or an entry
@@ -71,6 +71,8 @@ pub struct CoordinatorArgs {
     pub modes: Modes,
     pub max_length: usize,
     pub max_record_bytes: usize,
+    /// Dead-letter empty and blank texts (a stream's) instead of embedding them (a file's).
+    pub reject_blank: bool,
     pub flight: Arc<InFlight>,
 }
 
@@ -116,6 +118,12 @@ impl Actor for Coordinator {
                         id: bad.id,
                         reason: bad.reason,
                     });
+                }
+                Ok(doc) if st.reject_blank && is_blank(&doc.text) => {
+                    st.flight.correct_tokens(r.est_tokens, 0);
+                    let reason = "empty text: nothing to embed".to_string();
+                    let _ =
+                        st.sink.send_message(SinkMsg::Bad { ticket: r.ticket, id: doc.id, reason });
                 }
                 Ok(doc) => {
                     let poison = crate::fault::is_poison(&doc.text);

@@ -184,6 +184,7 @@ pub async fn embed_file(
         modes: opts.modes,
         max_length: opts.max_length,
         max_record_bytes: opts.max_record_bytes,
+        reject_blank: false,
         flight: flight.clone(),
     };
     let (coord, coord_join) =

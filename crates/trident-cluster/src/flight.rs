@@ -91,7 +91,9 @@ impl InFlight {
 
     pub fn below_low(&self, l: &FlightLimits) -> bool {
         let c = self.counts();
-        c.records < l.max_records / 2 + 1 && c.tokens < l.low_tokens && c.bytes < l.max_bytes / 2 + 1
+        c.records < l.max_records / 2 + 1
+            && c.tokens < l.low_tokens
+            && c.bytes < l.max_bytes / 2 + 1
     }
 
     /// Wait until something was released (or `timeout` passed).
@@ -126,7 +128,8 @@ mod tests {
 
     #[test]
     fn limits_count_bytes_and_corrected_tokens() {
-        let l = FlightLimits { high_tokens: 1000, low_tokens: 500, max_records: 10, max_bytes: 1000 };
+        let l =
+            FlightLimits { high_tokens: 1000, low_tokens: 500, max_records: 10, max_bytes: 1000 };
         let f = InFlight::default();
         f.take(1, estimate_tokens(900, 8192), 900);
         assert!(!f.above_high(&l), "900 bytes, 302 estimated tokens: under the marks");

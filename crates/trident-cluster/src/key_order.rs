@@ -56,7 +56,13 @@ impl KeyOrder {
 
     /// The result of `key` at `offset` (ticket `ticket`) is ready. Returns the verdict and, when
     /// it replaced a parked result, that result's ticket (now superseded).
-    pub fn ready(&mut self, epoch: u64, key: &str, offset: i64, ticket: u64) -> (Verdict, Option<u64>) {
+    pub fn ready(
+        &mut self,
+        epoch: u64,
+        key: &str,
+        offset: i64,
+        ticket: u64,
+    ) -> (Verdict, Option<u64>) {
         let keys = self.epochs.entry(epoch).or_default();
         let st = keys.entry(key.to_string()).or_default();
         st.pending.remove(&offset);

@@ -5,8 +5,9 @@
 //!   key or topic/partition/offset); optional `"modes": ["dense","sparse","colbert"]` and
 //!   `"max_length": N` override the command's defaults for that record.
 //! - Any other value is the text itself, with the fallback id.
-//! - Bad records (invalid UTF-8, oversize, malformed JSON objects, an id over [`MAX_ID_BYTES`],
-//!   an empty or blank text: nothing to embed) yield the reason.
+//! - Bad records (invalid UTF-8, oversize, malformed JSON objects, an id over [`MAX_ID_BYTES`])
+//!   yield the reason. An empty text is valid here (the reference embeds it); a node rejects it
+//!   (see [`is_blank`]).
 //! - An id is a string or a number; a number is keyed by its decimal text, so `7` and `"7"` name
 //!   one document (Kafka keys and Redis keys are strings) and the newest of them wins.
 
@@ -15,6 +16,12 @@ use trident_core::{DocId, Modes};
 /// Longest id accepted, in bytes: ids become Kafka keys and Redis keys and travel in every
 /// output and dead letter, so a megabyte id would make each of those oversize.
 pub const MAX_ID_BYTES: usize = 512;
+
+/// Whether a text is empty or blank: a stream's record like that is a producer's mistake (or a
+/// delete meant as a tombstone), so `trident node` dead-letters it instead of embedding nothing.
+pub fn is_blank(text: &str) -> bool {
+    text.trim().is_empty()
+}
 
 /// A valid input document.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,10 +59,10 @@ pub fn decode_record(
     if !text.trim_start().starts_with('{') {
         if fallback_id.as_key().len() > MAX_ID_BYTES {
             let len = fallback_id.as_key().len();
-            return bad(fallback_id, format!("key is {len} bytes, over the id limit of {MAX_ID_BYTES}"));
-        }
-        if text.trim().is_empty() {
-            return bad(fallback_id, "empty text: nothing to embed".into());
+            return bad(
+                fallback_id,
+                format!("key is {len} bytes, over the id limit of {MAX_ID_BYTES}"),
+            );
         }
         return Ok(InputDoc {
             id: fallback_id,
@@ -90,9 +97,6 @@ pub fn decode_record(
     if id.as_key().len() > MAX_ID_BYTES {
         let len = id.as_key().len();
         return bad(id, format!("id is {len} bytes, over the limit of {MAX_ID_BYTES}"));
-    }
-    if text.trim().is_empty() {
-        return bad(id, "empty text: nothing to embed".into());
     }
     let modes = match obj.remove("modes") {
         None | Some(serde_json::Value::Null) => None,
@@ -151,7 +155,7 @@ mod tests {
         assert_eq!(d.modes, Some(Modes::from_flags(true, false, false)));
         assert_eq!(d.max_length, Some(16));
         assert_eq!(dec(br#"{"text":"x"}"#).unwrap().id, DocId::from(9u64));
-        assert_eq!(dec(br#"{"id":3,"text":"."}"#).unwrap().id, DocId::from(3u64));
+        assert_eq!(dec(br#"{"id":3,"text":""}"#).unwrap().id, DocId::from(3u64));
     }
 
     #[test]
@@ -165,8 +169,7 @@ mod tests {
         assert!(reason(br#"{"id":true,"text":"x"}"#).contains("\"id\""));
         assert!(reason(br#"{"text":"x","modes":["dens"]}"#).contains("modes"));
         assert_eq!(dec(br#"{"id":"k","text":null}"#).unwrap_err().id, DocId::from("k"));
-        assert!(reason(br#"{"id":3,"text":" \n"}"#).contains("empty text"));
-        assert!(reason(b" ").contains("empty text"));
+        assert!(is_blank(" \n") && !is_blank(" x"));
         let long_id = format!(r#"{{"id":"{}","text":"x"}}"#, "i".repeat(MAX_ID_BYTES + 1));
         let r = decode_record(long_id.as_bytes(), DocId::from(9u64), 1 << 20).unwrap_err();
         assert!(r.reason.contains("over the limit of 512"), "{}", r.reason);

@@ -130,7 +130,7 @@ mod tests {
             while t.len() < 40_000 + k * 1000 {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 t.push_str(words[(seed >> 33) as usize % words.len()]);
-                t.push(if seed % 7 == 0 { '\n' } else { ' ' });
+                t.push(if seed.is_multiple_of(7) { '\n' } else { ' ' });
             }
             texts.push((t, len));
         }

@@ -190,6 +190,7 @@ pub async fn run_node(
         modes: Modes::from_flags(cfg.dense, cfg.sparse, cfg.colbert),
         max_length: cfg.max_length,
         max_record_bytes: cfg.max_record_bytes,
+        reject_blank: true,
         flight: flight.clone(),
     };
     let (coord, coord_join) =

@@ -95,7 +95,9 @@ impl KafkaSink {
     fn run(me: &ActorRef<SinkMsg>, st: &SinkState, next: Next) {
         match next {
             Next::Nothing => {}
-            Next::Finish(tickets) => tickets.into_iter().for_each(|t| Self::finish(st, t, Some(me))),
+            Next::Finish(tickets) => {
+                tickets.into_iter().for_each(|t| Self::finish(st, t, Some(me)))
+            }
             Next::Publish(ticket, id, e) => Self::publish(me, st, ticket, id, e),
             Next::DeadLetter(ticket, id, reason) => {
                 Self::dead_letter(me, st, ticket, &id, &reason, true)
@@ -199,7 +201,8 @@ impl KafkaSink {
             return Self::finish(st, ticket, Some(me));
         };
         let src = Source { topic: &st.shared.topic, partition: p, offset: o };
-        let dl = dead_letter::build(&src, id, reason, m.key.as_deref(), &m.value, st.dlq_value_bytes);
+        let dl =
+            dead_letter::build(&src, id, reason, m.key.as_deref(), &m.value, st.dlq_value_bytes);
         m.value = Arc::from(&[][..]); // no later use: let its memory go
         drop(t);
         let (producer, budget, me) = (st.producer.clone(), st.retry_budget, me.clone());
