@@ -362,14 +362,14 @@ fn s4_refused_records_are_dropped_and_counted() {
 }
 
 /// Produce on a thread of its own (the harness's `Env` is not `Send`); gives the records back.
-fn produce_to(addr: &str, topic: &str, records: &[Rec]) -> Vec<Rec> {
+fn produce_to(addr: &str, topic: &str, records: Vec<Rec>) -> Vec<Rec> {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let p: BaseProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("message.max.bytes", "4000000")
         .create()
         .unwrap();
-    for r in records {
+    for r in &records {
         let mut rec = BaseRecord::<[u8], [u8]>::to(topic).payload(&r.value).partition(r.partition);
         if let Some(k) = &r.key {
             rec = rec.key(k);
@@ -384,7 +384,7 @@ fn produce_to(addr: &str, topic: &str, records: &[Rec]) -> Vec<Rec> {
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(60)).expect("flush");
-    records.to_vec()
+    records
 }
 
 /// Records far larger than usual, far faster than the node embeds: the bytes in flight stay at
@@ -428,7 +428,7 @@ fn s5_big_records_memory_is_bounded_by_the_bytes_limit() {
     let base = node.rss_kib().unwrap();
     let feeder = {
         let (addr, topic) = (env.broker.addr.clone(), topics.input.clone());
-        std::thread::spawn(move || produce_to(&addr, &topic, &records))
+        std::thread::spawn(move || produce_to(&addr, &topic, records))
     };
     let (mut peak, mut peak_bytes) = (base, 0.0f64);
     let t0 = Instant::now();
@@ -455,4 +455,48 @@ fn s5_big_records_memory_is_bounded_by_the_bytes_limit() {
     assert!(peak_bytes <= (bytes_limit + (256 << 10)) as f64, "bytes in flight {peak_bytes}");
     let bound = 2 * bytes_limit + bytes_limit * 3 / 8 + 2 * bytes_limit;
     assert!(grew as usize <= bound, "RSS grew by {} MiB (bound {} MiB)", grew >> 20, bound >> 20);
+}
+
+/// A second node joins while the first has long documents in flight: the first publishes
+/// nothing of the partitions it lost after the revoke drain, so duplicates stay within the
+/// in-flight bound, and every document comes out.
+#[test]
+fn s6_rebalance_duplicates_are_bounded_by_the_in_flight_limit() {
+    const IN_FLIGHT: usize = 40;
+    let _g = serial();
+    let Some(env) = Env::start(false) else { return };
+    let topics = Topics::new(&env, "s6", PARTS);
+    let c = corpus("s6", 400, 0, PARTS, 1 << 20);
+    let mut records = c.records.clone();
+    let long = long_docs(&env, "s6", 12);
+    for (i, (id, text)) in long.iter().enumerate() {
+        let value = serde_json::json!({"id": id, "text": text});
+        records.insert(i * 30, json_rec(id, value, i as i32 % PARTS));
+    }
+    env.produce(&topics.input, &records);
+    let slow = ["--batch-tokens", "512", "--max-wait-ms", "5"];
+    let cap = IN_FLIGHT.to_string();
+    let envs =
+        [("TRIDENT_MAX_RECORDS_IN_FLIGHT", cap.as_str()), ("TRIDENT_REVOKE_DRAIN_MS", "1000")];
+    let a = env.node("s6a", "gs6", &topics, &slow, &envs);
+    env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| o.len() >= 60);
+    let b = env.node("s6b", "gs6", &topics, &slow, &envs);
+    let mut all = c.good.clone();
+    all.extend(long.iter().cloned());
+    let outs = env.read_topic(&topics.output, 1, Duration::from_secs(240), |o| {
+        let ids: HashSet<String> = o.iter().map(|o| o.key_str()).collect();
+        all.iter().all(|(id, _)| ids.contains(id))
+    });
+    let want = reference(env.dir.path(), &all);
+    for o in &outs {
+        assert_same_output(&o.json(), &want[&o.key_str()], &o.key_str());
+    }
+    let dups: usize = id_counts(&outs).values().map(|n| n - 1).sum();
+    let rebalanced = a.log_text().contains("revoked") || b.log_text().contains("revoked");
+    eprintln!(
+        "s6: rebalance while long documents were in flight: {dups} duplicates of {}",
+        all.len()
+    );
+    assert!(rebalanced, "the second node's join revoked partitions");
+    assert!(dups <= IN_FLIGHT, "{dups} duplicates, more than the {IN_FLIGHT} records in flight");
 }
