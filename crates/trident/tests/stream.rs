@@ -56,6 +56,20 @@ fn long_docs(env: &Env, prefix: &str, n: usize) -> Vec<(String, String)> {
     docs
 }
 
+/// `trident lookup`'s result for each id (all must be stored).
+fn lookup(url: &str, ids: &[&str]) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(TRIDENT)
+        .args(["lookup", "--redis", url])
+        .args(ids)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "lookup: {}", String::from_utf8_lossy(&out.stdout));
+    let lines = std::str::from_utf8(&out.stdout).unwrap().lines();
+    let values: Vec<serde_json::Value> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(values.len(), ids.len());
+    values
+}
+
 /// One past the last offset of each partition, from the produced positions.
 fn ends(positions: &[(i32, i64)]) -> Vec<i64> {
     let mut ends = vec![0i64; PARTS as usize];
@@ -258,15 +272,8 @@ fn s2_store_keeps_what_the_topic_cannot() {
         }
         assert_same_output(&got, &w, &id);
     }
-    let ids: Vec<&str> = long.iter().map(|(id, _)| id.as_str()).collect();
-    let out = std::process::Command::new(TRIDENT)
-        .args(["lookup", "--redis", &url])
-        .args(&ids)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for (id, line) in ids.iter().zip(std::str::from_utf8(&out.stdout).unwrap().lines()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let ids: Vec<&str> = all.iter().map(|(id, _)| id.as_str()).collect();
+    for (id, v) in ids.iter().zip(lookup(&url, &ids)) {
         assert_same_output(&v, &want[*id], id);
     }
     assert!(env.read_now(&topics.dlq, 1).is_empty(), "nothing dead-lettered");
@@ -311,17 +318,9 @@ fn s3_newest_version_wins() {
         last.insert(o.key_str(), o.json());
     }
     let ids: Vec<&str> = newest.iter().map(|(id, _)| id.as_str()).collect();
-    let out = std::process::Command::new(TRIDENT)
-        .args(["lookup", "--redis", &url])
-        .args(&ids)
-        .output()
-        .unwrap();
-    let stored: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
-    assert_eq!(stored.len(), n);
-    for ((id, _), line) in newest.iter().zip(stored) {
-        assert_same_output(&last[id], &want[id], &format!("{id} in the topic"));
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_same_output(&v, &want[id], &format!("{id} in the store"));
+    for (id, v) in ids.iter().zip(lookup(&url, &ids)) {
+        assert_same_output(&last[*id], &want[*id], &format!("{id} in the topic"));
+        assert_same_output(&v, &want[*id], &format!("{id} in the store"));
     }
     let superseded = metric(&maddr, "trident_records_superseded_total").unwrap_or(0.0);
     eprintln!("s3: newest wins for {n} of {n} ids; {superseded} older results superseded");
@@ -499,4 +498,49 @@ fn s6_rebalance_duplicates_are_bounded_by_the_in_flight_limit() {
     );
     assert!(rebalanced, "the second node's join revoked partitions");
     assert!(dups <= IN_FLIGHT, "{dups} duplicates, more than the {IN_FLIGHT} records in flight");
+}
+
+/// The result store's compare-and-set against a real redis-server: a late write of an earlier
+/// offset of the same partition (a node that lost the partition) never replaces a later one.
+#[test]
+fn s7_the_store_never_replaces_a_later_offset() {
+    use trident_cluster::codec::{encode_versioned, store_key};
+    use trident_cluster::store::{lookup, start_writer, StoreWrite};
+    use trident_core::{DocId, Embedding};
+    let _g = serial();
+    let Some(env) = Env::start(true) else { return };
+    let url = env.redis.as_ref().unwrap().url();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
+    rt.unwrap().block_on(async {
+        let metrics = trident_cluster::Metrics::new();
+        let tx = start_writer(&url, metrics.clone()).unwrap();
+        let id = DocId::from("doc");
+        let stored = |tokens: usize, version: (i32, i64)| {
+            let e = Embedding {
+                tokens,
+                truncated: false,
+                dense: Some(vec![tokens as f32]),
+                sparse: None,
+                colbert: None,
+                colbert_dim: 0,
+            };
+            let (done, rx) = tokio::sync::oneshot::channel();
+            let value = encode_versioned(Some(&id), &e, Some(version));
+            let done = Box::new(move || {
+                let _ = done.send(());
+            });
+            tx.send(StoreWrite { key: store_key("t", &id), value, done }).unwrap();
+            let (url, id) = (url.clone(), id.clone());
+            async move {
+                rx.await.unwrap();
+                lookup(&url, "t", &[id]).await.unwrap()[0].as_ref().unwrap().1.tokens
+            }
+        };
+        assert_eq!(stored(12, (3, 12)).await, 12);
+        assert_eq!(stored(10, (3, 10)).await, 12, "an earlier offset does not replace a later one");
+        assert_eq!(stored(12, (3, 12)).await, 12, "the same offset again (a redo) is written");
+        assert_eq!(stored(5, (4, 5)).await, 5, "another partition's result is newer by arrival");
+        assert_eq!(stored(13, (4, 13)).await, 13);
+        assert_eq!(metrics.store_stale_skipped.get(), 1);
+    });
 }
