@@ -299,7 +299,7 @@ fn s3_newest_version_wins() {
         newest.push((id, new));
     }
     // Fillers between them, so the versions land in different batches.
-    let c = corpus("s3", 80, 0, PARTS, 1 << 20);
+    let c = corpus("s3f", 80, 0, PARTS, 1 << 20);
     let mut mixed = Vec::new();
     for (i, r) in records.into_iter().enumerate() {
         mixed.push(r);
