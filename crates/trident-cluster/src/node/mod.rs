@@ -89,6 +89,10 @@ impl ConsumerContext for NodeContext {
 
 type NodeConsumer = StreamConsumer<NodeContext>;
 
+/// A broker that is down makes the consumer report the same error at every poll.
+static CONSUMER_WARN: crate::deliver::RateLimited =
+    crate::deliver::RateLimited::new(Duration::from_secs(5));
+
 fn client_config(
     cfg: &NodeConfig,
     extra: &std::collections::BTreeMap<String, serde_json::Value>,
@@ -268,7 +272,7 @@ pub async fn run_node(
             match next {
                 Err(_) => break, // timeout
                 Ok(Err(e)) => {
-                    tracing::warn!("consumer: {e}");
+                    CONSUMER_WARN.warn(&format!("consumer: {e}"));
                     break;
                 }
                 Ok(Ok(m)) => {
