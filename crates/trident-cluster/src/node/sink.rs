@@ -120,7 +120,14 @@ impl KafkaSink {
         let mut json = e.to_json(&id);
         let full = json.len();
         if !fits(full) && st.store.is_some() && e.colbert.is_some() {
-            let slim = Embedding { colbert: None, ..e.clone() };
+            let slim = Embedding {
+                tokens: e.tokens,
+                truncated: e.truncated,
+                dense: e.dense.clone(),
+                sparse: e.sparse.clone(),
+                colbert: None,
+                colbert_dim: e.colbert_dim,
+            };
             let mut v = slim.to_json_value(&id);
             v["colbert_in_store"] = serde_json::Value::Bool(true);
             json = v.to_string();
