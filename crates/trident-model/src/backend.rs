@@ -56,7 +56,7 @@ impl HostTensor {
         let n: usize = shape.iter().product();
         let Storage::Mapped(m) = &*map else { return None };
         let base = m.as_ptr() as usize + byte_offset;
-        if base % 4 != 0 || byte_offset + 4 * n > m.len() || cfg!(target_endian = "big") {
+        if !base.is_multiple_of(4) || byte_offset + 4 * n > m.len() || cfg!(target_endian = "big") {
             return None;
         }
         Some(HostTensor { storage: map, offset: byte_offset / 4, shape })

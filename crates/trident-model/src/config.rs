@@ -98,7 +98,7 @@ impl ModelConfig {
                 return Err(format!("`{k}` must be > 0"));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "`hidden_size` ({}) must be a multiple of `num_attention_heads` ({})",
                 self.hidden_size, self.num_attention_heads

@@ -83,6 +83,41 @@ fn mixed_batches_match_reference() {
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
 
+/// Every GEMM micro-kernel this CPU has (forced through the internal cap, not the process-wide
+/// env var) matches the reference, and all give the same bits: they differ only in tiling.
+#[test]
+fn every_kernel_matches_reference_bit_for_bit() {
+    use trident_model::cpu::{force_isa, kernel_name, Isa};
+    let enc = encoder(&tiny());
+    // Every text at 16, and the long text 39 at 8192 (ragged attention blocks).
+    let long = items(8192).into_iter().filter(|&(i, _)| i == 39);
+    let docs: Vec<_> = items(16).into_iter().chain(long).collect();
+    let mut first: Option<Vec<u32>> = None;
+    // (The portable kernel is left to the unit tests: its software FMA is slow here.)
+    for isa in [Isa::Avx2, Isa::Avx512] {
+        force_isa(Some(isa));
+        if kernel_name() != isa.kernel_name() {
+            println!("skipped {}: this CPU lacks its instructions", isa.kernel_name());
+            continue;
+        }
+        let batch: Vec<TokenizedDoc> =
+            docs.iter().map(|(_, it)| TokenizedDoc { ids: ids(it), truncated: false }).collect();
+        let got = enc.encode(&batch, Modes::ALL).unwrap();
+        let mut bits = Vec::new();
+        for ((i, item), e) in docs.iter().zip(&got) {
+            check(&format!("text {i} on {}", isa.kernel_name()), e, item).unwrap();
+            let sparse = e.sparse.iter().flatten().flat_map(|&(t, w)| [t, w.to_bits()]);
+            let floats = e.dense.iter().chain(&e.colbert).flatten().map(|v| v.to_bits());
+            bits.extend(floats.chain(sparse));
+        }
+        match &first {
+            None => first = Some(bits),
+            Some(f) => assert!(f == &bits, "{} differs from the first kernel", isa.kernel_name()),
+        }
+    }
+    force_isa(None);
+}
+
 #[test]
 fn pytorch_bin_alone_gives_the_same() {
     let dir = copy_without(&["model.safetensors"]);

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::gemm::with_scratch;
-use super::kernel::{pack_a, pack_b_cols, pack_b_rows, tile, Aligned, MR, NR};
+use super::kernel::{block, pack_a, pack_b_cols, pack_b_rows, Aligned, MR, NR};
 use super::ops::softmax;
 
 /// Query rows per block (a multiple of `MR`): the score block `QBLOCK × L` stays within L2 for
@@ -83,23 +83,18 @@ fn head(
                     let qa = qbuf.get(tiles * d * MR);
                     pack_a(qkv, ld, q0, rows, h * d, d, scale, qa);
                     let scores = sbuf.get(rows * len);
-                    for p in 0..len.div_ceil(NR) {
-                        let cols = (len - p * NR).min(NR);
-                        for t in 0..tiles {
-                            // SAFETY: packed panels of the sizes above; the tile lies in `scores`.
-                            unsafe {
-                                tile(
-                                    d,
-                                    qa[t * d * MR..].as_ptr(),
-                                    kp[p * d * NR..].as_ptr(),
-                                    scores.as_mut_ptr().add(t * MR * len + p * NR),
-                                    len,
-                                    (rows - t * MR).min(MR),
-                                    cols,
-                                    false,
-                                )
-                            }
-                        }
+                    // SAFETY: packed panels of the sizes above; the block is `scores`.
+                    unsafe {
+                        block(
+                            d,
+                            (qa.as_ptr(), d * MR),
+                            (kp.as_ptr(), d * NR),
+                            scores.as_mut_ptr(),
+                            len,
+                            rows,
+                            len,
+                            false,
+                        )
                     }
                     for row in scores.chunks_exact_mut(len) {
                         softmax(row);
@@ -110,25 +105,19 @@ fn head(
                         let kc = KBLOCK.min(len - k0);
                         let pa = pbuf.get(tiles * kc * MR);
                         pack_a(scores, len, 0, rows, k0, kc, 1.0, pa);
-                        for p in 0..d.div_ceil(NR) {
-                            let cols = (d - p * NR).min(NR);
-                            for t in 0..tiles {
-                                let r = q0 + t * MR;
-                                // SAFETY: as above; this item alone writes rows q0..q0+rows,
-                                // columns h·d..(h+1)·d of `out`.
-                                unsafe {
-                                    tile(
-                                        kc,
-                                        pa[t * kc * MR..].as_ptr(),
-                                        vp[p * len * NR + k0 * NR..].as_ptr(),
-                                        out.0.add(r * hidden + h * d + p * NR),
-                                        hidden,
-                                        (rows - t * MR).min(MR),
-                                        cols,
-                                        k0 > 0,
-                                    )
-                                }
-                            }
+                        // SAFETY: as above; this item alone writes rows q0..q0+rows,
+                        // columns h·d..(h+1)·d of `out`.
+                        unsafe {
+                            block(
+                                kc,
+                                (pa.as_ptr(), kc * MR),
+                                (vp[k0 * NR..].as_ptr(), len * NR),
+                                out.0.add(q0 * hidden + h * d),
+                                hidden,
+                                rows,
+                                d,
+                                k0 > 0,
+                            )
                         }
                         k0 += kc;
                     }

@@ -7,14 +7,15 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::kernel::{pack_a, pack_b_rows_panel, tile, Aligned, Element, MR, NR};
+use super::isa::{isa, Isa};
+use super::kernel::{block, pack_a, pack_b_rows_panel, Aligned, Element, MR, NR};
 
 /// Input features per packed block. Each block reads and writes every tile of `C` once, so fewer,
 /// longer blocks mean less `C` traffic; 512 (a 32 KiB `B` micro-panel) measured ~6 % faster than
 /// 256 on Zen 3 (`examples/gemm_bench.rs`).
 const KC: usize = 512;
-/// Activation rows per work item (a multiple of `MR`): the packed `A` block (`MC × KC`, 240 KiB)
-/// stays in L2 while the item walks its columns.
+/// Activation rows per work item (a multiple of `2·MR`, the AVX-512 tile's height): the packed
+/// `A` block (`MC × KC`, 240 KiB) stays in L2 while the item walks its columns.
 const MC: usize = 120;
 
 thread_local! {
@@ -72,7 +73,10 @@ pub unsafe fn matmul_wt<T: Element>(
     // Enough work items for every thread even when there are few rows: split the columns too.
     let threads = rayon::current_num_threads();
     let col_chunks = (2 * threads).div_ceil(row_blocks).min(panels).max(1);
-    let chunk = panels.div_ceil(col_chunks);
+    // With AVX-512, even: its pairs of panels then never straddle two items.
+    let pair = if isa() == Isa::Avx512 { 2 } else { 1 };
+    let chunk = panels.div_ceil(col_chunks).next_multiple_of(pair);
+    let col_chunks = panels.div_ceil(chunk);
     let out = Out(c);
     with_scratch(&B_PACK, |bbuf| {
         let mut pc = 0;
@@ -92,25 +96,19 @@ pub unsafe fn matmul_wt<T: Element>(
                 with_scratch(&A_PACK, |abuf| {
                     let ap = abuf.get(rows.div_ceil(MR) * kc * MR);
                     pack_a(a, k, r0, rows, pc, kc, 1.0, ap);
-                    for p in p0..p1 {
-                        let cols = (n - p * NR).min(NR);
-                        let bpanel = bp[p * kc * NR..].as_ptr();
-                        for t in 0..rows.div_ceil(MR) {
-                            let r = t * MR;
-                            // SAFETY: panels of the packed sizes; the tile lies inside c.
-                            unsafe {
-                                tile(
-                                    kc,
-                                    ap[t * kc * MR..].as_ptr(),
-                                    bpanel,
-                                    out.0.add((r0 + r) * ldc + p * NR),
-                                    ldc,
-                                    (rows - r).min(MR),
-                                    cols,
-                                    accumulate,
-                                )
-                            }
-                        }
+                    let (j0, cols) = (p0 * NR, (n - p0 * NR).min((p1 - p0) * NR));
+                    // SAFETY: panels of the packed sizes; the block lies inside c.
+                    unsafe {
+                        block(
+                            kc,
+                            (ap.as_ptr(), kc * MR),
+                            (bp[p0 * kc * NR..].as_ptr(), kc * NR),
+                            out.0.add(r0 * ldc + j0),
+                            ldc,
+                            rows,
+                            cols,
+                            accumulate,
+                        )
                     }
                 })
             });

@@ -2,12 +2,17 @@
 //! twelve AVX2 registers while `kc` steps stream a packed `A` micro-panel (`[kc][6]`) and a packed
 //! `B` micro-panel (`[kc][16]`). Packing is what lets callers reuse panels: the attention packs
 //! each head's keys and values once for all query blocks, and the linear layers pack each weight
-//! block once per call for all row blocks.
+//! block once per call for all row blocks. With AVX-512, [`block`] runs the same panels on the
+//! 12 × 32 tile of `kernel_avx512.rs`, two panels of each operand at a time.
 
 /// Rows of a tile (`A` micro-panel width).
 pub const MR: usize = 6;
 /// Columns of a tile (`B` micro-panel width: two 8-lane vectors).
 pub const NR: usize = 16;
+
+use super::isa::{isa, Isa};
+#[cfg(target_arch = "x86_64")]
+use super::kernel_avx512::tile_avx512;
 
 /// A stored weight element, widened to f32 while packing (the micro-kernel computes in f32).
 pub trait Element: Copy + Send + Sync + 'static {
@@ -60,7 +65,7 @@ pub fn pack_a(
     scale: f32,
     dst: &mut [f32],
 ) {
-    let zeros = vec![0.0; if rows % MR == 0 { 0 } else { kc }];
+    let zeros = vec![0.0; if rows.is_multiple_of(MR) { 0 } else { kc }];
     for (p, panel) in dst.chunks_exact_mut(kc * MR).take(rows.div_ceil(MR)).enumerate() {
         let row = |i: usize| {
             let r = p * MR + i;
@@ -134,38 +139,96 @@ pub fn pack_b_cols(src: &[f32], ld: usize, r0: usize, kc: usize, cols: usize, ds
     }
 }
 
-/// `C[rows × cols] (+)= A·B` for one tile: `ap` is an `A` micro-panel `[kc][MR]`, `bp` a `B`
-/// micro-panel `[kc][NR]`, `c` points at the tile's first element with row stride `ldc`.
+/// `C[rows × cols] (+)= A·B` over whole packed operands, on the micro-kernel [`isa`] selects:
+/// `A` micro-panel `t` (rows `t·MR..`) starts at `ap + t·sa`, `B` micro-panel `p` (columns
+/// `p·NR..`) at `bp + p·sb`; `c` points at the block's first element with row stride `ldc`.
+/// Panels of `B` are the outer loop, so each stays in cache while the `A` panels stream past.
 ///
 /// # Safety
-/// `ap`/`bp` must hold `kc·MR` / `kc·NR` floats; `c` must be valid for `rows × cols` elements
-/// at stride `ldc`, with `rows ≤ MR`, `cols ≤ NR`.
-#[inline]
+/// `ap + t·sa` must hold `kc·MR` floats for every `t < ⌈rows/MR⌉`, `bp + p·sb` `kc·NR` floats
+/// for every `p < ⌈cols/NR⌉`; `c` must be valid for `rows × cols` elements at stride `ldc`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile(
+pub unsafe fn block(
     kc: usize,
-    ap: *const f32,
-    bp: *const f32,
+    (ap, sa): (*const f32, usize),
+    (bp, sb): (*const f32, usize),
     c: *mut f32,
     ldc: usize,
     rows: usize,
     cols: usize,
     accumulate: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2 and FMA; the caller upholds the buffer contract.
-        return unsafe { tile_avx2(kc, ap, bp, c, ldc, rows, cols, accumulate) };
-    }
-    // SAFETY: as above.
-    unsafe { tile_generic(kc, ap, bp, c, ldc, rows, cols, accumulate) }
+    // SAFETY: the caller's contract; `isa` is one the CPU has.
+    unsafe { block_on(isa(), kc, (ap, sa), (bp, sb), c, ldc, rows, cols, accumulate) }
 }
 
-#[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+/// [`block`] on the micro-kernel of `isa`.
+///
+/// # Safety
+/// As [`block`], and the CPU must have `isa`'s instructions.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn block_on(
+    isa: Isa,
+    kc: usize,
+    (ap, sa): (*const f32, usize),
+    (bp, sb): (*const f32, usize),
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    let (tiles, panels) = (rows.div_ceil(MR), cols.div_ceil(NR));
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // Tiles of two A and two B micro-panels; a lone last panel is passed twice.
+        for p in (0..panels).step_by(2) {
+            let b0 = bp.wrapping_add(p * sb);
+            let b1 = if p + 1 < panels { b0.wrapping_add(sb) } else { b0 };
+            for t in (0..tiles).step_by(2) {
+                let a0 = ap.wrapping_add(t * sa);
+                let a1 = if t + 1 < tiles { a0.wrapping_add(sa) } else { a0 };
+                let (r, j) = (t * MR, p * NR);
+                // SAFETY: the CPU has AVX-512F (`isa`); panels and tile per the contract.
+                unsafe {
+                    tile_avx512(
+                        kc,
+                        (a0, a1),
+                        (b0, b1),
+                        c.add(r * ldc + j),
+                        ldc,
+                        (rows - r).min(2 * MR),
+                        (cols - j).min(2 * NR),
+                        accumulate,
+                    )
+                }
+            }
+        }
+        return;
+    }
+    let tile = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 => tile_avx2,
+        _ => tile_generic,
+    };
+    for p in 0..panels {
+        for t in 0..tiles {
+            let (r, j) = (t * MR, p * NR);
+            // SAFETY: panels and tile per the contract; the CPU has the tile's instructions.
+            unsafe {
+                tile(
+                    kc,
+                    ap.wrapping_add(t * sa),
+                    bp.wrapping_add(p * sb),
+                    c.add(r * ldc + j),
+                    ldc,
+                    (rows - r).min(MR),
+                    (cols - j).min(NR),
+                    accumulate,
+                )
+            }
+        }
+    }
 }
 
 /// Writes (or adds) a computed `[MR × NR]` tile into `c`, clipped to `rows × cols`.
@@ -189,7 +252,13 @@ unsafe fn store(
     }
 }
 
-/// Portable tile (CPUs without AVX2+FMA, and the reference the AVX2 tile is tested against).
+/// `C[rows × cols] (+)= A·B` for one 6 × 16 tile: `ap` is an `A` micro-panel `[kc][MR]`, `bp` a
+/// `B` micro-panel `[kc][NR]`, `c` points at the tile's first element with row stride `ldc`.
+/// Portable (CPUs without AVX2+FMA).
+///
+/// # Safety
+/// `ap`/`bp` must hold `kc·MR` / `kc·NR` floats; `c` must be valid for `rows × cols` elements
+/// at stride `ldc`, with `rows ≤ MR`, `cols ≤ NR`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_generic(
     kc: usize,
@@ -217,6 +286,7 @@ unsafe fn tile_generic(
     unsafe { store(&acc, c, ldc, rows, cols, accumulate) }
 }
 
+/// [`tile_generic`] on AVX2 + FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -295,47 +365,67 @@ mod tests {
         (0..n).map(|i| (((i + seed) * 2_654_435_761 % 1000) as f32 / 500.0) - 1.0).collect()
     }
 
-    /// Both tile implementations, full and clipped, written and accumulated, against f64.
+    /// Each kernel the CPU has, on ragged shapes (tiles full and clipped, single and paired
+    /// panels), written and accumulated, against f64; and every kernel gives the same bits.
     #[test]
-    fn tiles_match_naive_products() {
-        let (m, n, k) = (5, 13, 37);
-        let a = rand(m * k, 1); // [m × k]
-        let s = rand(n * k, 2); // B = Sᵀ, S is [n × k]
-        let mut ap = vec![0.0; MR * k];
-        let mut bp = vec![0.0; NR * k];
-        pack_a(&a, k, 0, m, 0, k, 1.0, &mut ap);
-        pack_b_rows(&s, k, 0, n, 0, k, &mut bp);
-        for generic in [true, false] {
-            for accumulate in [false, true] {
-                let mut c = vec![1.0f32; m * n];
-                // SAFETY: panels of the packed sizes, c is [m × n].
-                unsafe {
-                    if generic {
-                        tile_generic(
+    fn kernels_match_f64_on_ragged_shapes() {
+        let all = [Isa::Generic, Isa::Avx2, Isa::Avx512];
+        for isa in all.into_iter().filter(|&i| i > super::super::isa::detected()) {
+            println!("skipped: this CPU lacks the instructions of {}", isa.kernel_name());
+        }
+        let shapes = [(1, 1, 1), (5, 13, 37), (6, 16, 8), (7, 17, 3), (12, 32, 64), (13, 33, 100)];
+        let shapes = shapes.into_iter().chain([(29, 70, 257), (40, 100, 513), (2, 95, 1)]);
+        for (m, n, k) in shapes {
+            let a = rand(m * k, 1); // [m × k]
+            let s = rand(n * k, 2); // B = Sᵀ, S is [n × k]
+            let mut ap = vec![0.0; m.div_ceil(MR) * MR * k];
+            let mut bp = vec![0.0; n.div_ceil(NR) * NR * k];
+            pack_a(&a, k, 0, m, 0, k, 1.0, &mut ap);
+            pack_b_rows(&s, k, 0, n, 0, k, &mut bp);
+            let ldc = n + 5;
+            let mut first: Option<Vec<f32>> = None;
+            for isa in all.into_iter().filter(|&i| i <= super::super::isa::detected()) {
+                for accumulate in [false, true] {
+                    let mut c = vec![1.0f32; m * ldc];
+                    // SAFETY: panels of the packed sizes, c is [m × ldc]; the CPU has `isa`.
+                    unsafe {
+                        block_on(
+                            isa,
                             k,
-                            ap.as_ptr(),
-                            bp.as_ptr(),
+                            (ap.as_ptr(), k * MR),
+                            (bp.as_ptr(), k * NR),
                             c.as_mut_ptr(),
-                            n,
+                            ldc,
                             m,
                             n,
                             accumulate,
                         )
-                    } else {
-                        tile(k, ap.as_ptr(), bp.as_ptr(), c.as_mut_ptr(), n, m, n, accumulate)
                     }
-                }
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f64 = (0..k)
-                            .map(|kk| a[i * k + kk] as f64 * s[j * k + kk] as f64)
-                            .sum::<f64>()
-                            + if accumulate { 1.0 } else { 0.0 };
-                        let got = c[i * n + j] as f64;
-                        assert!(
-                            (got - want).abs() < 1e-4,
-                            "generic={generic} acc={accumulate} ({i},{j}): {got} vs {want}"
-                        );
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f64 = (0..k)
+                                .map(|kk| a[i * k + kk] as f64 * s[j * k + kk] as f64)
+                                .sum::<f64>()
+                                + if accumulate { 1.0 } else { 0.0 };
+                            let got = c[i * ldc + j] as f64;
+                            let name = isa.kernel_name();
+                            assert!(
+                                (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                                "{name} {m}x{n}x{k} acc={accumulate} ({i},{j}): {got} vs {want}"
+                            );
+                        }
+                        // Columns past n are not touched.
+                        assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 1.0));
+                    }
+                    if !accumulate {
+                        match &first {
+                            None => first = Some(c),
+                            Some(f) => assert!(
+                                f.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits()),
+                                "{} differs from the generic kernel in {m}x{n}x{k}",
+                                isa.kernel_name()
+                            ),
+                        }
                     }
                 }
             }

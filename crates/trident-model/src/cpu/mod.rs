@@ -1,10 +1,14 @@
-//! The CPU backend: f32 throughout, GEMMs on trident's own packed AVX2 micro-kernel
-//! (`kernel.rs`) on a dedicated rayon pool, weights read in place (memory-mapped when the
-//! checkpoint is safetensors), element-wise work fused into one pass after each GEMM.
+//! The CPU backend: f32 throughout, GEMMs on trident's own packed micro-kernels (`kernel.rs`:
+//! AVX2 6 × 16, `kernel_avx512.rs`: AVX-512 12 × 32, chosen at run time by `isa.rs`) on a
+//! dedicated rayon pool, weights read in place (memory-mapped when the checkpoint is
+//! safetensors), element-wise work fused into one pass after each GEMM.
 
 mod attention;
 mod gemm;
+mod isa;
 mod kernel;
+#[cfg(target_arch = "x86_64")]
+mod kernel_avx512;
 mod ops;
 mod pool;
 
@@ -21,6 +25,7 @@ use pool::{BufferPool, Pooled};
 /// The linear-layer GEMM, public for `examples/gemm_bench.rs`.
 #[doc(hidden)]
 pub use gemm::matmul_wt;
+pub use isa::{force_isa, kernel_name, Isa};
 
 /// A `[rows × cols]` row-major activation (its buffer goes back to the backend's pool on drop).
 pub struct CpuAct {
@@ -184,8 +189,10 @@ impl Backend for CpuBackend {
 
     fn describe(&self) -> String {
         match self.precision {
-            CpuPrecision::F32 => format!("cpu ({} threads, f32)", self.threads),
-            CpuPrecision::Bf16 => format!("cpu ({} threads, bf16 weights, f32 math)", self.threads),
+            CpuPrecision::F32 => format!("cpu ({} threads, f32, {})", self.threads, kernel_name()),
+            CpuPrecision::Bf16 => {
+                format!("cpu ({} threads, bf16 weights, f32 math, {})", self.threads, kernel_name())
+            }
         }
     }
 
@@ -335,7 +342,10 @@ impl Backend for CpuBackend {
     }
 
     fn attention(&self, qkv: &CpuAct, batch: &PackedBatch, heads: usize) -> BResult<CpuAct> {
-        if qkv.cols % 3 != 0 || (qkv.cols / 3) % heads != 0 || qkv.rows != batch.n_tokens() {
+        if !qkv.cols.is_multiple_of(3)
+            || !(qkv.cols / 3).is_multiple_of(heads)
+            || qkv.rows != batch.n_tokens()
+        {
             return Err(Self::err(
                 "attention",
                 format!(

@@ -1,0 +1,98 @@
+//! Which GEMM micro-kernel runs: the best the CPU supports, capped by `TRIDENT_CPU_ISA`
+//! (`generic`, `avx2`, `avx512`; read once) and by [`force_isa`] (tests, comparisons). Every
+//! path computes each output as the same FMA chain in the same order, so their results are
+//! bit-for-bit equal and switching between them mid-run is harmless.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+/// An instruction-set level of the f32 GEMM micro-kernel, lowest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust (any CPU), 6 × 16 tile.
+    Generic = 1,
+    /// AVX2 + FMA, 6 × 16 tile.
+    Avx2 = 2,
+    /// AVX-512F, 12 × 32 tile.
+    Avx512 = 3,
+}
+
+impl Isa {
+    /// Name of the micro-kernel this level runs.
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            Isa::Generic => "generic f32 6x16",
+            Isa::Avx2 => "avx2 f32 6x16",
+            Isa::Avx512 => "avx512 f32 12x32",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Isa> {
+        [Isa::Generic, Isa::Avx2, Isa::Avx512].into_iter().find(|&i| i as u8 == v)
+    }
+
+    fn parse(s: &str) -> Option<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "generic" | "scalar" => Some(Isa::Generic),
+            "avx2" => Some(Isa::Avx2),
+            "avx512" | "avx-512" => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+}
+
+/// The best level this CPU supports.
+pub fn detected() -> Isa {
+    static DETECTED: OnceLock<Isa> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Generic
+    })
+}
+
+/// The cap from `TRIDENT_CPU_ISA`, if set (an unknown value is reported once and ignored).
+fn env_cap() -> Option<Isa> {
+    static CAP: OnceLock<Option<Isa>> = OnceLock::new();
+    *CAP.get_or_init(|| {
+        let v = std::env::var("TRIDENT_CPU_ISA").ok()?;
+        let isa = Isa::parse(&v);
+        if isa.is_none() {
+            eprintln!("TRIDENT_CPU_ISA={v:?} not understood (generic, avx2, avx512); ignored");
+        }
+        isa
+    })
+}
+
+/// 0: no programmatic cap.
+static FORCED: AtomicU8 = AtomicU8::new(0);
+
+/// Caps the kernel level for the whole process (`None` lifts the cap; `TRIDENT_CPU_ISA` still
+/// applies). A level above the CPU's is capped to the CPU's.
+pub fn force_isa(isa: Option<Isa>) {
+    FORCED.store(isa.map_or(0, |i| i as u8), Ordering::Relaxed);
+}
+
+/// The level the GEMMs run at now.
+pub fn isa() -> Isa {
+    let mut isa = detected();
+    if let Some(cap) = env_cap() {
+        isa = isa.min(cap);
+    }
+    if let Some(cap) = Isa::from_u8(FORCED.load(Ordering::Relaxed)) {
+        isa = isa.min(cap);
+    }
+    isa
+}
+
+/// The name of the micro-kernel the GEMMs run on now, e.g. `"avx512 f32 12x32"`.
+pub fn kernel_name() -> &'static str {
+    isa().kernel_name()
+}
