@@ -78,12 +78,6 @@ impl InFlight {
         *self.counts.lock().unwrap()
     }
 
-    /// (records, tokens) in flight.
-    pub fn get(&self) -> (usize, usize) {
-        let c = self.counts();
-        (c.records, c.tokens)
-    }
-
     pub fn above_high(&self, l: &FlightLimits) -> bool {
         let c = self.counts();
         c.records >= l.max_records || c.tokens >= l.high_tokens || c.bytes >= l.max_bytes

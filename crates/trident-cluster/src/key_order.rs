@@ -113,7 +113,8 @@ impl KeyOrder {
             .unwrap_or_default()
     }
 
-    /// Ids with state (for tests and leak checks).
+    /// Ids with state (leak checks in the tests).
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.epochs.values().map(|k| k.len()).sum()
     }
