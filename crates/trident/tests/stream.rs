@@ -394,17 +394,19 @@ fn produce_to(addr: &str, topic: &str, records: Vec<Rec>) -> Vec<Rec> {
 #[test]
 fn s5_big_records_memory_is_bounded_by_the_bytes_limit() {
     // The scale of the report (3,000 records, the default 64 MiB limit) takes minutes:
-    // `TRIDENT_S5_RECORDS=3000 TRIDENT_S5_BYTES_LIMIT=67108864` runs it.
+    // `TRIDENT_S5_RECORDS=3000 TRIDENT_S5_BYTES_LIMIT=67108864` runs it (`TRIDENT_S5_RECORD_KB`
+    // sets the record size).
     let knob =
         |name, default| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let n: usize = knob("TRIDENT_S5_RECORDS", 300);
+    let repeats = knob("TRIDENT_S5_RECORD_KB", 202) * 1000 / 27; // 27 bytes a repeat
     let bytes_limit: usize = knob("TRIDENT_S5_BYTES_LIMIT", 8 << 20);
     let _g = serial();
     let Some(env) = Env::start(false) else { return };
     let topics = Topics::new(&env, "s5", PARTS);
     let records: Vec<Rec> = (0..n)
         .map(|i| {
-            let text = format!("document {i} ") + &"lorem ipsum dolor sit amet ".repeat(7500);
+            let text = format!("document {i} ") + &"lorem ipsum dolor sit amet ".repeat(repeats);
             json_rec(
                 &format!("s5-{i}"),
                 serde_json::json!({"id": format!("s5-{i}"), "text": text}),
