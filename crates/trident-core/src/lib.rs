@@ -2,7 +2,11 @@
 //! BGE-M3 scoring, and the batching policy. Pure: no I/O, no threads.
 
 pub mod batch;
+pub mod encoding;
+pub mod output;
 pub mod score;
 pub mod types;
 
+pub use encoding::{ColbertEncoding, DenseEncoding, Encoding};
+pub use output::{ColbertNote, Format, Record};
 pub use types::{DocId, Embedding, Modes, TokenizedDoc};
