@@ -402,7 +402,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
@@ -501,7 +501,7 @@ pub fn write_msgpack(r: &Record) -> Vec<u8> {
     if let Some(c) = &e.colbert {
         w::write_str(&mut out, "colbert").unwrap();
         let dim = e.colbert_dim;
-        let rows = if dim == 0 { 0 } else { c.len() / dim };
+        let rows = c.len().checked_div(dim).unwrap_or(0);
         match r.enc.colbert {
             ColbertEncoding::F32 => {
                 let data: Vec<u8> = c.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -557,6 +557,9 @@ pub struct Decoded {
     pub note: Option<ColbertNote>,
 }
 
+/// A typed array read back: dtype, shape, little-endian data, and `dim` of binary rows.
+type Array = (String, Vec<usize>, Vec<u8>, Option<usize>);
+
 /// Read a compact value (the inverse of [`write_msgpack`]); vectors come back as f32 (binary
 /// ColBERT rows as ±1/√dim, see `encoding`).
 pub fn read_msgpack(buf: &[u8]) -> Result<Decoded, String> {
@@ -589,7 +592,7 @@ pub fn read_msgpack(buf: &[u8]) -> Result<Decoded, String> {
     };
     let uint = |k: &str| get(k).and_then(|v| v.as_u64());
     // An array: (dtype, shape, data, dim).
-    let arr = |m: &M, what: &str| -> Result<(String, Vec<usize>, Vec<u8>, Option<usize>), String> {
+    let arr = |m: &M, what: &str| -> Result<Array, String> {
         let dtype = field(m, "dtype").and_then(|v| v.as_str().map(String::from));
         let shape = field(m, "shape").and_then(|v| {
             v.as_array()?.iter().map(|x| x.as_u64().map(|u| u as usize)).collect::<Option<Vec<_>>>()
