@@ -879,7 +879,7 @@ mod tests {
         .unwrap();
         assert_eq!(v["encoding"], json!({"dense": "f32", "colbert": "binary"}));
         let mut bits = Vec::new();
-        e.colbert_rows().next().map(|r| pack_bits(r, &mut bits));
+        pack_bits(e.colbert_rows().next().unwrap(), &mut bits);
         assert_eq!(v["colbert"][0], hex(&bits));
     }
 
