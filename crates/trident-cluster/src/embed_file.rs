@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use trident_core::types::error_json;
-use trident_core::{DocId, Modes};
+use trident_core::{DocId, Encoding, Format, Modes, Record};
 
 use crate::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, RawRecord, SinkMsg};
 use crate::flight::{FlightLimits, InFlight};
@@ -27,6 +27,49 @@ pub struct EmbedFileOptions {
     pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     /// Name of the input for messages ("-" for stdin).
     pub input_name: String,
+    /// How results are written: format and vector encodings.
+    pub format: Format,
+    pub encoding: Encoding,
+}
+
+/// One output record in `format`, with its separator (JSON formats are lines; msgpack values
+/// are concatenated). A failed record is `{"id", "error"}` in the same format.
+pub fn output_record(
+    format: Format,
+    enc: Encoding,
+    id: &DocId,
+    outcome: Result<trident_core::Embedding, String>,
+) -> Vec<u8> {
+    let mut out = match outcome {
+        Ok(mut e) => {
+            enc.apply(&mut e);
+            Record { id, e: &e, enc, note: None, version: None }.write(format)
+        }
+        Err(reason) if format.is_binary() => error_msgpack(id, &reason),
+        Err(reason) => error_json(id, &reason).into_bytes(),
+    };
+    if !format.is_binary() {
+        out.push(b'\n');
+    }
+    out
+}
+
+/// `{"id": .., "error": ..}` as a MessagePack map.
+fn error_msgpack(id: &DocId, reason: &str) -> Vec<u8> {
+    use rmp::encode as w;
+    let mut out = Vec::with_capacity(reason.len() + 64);
+    w::write_map_len(&mut out, 2).unwrap();
+    w::write_str(&mut out, "id").unwrap();
+    match id {
+        DocId::Str(s) => w::write_str(&mut out, s).unwrap(),
+        DocId::Num(n) => match n.as_u64() {
+            Some(u) => w::write_uint(&mut out, u).map(|_| ()).unwrap(),
+            None => w::write_str(&mut out, &n.to_string()).unwrap(),
+        },
+    }
+    w::write_str(&mut out, "error").unwrap();
+    w::write_str(&mut out, reason).unwrap();
+    out
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,7 +121,9 @@ struct OrderedSink;
 struct OrderedState {
     out: std::io::BufWriter<Box<dyn Write + Send>>,
     next: u64,
-    pending: BTreeMap<u64, (String, bool, usize)>,
+    pending: BTreeMap<u64, (Vec<u8>, bool, usize)>,
+    format: Format,
+    encoding: Encoding,
     summary: EmbedSummary,
     write_error: Option<String>,
     flight: Arc<InFlight>,
@@ -91,9 +136,7 @@ impl OrderedState {
     fn drain(&mut self) {
         while let Some((line, failed, tokens)) = self.pending.remove(&self.next) {
             if self.write_error.is_none() {
-                if let Err(e) =
-                    self.out.write_all(line.as_bytes()).and_then(|_| self.out.write_all(b"\n"))
-                {
+                if let Err(e) = self.out.write_all(&line) {
                     self.write_error = Some(e.to_string());
                 }
             }
@@ -138,14 +181,13 @@ impl Actor for OrderedSink {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SinkMsg::Done { ticket, id, outcome, tokens } => {
-                let entry = match outcome {
-                    Ok(e) => (e.to_json(&id), false, tokens),
-                    Err(reason) => (error_json(&id, &reason), true, tokens),
-                };
-                st.pending.insert(ticket, entry);
+                let failed = outcome.is_err();
+                let bytes = output_record(st.format, st.encoding, &id, outcome);
+                st.pending.insert(ticket, (bytes, failed, tokens));
             }
             SinkMsg::Bad { ticket, id, reason } => {
-                st.pending.insert(ticket, (error_json(&id, &reason), true, 0));
+                let bytes = output_record(st.format, st.encoding, &id, Err(reason));
+                st.pending.insert(ticket, (bytes, true, 0));
             }
             SinkMsg::Delivered { .. } | SinkMsg::Decoded(_) | SinkMsg::Undeliverable { .. } => {}
             SinkMsg::End { total, reply } => st.end = Some((total, reply)),
@@ -169,6 +211,8 @@ pub async fn embed_file(
         out: std::io::BufWriter::with_capacity(1 << 20, output),
         next: 1,
         pending: BTreeMap::new(),
+        format: opts.format,
+        encoding: opts.encoding,
         summary: EmbedSummary::default(),
         write_error: None,
         flight: flight.clone(),

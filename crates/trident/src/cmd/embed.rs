@@ -18,7 +18,7 @@ use trident_cluster::embed_file::{embed_file, EmbedFileOptions};
 use trident_cluster::flight::FlightLimits;
 use trident_cluster::model::{cpu_workers, load_model, LoadedModel};
 use trident_cluster::{BatchPolicy, Cache, Metrics, Pipeline, PipelineConfig, WorkerSpec};
-use trident_core::Modes;
+use trident_core::{ColbertEncoding, DenseEncoding, Encoding, Format, Modes};
 use trident_model::cpu::CpuPrecision;
 
 #[derive(clap::Args)]
@@ -70,6 +70,18 @@ pub struct EmbedArgs {
     /// Longest input line in bytes; longer lines are error records.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_record_bytes: usize,
+    /// Output format: `json` (trident's JSON Lines), `msgpack` (compact binary values,
+    /// concatenated), or a vector store's feed as JSON Lines: `milvus` rows, `qdrant` points,
+    /// `vespa` put operations (schemas in deploy/).
+    #[arg(long, default_value = "json", env = "TRIDENT_FORMAT")]
+    pub format: Format,
+    /// Number type of the written dense vector: f32, f16 or bf16.
+    #[arg(long, default_value = "f32", env = "TRIDENT_DENSE_ENCODING")]
+    pub dense_encoding: DenseEncoding,
+    /// Number type of the written ColBERT rows: f32, f16, or binary (one sign bit per
+    /// dimension, 1024 dims → 128 bytes a token).
+    #[arg(long, default_value = "f32", env = "TRIDENT_COLBERT_ENCODING")]
+    pub colbert_encoding: ColbertEncoding,
 }
 
 /// Everything a pipeline needs from the command line, shared with `trident node`.
@@ -197,6 +209,11 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("opening input {}", args.input))?;
         Box::new(std::io::BufReader::with_capacity(1 << 20, f))
     };
+    anyhow::ensure!(
+        !(args.format.is_binary() && args.output == "-" && std::io::stdout().is_terminal()),
+        "--format {} writes binary values: give --output FILE or pipe the output",
+        args.format
+    );
     let output: Box<dyn Write + Send> = if args.output == "-" {
         Box::new(std::io::stdout())
     } else {
@@ -256,6 +273,8 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             },
             progress,
             input_name: if args.input == "-" { "stdin".into() } else { args.input.clone() },
+            format: args.format,
+            encoding: Encoding { dense: args.dense_encoding, colbert: args.colbert_encoding },
         };
         let r = embed_file(&pipeline, input, output, opts).await;
         if let Some(b) = bar {
