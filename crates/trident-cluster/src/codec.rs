@@ -145,6 +145,23 @@ pub fn decode_value(buf: &[u8]) -> Result<(Option<DocId>, Embedding), String> {
     Ok((id, Embedding { tokens, truncated: flags & 8 != 0, dense, sparse, colbert, colbert_dim }))
 }
 
+/// A result-store value: MessagePack (`trident_core::output::write_msgpack`), or trident 0.1's
+/// binary layout (magic TRD1) still found in stores written before the compact format.
+pub fn decode_stored(buf: &[u8]) -> Result<trident_core::output::Decoded, String> {
+    if buf.starts_with(MAGIC) {
+        let (id, e) = decode_value(buf)?;
+        Ok(trident_core::output::Decoded {
+            id,
+            e,
+            enc: Default::default(),
+            version: None,
+            note: None,
+        })
+    } else {
+        trident_core::output::read_msgpack(buf)
+    }
+}
+
 /// Content-cache key: the model, the options and the text, hashed.
 pub fn cache_key(
     prefix: &str,

@@ -90,6 +90,18 @@ pub struct NodeConfig {
     pub shutdown_deadline_ms: u64,
     /// On a partition revoke, how long to let its in-flight records finish before committing.
     pub revoke_drain_ms: u64,
+    /// Output message format: json, msgpack (compact binary values), or a vector store's
+    /// feed: milvus, qdrant, vespa.
+    pub output_format: trident_core::Format,
+    /// Number type of published and stored dense vectors: f32, f16, bf16.
+    pub dense_encoding: trident_core::DenseEncoding,
+    /// Number type of published and stored ColBERT rows: f32, f16, binary.
+    pub colbert_encoding: trident_core::ColbertEncoding,
+    /// Where ColBERT rows go: `auto` (in the output message when it fits the producer's limit,
+    /// else in the result store when on, else left out and marked `colbert_omitted`), `topic`
+    /// (always in the message; one over the limit is dead-lettered), `store` (result store
+    /// only), `topic:NAME` (their own message on topic NAME), `none` (not computed).
+    pub colbert_placement: String,
     pub kafka: BTreeMap<String, serde_json::Value>,
     pub kafka_consumer: BTreeMap<String, serde_json::Value>,
     pub kafka_producer: BTreeMap<String, serde_json::Value>,
@@ -129,6 +141,10 @@ impl Default for NodeConfig {
             produce_retry_ms: 60_000,
             shutdown_deadline_ms: 10_000,
             revoke_drain_ms: 5_000,
+            output_format: trident_core::Format::Json,
+            dense_encoding: Default::default(),
+            colbert_encoding: Default::default(),
+            colbert_placement: "auto".into(),
             kafka: BTreeMap::new(),
             kafka_consumer: BTreeMap::new(),
             kafka_producer: BTreeMap::new(),
@@ -183,6 +199,27 @@ impl NodeConfig {
         if self.max_bytes_in_flight == 0 {
             return Err(ClusterError::config("max_bytes_in_flight", "must be positive"));
         }
+        match self.placement()? {
+            ColbertPlacement::Store if !self.store => {
+                return Err(ClusterError::config(
+                    "colbert_placement",
+                    "`store` needs the result store (--store with --redis)",
+                ));
+            }
+            ColbertPlacement::OwnTopic(t) if Some(&t) == self.output_topic.as_ref() => {
+                return Err(ClusterError::config(
+                    "colbert_placement",
+                    "topic:NAME must name a topic other than output_topic",
+                ));
+            }
+            ColbertPlacement::None if self.modes().is_none() => {
+                return Err(ClusterError::config(
+                    "colbert_placement",
+                    "`none` with only --colbert requested leaves nothing to compute",
+                ));
+            }
+            _ => {}
+        }
         let limit = self.message_max_bytes()?;
         if limit < 16 << 10 {
             return Err(ClusterError::config(
@@ -191,6 +228,20 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+
+    pub fn placement(&self) -> Result<ColbertPlacement, ClusterError> {
+        self.colbert_placement.parse().map_err(|e| ClusterError::config("colbert_placement", e))
+    }
+
+    /// The outputs to compute: the mode flags (none = all three), without ColBERT when its
+    /// placement is `none`; `None` when that leaves nothing.
+    pub fn modes(&self) -> Option<trident_core::Modes> {
+        let mut m = trident_core::Modes::from_flags(self.dense, self.sparse, self.colbert);
+        if self.colbert_placement == "none" {
+            m.colbert = false;
+        }
+        m.any().then_some(m)
     }
 
     /// The producer's `message.max.bytes` (`[kafka_producer]`, then `[kafka]`, else
@@ -228,6 +279,34 @@ impl NodeConfig {
             self.low_water_tokens.min(self.high_water())
         } else {
             self.high_water() / 2
+        }
+    }
+}
+
+/// Where a node puts ColBERT rows (`colbert_placement`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ColbertPlacement {
+    Auto,
+    Topic,
+    Store,
+    OwnTopic(String),
+    None,
+}
+
+impl std::str::FromStr for ColbertPlacement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ColbertPlacement::Auto),
+            "topic" => Ok(ColbertPlacement::Topic),
+            "store" => Ok(ColbertPlacement::Store),
+            "none" => Ok(ColbertPlacement::None),
+            _ => match s.strip_prefix("topic:") {
+                Some(t) if !t.is_empty() => Ok(ColbertPlacement::OwnTopic(t.to_string())),
+                _ => Err(format!(
+                    "{s:?}: expected auto, topic, store, topic:NAME or none"
+                )),
+            },
         }
     }
 }

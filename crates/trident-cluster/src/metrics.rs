@@ -41,6 +41,8 @@ pub struct Metrics {
     pub tombstones: IntCounter,
     pub produce_retries: IntCounter,
     pub outputs_slimmed: IntCounter,
+    pub outputs_colbert_omitted: IntCounter,
+    pub outputs_colbert_topic: IntCounter,
     pub store_stale_skipped: IntCounter,
     pub bytes_in_flight: IntGauge,
 }
@@ -118,6 +120,16 @@ impl Metrics {
                 &r,
                 "trident_outputs_colbert_in_store_total",
                 "Results over the message limit published without ColBERT rows (rows in the store)",
+            ),
+            outputs_colbert_omitted: counter(
+                &r,
+                "trident_outputs_colbert_omitted_total",
+                "Results published without ColBERT rows because they fit no message and there is no store",
+            ),
+            outputs_colbert_topic: counter(
+                &r,
+                "trident_outputs_colbert_topic_total",
+                "ColBERT messages published to their own topic",
             ),
             store_stale_skipped: counter(
                 &r,

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
-use trident_core::{DocId, Embedding};
+use trident_core::{DocId, Format, Record};
 
 use crate::cache::redis_connection;
-use crate::codec::{decode_value, store_key};
+use crate::codec::{decode_stored, store_key};
 use crate::{ClusterError, Metrics};
 
 /// A pending write: the key, the value, and what to call once it is stored.
@@ -24,16 +24,29 @@ pub struct StoreWrite {
     pub done: Box<dyn FnOnce() + Send>,
 }
 
-/// KEYS[1] the document key, ARGV[1] the new value (codec layout; version at byte 9 when flag
-/// bit4 is set). Returns 1 when written, 0 when the stored value is of a later offset.
+/// KEYS[1] the document key, ARGV[1] the new value. Returns 1 when written, 0 when the stored
+/// value is of a later offset of the same partition. The version is read in place: in a
+/// MessagePack value (`trident_core::output::write_msgpack`) the first entry is
+/// `"src": [int32 partition, int64 offset]` (big-endian, fixed width, at bytes 7 and 12); in a
+/// value of trident 0.1's binary layout (`codec`, magic TRD1) it is at byte 9 when flag bit4 is set.
 const NEWEST_WINS: &str = r#"
+local function version(v)
+  if #v >= 20 and string.sub(v, 2, 7) == '\163src\146\210' and string.byte(v, 12) == 211 then
+    local p = struct.unpack('>i4', v, 8)
+    local o = struct.unpack('>i8', v, 13)
+    return p, o
+  end
+  if #v >= 21 and string.sub(v, 1, 4) == 'TRD1' and bit.band(string.byte(v, 5), 16) ~= 0 then
+    return struct.unpack('<i4i8', v, 10)
+  end
+  return nil
+end
 local new = ARGV[1]
 local cur = redis.call('GET', KEYS[1])
-if cur and #cur >= 21 and #new >= 21 and string.sub(cur, 1, 4) == 'TRD1'
-   and bit.band(string.byte(cur, 5), 16) ~= 0 and bit.band(string.byte(new, 5), 16) ~= 0 then
-  local cp, co = struct.unpack('<i4i8', cur, 10)
-  local np, no = struct.unpack('<i4i8', new, 10)
-  if cp == np and co > no then return 0 end
+if cur then
+  local cp, co = version(cur)
+  local np, no = version(new)
+  if cp and np and cp == np and co > no then return 0 end
 end
 redis.call('SET', KEYS[1], new)
 return 1
@@ -88,12 +101,13 @@ pub fn start_writer(
     Ok(tx)
 }
 
-/// Read stored results by id: `(id, embedding)` per id, `None` where nothing is stored.
+/// Read stored results by id: per id, the result as the JSON object `trident embed` writes (in
+/// the encoding it was stored in), `None` where nothing is stored.
 pub async fn lookup(
     url: &str,
     prefix: &str,
     ids: &[DocId],
-) -> Result<Vec<Option<(DocId, Embedding)>>, ClusterError> {
+) -> Result<Vec<Option<String>>, ClusterError> {
     let client = redis::Client::open(url)
         .map_err(|e| ClusterError::Redis { url: url.into(), msg: e.to_string() })?;
     let mut conn: ConnectionManager = client
@@ -109,7 +123,7 @@ pub async fn lookup_on(
     url: &str,
     prefix: &str,
     ids: &[DocId],
-) -> Result<Vec<Option<(DocId, Embedding)>>, ClusterError> {
+) -> Result<Vec<Option<String>>, ClusterError> {
     let keys: Vec<String> = ids.iter().map(|id| store_key(prefix, id)).collect();
     let mut cmd = redis::cmd("MGET");
     keys.iter().for_each(|k| {
@@ -128,9 +142,11 @@ pub async fn lookup_on(
         .map(|(v, (id, key))| match v {
             None => Ok(None),
             Some(bytes) => {
-                let (stored_id, e) = decode_value(&bytes)
+                let d = decode_stored(&bytes)
                     .map_err(|msg| ClusterError::Codec { key: key.clone(), msg })?;
-                Ok(Some((stored_id.unwrap_or_else(|| id.clone()), e)))
+                let id = d.id.as_ref().unwrap_or(id);
+                let r = Record { id, e: &d.e, enc: d.enc, note: None, version: None };
+                Ok(Some(String::from_utf8(r.write(Format::Json)).expect("JSON is UTF-8")))
             }
         })
         .collect()

@@ -370,7 +370,8 @@ impl<V: Serialize> Serialize for Entries<V> {
 }
 
 impl Embedding {
-    fn clone_without_colbert(&self) -> Embedding {
+    /// A copy without the ColBERT rows (the slim form of an output).
+    pub fn clone_without_colbert(&self) -> Embedding {
         Embedding {
             tokens: self.tokens,
             truncated: self.truncated,

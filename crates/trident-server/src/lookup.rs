@@ -42,7 +42,7 @@ impl ResultStore for RedisStore {
             let found = trident_cluster::store::lookup_on(&mut conn, &url, &prefix, &ids)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(found.into_iter().map(|f| f.map(|(id, e)| e.to_json(&id))).collect())
+            Ok(found)
         })
     }
 }

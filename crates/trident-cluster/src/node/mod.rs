@@ -35,7 +35,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::message::Message;
 use rdkafka::ClientContext;
-use trident_core::{DocId, Modes};
+use trident_core::DocId;
 
 use crate::config::{kafka_value, NodeConfig};
 use crate::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, RawRecord, SinkMsg};
@@ -185,13 +185,19 @@ pub async fn run_node(
         max_message,
         dlq_value_bytes: cfg.dlq_value_bytes(),
         retry_budget,
+        format: cfg.output_format,
+        encoding: trident_core::Encoding {
+            dense: cfg.dense_encoding,
+            colbert: cfg.colbert_encoding,
+        },
+        placement: cfg.placement()?,
     };
     let actor_err = |e: ractor::SpawnErr| ClusterError::Actor(e.to_string());
     let (sink, sink_join) = Actor::spawn(None, KafkaSink, sink_state).await.map_err(actor_err)?;
     let coord_args = CoordinatorArgs {
         pipeline: pipeline.clone(),
         sink: sink.clone(),
-        modes: Modes::from_flags(cfg.dense, cfg.sparse, cfg.colbert),
+        modes: cfg.modes().expect("validated"),
         max_length: cfg.max_length,
         max_record_bytes: cfg.max_record_bytes,
         reject_blank: true,

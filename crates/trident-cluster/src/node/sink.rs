@@ -14,11 +14,12 @@ use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
-use trident_core::{DocId, Embedding};
+use trident_core::{ColbertNote, DocId, Embedding, Encoding, Format, Record};
 
 use super::table::Shared;
 use super::NodeConsumer;
-use crate::codec::{encode_versioned, store_key};
+use crate::codec::store_key;
+use crate::config::ColbertPlacement;
 use crate::coordinator::SinkMsg;
 use crate::dead_letter::{self, Source};
 use crate::deliver::{deliver, Message, RateLimited};
@@ -43,6 +44,9 @@ pub(crate) struct SinkState {
     pub max_message: usize,
     pub dlq_value_bytes: usize,
     pub retry_budget: Duration,
+    pub format: Format,
+    pub encoding: Encoding,
+    pub placement: ColbertPlacement,
 }
 
 /// What a ready result leads to.
@@ -105,69 +109,151 @@ impl KafkaSink {
         }
     }
 
-    /// Output topic (whole, or without ColBERT rows when only the store can hold them, or a
-    /// dead letter when nothing fits) and result store.
-    fn publish(me: &ActorRef<SinkMsg>, st: &SinkState, ticket: u64, id: DocId, e: Embedding) {
+    /// The output message (with its ColBERT rows, without them and saying where they went,
+    /// or a dead letter when nothing fits), the ColBERT message on its own topic, and the
+    /// result store — each sized before it is produced.
+    fn publish(me: &ActorRef<SinkMsg>, st: &SinkState, ticket: u64, id: DocId, mut e: Embedding) {
         let (partition, offset) = {
+            let t = st.shared.table.lock().unwrap();
+            let Some(m) = t.metas.get(&ticket) else { return };
+            (m.partition, m.offset)
+        };
+        st.encoding.apply(&mut e);
+        let key = id.as_key();
+        let fits = |n: usize| n + key.len() + MESSAGE_OVERHEAD <= st.max_message;
+        let record = |e: &Embedding, note: Option<&ColbertNote>, format: Format| {
+            Record { id: &id, e, enc: st.encoding, note, version: None }.write(format)
+        };
+        let (value, colbert_msg) = Self::place(st, &e, &fits, &record);
+        let (full, value) = match value {
+            Ok(v) => (0, v),
+            Err(full) => (full, Vec::new()),
+        };
+        {
             let mut t = st.shared.table.lock().unwrap();
             let Some(m) = t.metas.get_mut(&ticket) else { return };
             m.publishing = true;
-            m.pending = 1 + st.store.is_some() as u8;
-            (m.partition, m.offset)
-        };
-        let key = id.as_key();
-        let fits = |n: usize| n + key.len() + MESSAGE_OVERHEAD <= st.max_message;
-        let mut json = e.to_json(&id);
-        let full = json.len();
-        if !fits(full) && st.store.is_some() && e.colbert.is_some() {
-            let slim = Embedding {
-                tokens: e.tokens,
-                truncated: e.truncated,
-                dense: e.dense.clone(),
-                sparse: e.sparse.clone(),
-                colbert: None,
-                colbert_dim: e.colbert_dim,
-            };
-            let mut v = slim.to_json_value(&id);
-            v["colbert_in_store"] = serde_json::Value::Bool(true);
-            json = v.to_string();
-            if fits(json.len()) {
-                st.shared.metrics.outputs_slimmed.inc();
-            }
+            m.pending = 1 + st.store.is_some() as u8 + colbert_msg.is_some() as u8;
         }
         if let Some((tx, prefix)) = &st.store {
             let me2 = me.clone();
+            let stored = Record {
+                id: &id,
+                e: &e,
+                enc: st.encoding,
+                note: None,
+                version: Some((partition, offset)),
+            };
             let _ = tx.send(StoreWrite {
                 key: store_key(prefix, &id),
-                value: encode_versioned(Some(&id), &e, Some((partition, offset))),
+                value: stored.write(Format::Msgpack),
                 done: Box::new(move || {
                     let _ = me2.send_message(SinkMsg::Delivered { ticket, ok: true });
                 }),
             });
         }
         drop(e);
-        if !fits(json.len()) {
+        if let Some((topic, bytes)) = colbert_msg {
+            Self::produce(me, st, ticket, &id, topic, bytes, false);
+        }
+        if full > 0 {
             let reason = format!(
-                "output_too_large: the result is {full} bytes as JSON, over the producer's \
+                "output_too_large: the result is {full} bytes as {}, over the producer's \
                  message.max.bytes of {}{}",
+                st.format,
                 st.max_message,
                 if st.store.is_some() { " (stored in full in the result store)" } else { "" }
             );
             return Self::dead_letter(me, st, ticket, &id, &reason, false);
         }
-        let (producer, topic, budget) =
-            (st.producer.clone(), st.output_topic.clone(), st.retry_budget);
-        let (me, metrics) = (me.clone(), st.shared.metrics.clone());
+        Self::produce(me, st, ticket, &id, st.output_topic.clone(), value, true);
+    }
+
+    /// Where the ColBERT rows go: the output message's bytes (or, `Err`, the size of an output
+    /// that fits nowhere) and the ColBERT message for its own topic.
+    #[allow(clippy::type_complexity)]
+    fn place(
+        st: &SinkState,
+        e: &Embedding,
+        fits: &dyn Fn(usize) -> bool,
+        record: &dyn Fn(&Embedding, Option<&ColbertNote>, Format) -> Vec<u8>,
+    ) -> (Result<Vec<u8>, usize>, Option<(String, Vec<u8>)>) {
+        let m = &st.shared.metrics;
+        let slim = || e.clone_without_colbert();
+        let checked = |bytes: Vec<u8>| if fits(bytes.len()) { Ok(bytes) } else { Err(bytes.len()) };
+        if e.colbert.is_none() || !st.format.carries_colbert() {
+            let out = if e.colbert.is_some() { record(&slim(), None, st.format) } else { record(e, None, st.format) };
+            return (checked(out), None);
+        }
+        // Over the limit with no store: left out, and the message says why.
+        let omitted = |size: usize| {
+            m.outputs_colbert_omitted.inc();
+            ColbertNote::Omitted(format!(
+                "{size} bytes of ColBERT rows are over the producer's message.max.bytes of {} \
+                 and there is no result store",
+                st.max_message
+            ))
+        };
+        match &st.placement {
+            ColbertPlacement::Topic => (checked(record(e, None, st.format)), None),
+            ColbertPlacement::Auto => {
+                let full = record(e, None, st.format);
+                if fits(full.len()) {
+                    return (Ok(full), None);
+                }
+                let note = if st.store.is_some() {
+                    m.outputs_slimmed.inc();
+                    ColbertNote::InStore
+                } else {
+                    omitted(full.len())
+                };
+                (checked(record(&slim(), Some(&note), st.format)), None)
+            }
+            ColbertPlacement::Store => {
+                (checked(record(&slim(), Some(&ColbertNote::InStore), st.format)), None)
+            }
+            ColbertPlacement::OwnTopic(topic) => {
+                // The ColBERT message: the id, counts and rows, in the output's format
+                // (JSON for the store feeds, which have no ColBERT-only shape).
+                let cb_format = if st.format.is_binary() { Format::Msgpack } else { Format::Json };
+                let only = Embedding { dense: None, sparse: None, ..e.clone() };
+                let cb = record(&only, None, cb_format);
+                let (note, msg) = if fits(cb.len()) {
+                    m.outputs_colbert_topic.inc();
+                    (ColbertNote::Topic(topic.clone()), Some((topic.clone(), cb)))
+                } else if st.store.is_some() {
+                    m.outputs_slimmed.inc();
+                    (ColbertNote::InStore, None)
+                } else {
+                    (omitted(cb.len()), None)
+                };
+                (checked(record(&slim(), Some(&note), st.format)), msg)
+            }
+            ColbertPlacement::None => (checked(record(&slim(), None, st.format)), None),
+        }
+    }
+
+    /// Produce one message of `ticket` (`output`: the output message, counted as published).
+    fn produce(
+        me: &ActorRef<SinkMsg>,
+        st: &SinkState,
+        ticket: u64,
+        id: &DocId,
+        topic: String,
+        value: Vec<u8>,
+        output: bool,
+    ) {
+        let (producer, budget) = (st.producer.clone(), st.retry_budget);
+        let (me, metrics, id) = (me.clone(), st.shared.metrics.clone(), id.clone());
         tokio::spawn(async move {
-            let msg = Message {
-                topic: &topic,
-                key: Some(key.as_bytes()),
-                value: json.as_bytes(),
-                headers: &[],
-            };
+            let key = id.as_key();
+            let msg =
+                Message { topic: &topic, key: Some(key.as_bytes()), value: &value, headers: &[] };
             match deliver(&producer, &msg, budget, &metrics).await {
                 Ok(()) => {
-                    metrics.records_out.inc();
+                    if output {
+                        metrics.records_out.inc();
+                    }
                     let _ = me.send_message(SinkMsg::Delivered { ticket, ok: true });
                 }
                 Err(e) => {

@@ -27,7 +27,7 @@ pub fn run(args: LookupArgs) -> anyhow::Result<ExitCode> {
     let mut missing = false;
     for (id, hit) in ids.iter().zip(found) {
         match hit {
-            Some((stored_id, e)) => println!("{}", e.to_json(&stored_id)),
+            Some(json) => println!("{json}"),
             None => {
                 missing = true;
                 println!("{}", error_json(id, "not found"));

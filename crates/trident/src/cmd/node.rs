@@ -93,6 +93,23 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,
+    /// Output message format: json (default), msgpack, milvus, qdrant or vespa.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_format: Option<String>,
+    /// Number type of published and stored dense vectors: f32 (default), f16, bf16.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dense_encoding: Option<String>,
+    /// Number type of published and stored ColBERT rows: f32 (default), f16, binary.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub colbert_encoding: Option<String>,
+    /// Where ColBERT rows go: auto (default: in the message when it fits, else the store, else
+    /// left out and marked), topic, store, topic:NAME (their own topic), none.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub colbert_placement: Option<String>,
     /// On SIGTERM, how long to finish in-flight work before committing (default 10000 ms).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
