@@ -165,7 +165,7 @@ fn s1_oversize_and_hostile_records_never_stall() {
     let mut long = long;
     long.extend(over);
     let maddr = format!("127.0.0.1:{}", free_port());
-    let cfg = node_config(&env, "");
+    let cfg = node_config(&env, "colbert_placement = \"topic\"");
     let cfg = cfg.to_str().unwrap();
     let t0 = Instant::now();
     let mut node =
@@ -226,6 +226,122 @@ fn s1_oversize_and_hostile_records_never_stall() {
     node.signal("TERM");
     let (status, took) = node.wait_exit(Duration::from_secs(20)).expect("exits after SIGTERM");
     assert!(status.success() && took < Duration::from_secs(12), "{status:?} after {took:?}");
+}
+
+/// ColBERT on its own topic in the compact format (f16 rows), long documents included: no
+/// message over the producer's limit, nothing dead-lettered for size; a ColBERT message too
+/// large for the limit leaves the rows in the result store, and the output says where each
+/// document's rows are.
+#[test]
+fn s8_colbert_topic_compact_values_fit() {
+    use trident_core::output::read_msgpack;
+    use trident_core::ColbertNote;
+    let _g = serial();
+    let Some(env) = Env::start(true) else { return };
+    let topics = Topics::new(&env, "s8", PARTS);
+    let cb_topic = "s8-colbert";
+    env.create_topics(&[(cb_topic, 1)]);
+    let c = corpus("s8", 60, 0, PARTS, 1 << 20);
+    let mut long = long_docs(&env, "s8", 4);
+    // Two documents whose ColBERT rows are over the limit even as f16 (~3,000 tokens).
+    for i in 0..2 {
+        let words = ["Straße", "数据", "kafka", "noir", "🙂", "vector"];
+        let text: Vec<&str> = (0..2000).map(|j| words[(j * 5 + i) % words.len()]).collect();
+        long.push((format!("s8-giant-{i}"), text.join(" ")));
+    }
+    let mut records = c.records.clone();
+    for (i, (id, text)) in long.iter().enumerate() {
+        records.push(json_rec(id, serde_json::json!({"id": id, "text": text}), i as i32 % PARTS));
+    }
+    let positions = env.produce(&topics.input, &records);
+    let url = env.redis.as_ref().unwrap().url();
+    let cfg = node_config(
+        &env,
+        &format!(
+            "output_format = \"msgpack\"\ncolbert_encoding = \"f16\"\ncolbert_placement = \"topic:{cb_topic}\""
+        ),
+    );
+    let _node = env.node(
+        "s8",
+        "gs8",
+        &topics,
+        &["--config", cfg.to_str().unwrap(), "--redis", &url, "--store"],
+        &[],
+    );
+    let mut all = c.good.clone();
+    all.extend(long.iter().cloned());
+    let want = reference(env.dir.path(), &all);
+    let outs = env.read_topic(&topics.output, 1, Duration::from_secs(120), |o| {
+        let ids: HashSet<String> = o.iter().map(|o| o.key_str()).collect();
+        all.iter().all(|(id, _)| ids.contains(id))
+    });
+    wait_committed_to_end(&env, "gs8", &topics.input, &ends(&positions), Duration::from_secs(60));
+    let cbs: HashMap<String, Vec<u8>> =
+        env.read_now(cb_topic, 1).into_iter().map(|o| (o.key_str(), o.value)).collect();
+    let f16 = |v: &serde_json::Value| -> Vec<f32> {
+        let rows = v.as_array().unwrap();
+        rows.iter()
+            .flat_map(|r| r.as_array().unwrap().iter())
+            .map(|x| half::f16::from_f64(x.as_f64().unwrap()).to_f32())
+            .collect()
+    };
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-3, "{what}: {x} vs {y}");
+        }
+    };
+    let (mut in_topic, mut in_store) = (0, 0);
+    for o in &outs {
+        let id = o.key_str();
+        assert!(
+            o.value.len() + id.len() + 512 <= LIMIT,
+            "{id}: a message of {} bytes",
+            o.value.len()
+        );
+        let d = read_msgpack(&o.value).unwrap_or_else(|e| panic!("{id}: {e}"));
+        let w = &want[&id];
+        assert_eq!(d.e.tokens as u64, w["tokens"].as_u64().unwrap(), "{id}");
+        assert!(d.e.colbert.is_none(), "{id}: ColBERT rows are not in the output message");
+        let dense: Vec<f32> =
+            w["dense"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        close(d.e.dense.as_ref().unwrap(), &dense, &id);
+        assert_eq!(d.e.sparse.as_ref().unwrap().len(), w["sparse"].as_object().unwrap().len());
+        // f16 rows: 2 bytes a value; well under the limit they must be on the topic, over it
+        // in the store.
+        let cb_bytes = f16(&w["colbert"]).len() * 2;
+        match (&d.note, cb_bytes + 2048 <= LIMIT, cb_bytes >= LIMIT) {
+            (Some(ColbertNote::Topic(_)), _, false) | (Some(ColbertNote::InStore), false, _) => {}
+            (note, ..) => panic!("{id}: {cb_bytes} bytes of rows placed as {note:?}"),
+        }
+        match d.note {
+            Some(ColbertNote::Topic(t)) => {
+                assert_eq!(t, cb_topic);
+                let cb = read_msgpack(&cbs[&id]).unwrap();
+                assert!(cbs[&id].len() + id.len() + 512 <= LIMIT);
+                assert_eq!(cb.enc.colbert, trident_core::ColbertEncoding::F16);
+                close(cb.e.colbert.as_ref().unwrap(), &f16(&w["colbert"]), &id);
+                in_topic += 1;
+            }
+            Some(ColbertNote::InStore) => {
+                let stored = &lookup(&url, &[id.as_str()])[0];
+                assert_eq!(stored["encoding"]["colbert"], "f16", "{id}");
+                let rows: Vec<f32> = stored["colbert"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+                    .collect();
+                close(&rows, &f16(&w["colbert"]), &id);
+                in_store += 1;
+            }
+            other => panic!("{id}: ColBERT placement {other:?}"),
+        }
+    }
+    assert!(in_store >= 2, "the giant documents' rows are in the store");
+    assert!(in_topic >= c.good.len(), "the short documents' rows are on {cb_topic}");
+    assert_eq!(in_topic + in_store, all.len());
+    assert!(env.read_now(&topics.dlq, 1).is_empty(), "nothing dead-lettered");
 }
 
 /// With `--store`, results too large for a message are stored whole and published without
@@ -503,12 +619,14 @@ fn s6_rebalance_duplicates_are_bounded_by_the_in_flight_limit() {
 }
 
 /// The result store's compare-and-set against a real redis-server: a late write of an earlier
-/// offset of the same partition (a node that lost the partition) never replaces a later one.
+/// offset of the same partition (a node that lost the partition) never replaces a later one,
+/// whether the values are compact (MessagePack) or of trident 0.1's layout (TRD1).
 #[test]
 fn s7_the_store_never_replaces_a_later_offset() {
     use trident_cluster::codec::{encode_versioned, store_key};
     use trident_cluster::store::{lookup, start_writer, StoreWrite};
     use trident_core::{DocId, Embedding};
+    use trident_core::{Format, Record};
     let _g = serial();
     let Some(env) = Env::start(true) else { return };
     let url = env.redis.as_ref().unwrap().url();
@@ -517,7 +635,7 @@ fn s7_the_store_never_replaces_a_later_offset() {
         let metrics = trident_cluster::Metrics::new();
         let tx = start_writer(&url, metrics.clone()).unwrap();
         let id = DocId::from("doc");
-        let stored = |tokens: usize, version: (i32, i64)| {
+        let stored = |tokens: usize, version: (i32, i64), old_layout: bool| {
             let e = Embedding {
                 tokens,
                 truncated: false,
@@ -527,7 +645,13 @@ fn s7_the_store_never_replaces_a_later_offset() {
                 colbert_dim: 0,
             };
             let (done, rx) = tokio::sync::oneshot::channel();
-            let value = encode_versioned(Some(&id), &e, Some(version));
+            let value = if old_layout {
+                encode_versioned(Some(&id), &e, Some(version))
+            } else {
+                let enc = Default::default();
+                Record { id: &id, e: &e, enc, note: None, version: Some(version) }
+                    .write(Format::Msgpack)
+            };
             let done = Box::new(move || {
                 let _ = done.send(());
             });
@@ -535,14 +659,35 @@ fn s7_the_store_never_replaces_a_later_offset() {
             let (url, id) = (url.clone(), id.clone());
             async move {
                 rx.await.unwrap();
-                lookup(&url, "t", &[id]).await.unwrap()[0].as_ref().unwrap().1.tokens
+                let json = lookup(&url, "t", &[id]).await.unwrap().remove(0).unwrap();
+                serde_json::from_str::<serde_json::Value>(&json).unwrap()["tokens"]
+                    .as_u64()
+                    .unwrap()
             }
         };
-        assert_eq!(stored(12, (3, 12)).await, 12);
-        assert_eq!(stored(10, (3, 10)).await, 12, "an earlier offset does not replace a later one");
-        assert_eq!(stored(12, (3, 12)).await, 12, "the same offset again (a redo) is written");
-        assert_eq!(stored(5, (4, 5)).await, 5, "another partition's result is newer by arrival");
-        assert_eq!(stored(13, (4, 13)).await, 13);
-        assert_eq!(metrics.store_stale_skipped.get(), 1);
+        assert_eq!(stored(12, (3, 12), false).await, 12);
+        assert_eq!(
+            stored(10, (3, 10), false).await,
+            12,
+            "an earlier offset does not replace a later one"
+        );
+        assert_eq!(
+            stored(12, (3, 12), false).await,
+            12,
+            "the same offset again (a redo) is written"
+        );
+        assert_eq!(
+            stored(5, (4, 5), false).await,
+            5,
+            "another partition's result is newer by arrival"
+        );
+        assert_eq!(stored(13, (4, 13), false).await, 13);
+        assert_eq!(stored(1 << 20, (4, 1 << 40), false).await, 1 << 20, "offsets beyond 32 bits");
+        assert_eq!(stored(14, (4, 14), false).await, 1 << 20);
+        assert_eq!(stored(20, (5, 20), true).await, 20, "a 0.1 value");
+        assert_eq!(stored(19, (5, 19), false).await, 20, "is newer than a compact one of before");
+        assert_eq!(stored(18, (5, 18), true).await, 20);
+        assert_eq!(stored(21, (5, 21), false).await, 21);
+        assert_eq!(metrics.store_stale_skipped.get(), 4);
     });
 }
