@@ -102,6 +102,9 @@ pub struct NodeConfig {
     /// (always in the message; one over the limit is dead-lettered), `store` (result store
     /// only), `topic:NAME` (their own message on topic NAME), `none` (not computed).
     pub colbert_placement: String,
+    /// With `output_format = "qdrant"`: the `collection_name` every point carries, as Qdrant's
+    /// Kafka sink connector requires.
+    pub qdrant_collection: String,
     pub kafka: BTreeMap<String, serde_json::Value>,
     pub kafka_consumer: BTreeMap<String, serde_json::Value>,
     pub kafka_producer: BTreeMap<String, serde_json::Value>,
@@ -145,6 +148,7 @@ impl Default for NodeConfig {
             dense_encoding: Default::default(),
             colbert_encoding: Default::default(),
             colbert_placement: "auto".into(),
+            qdrant_collection: "trident".into(),
             kafka: BTreeMap::new(),
             kafka_consumer: BTreeMap::new(),
             kafka_producer: BTreeMap::new(),
@@ -303,9 +307,7 @@ impl std::str::FromStr for ColbertPlacement {
             "none" => Ok(ColbertPlacement::None),
             _ => match s.strip_prefix("topic:") {
                 Some(t) if !t.is_empty() => Ok(ColbertPlacement::OwnTopic(t.to_string())),
-                _ => Err(format!(
-                    "{s:?}: expected auto, topic, store, topic:NAME or none"
-                )),
+                _ => Err(format!("{s:?}: expected auto, topic, store, topic:NAME or none")),
             },
         }
     }

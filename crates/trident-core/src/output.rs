@@ -109,7 +109,7 @@ impl Record<'_> {
             Format::Json => self.json().into_bytes(),
             Format::Msgpack => write_msgpack(self),
             Format::Milvus => self.milvus().into_bytes(),
-            Format::Qdrant => self.qdrant().into_bytes(),
+            Format::Qdrant => self.qdrant(None).into_bytes(),
             Format::Vespa => self.vespa().into_bytes(),
         }
     }
@@ -196,23 +196,28 @@ impl Record<'_> {
         }
     }
 
-    /// A Milvus row: primary key `id` (text), `dense`, `sparse` ({indices, values}),
-    /// `tokens`, `truncated`.
+    /// A Milvus row: primary key `id` (text), `dense`, `sparse` (`{"token id": weight}`, the
+    /// JSON form pymilvus and Milvus's bulk import take), `tokens`, `truncated`.
     fn milvus(&self) -> String {
         let row = MilvusRow {
             id: self.id.as_key(),
             tokens: self.e.tokens,
             truncated: self.e.truncated,
             dense: self.e.dense.as_deref(),
-            sparse: self.sparse_pairs(),
+            sparse: self.e.sparse.as_ref().map(|s| {
+                Entries(s.iter().map(|(t, w)| (t.to_string(), *w)).collect())
+            }),
         };
         serde_json::to_string(&row).expect("row serialises")
     }
 
     /// A Qdrant point: `id` (an unsigned integer, or a UUID v5 of the id text), named vectors
-    /// `dense`, `sparse`, `colbert` (multivector), the id and counts in the payload.
-    fn qdrant(&self) -> String {
+    /// `dense`, `sparse`, `colbert` (multivector), the id and counts in the payload; with
+    /// `collection`, the `collection_name` Qdrant's Kafka sink connector requires (the REST
+    /// API and the Python client reject it).
+    pub fn qdrant(&self, collection: Option<&str>) -> String {
         let point = QdrantPoint {
+            collection_name: collection,
             id: qdrant_point_id(self.id),
             vector: QdrantVectors {
                 dense: self.e.dense.as_deref(),
@@ -291,11 +296,13 @@ struct MilvusRow<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     dense: Option<&'a [f32]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    sparse: Option<SparsePairs>,
+    sparse: Option<Entries<f32>>,
 }
 
 #[derive(Serialize)]
 struct QdrantPoint<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collection_name: Option<&'a str>,
     id: Value,
     vector: QdrantVectors<'a>,
     payload: QdrantPayload<'a>,
@@ -893,7 +900,7 @@ mod tests {
         let r = Record { id: &id, e: &e, enc, note: None, version: None };
         let m: Value = serde_json::from_slice(&r.write(Format::Milvus)).unwrap();
         assert_eq!(m["id"], "a/b c");
-        assert_eq!(m["sparse"]["indices"], json!([605, 7, 249_999]));
+        assert_eq!(m["sparse"], json!({"605": 0.3, "7": 1e-7, "249999": 2.5}));
         assert!(m.get("colbert").is_none());
         let q: Value = serde_json::from_slice(&r.write(Format::Qdrant)).unwrap();
         assert_eq!(q["id"].as_str().unwrap().len(), 36);
@@ -911,6 +918,9 @@ mod tests {
         let block = v["fields"]["colbert"]["blocks"]["2"].as_array().unwrap();
         assert_eq!(block.len(), 2);
         assert!(block.iter().all(|b| (-128..=127).contains(&b.as_i64().unwrap())));
+        assert!(q.get("collection_name").is_none());
+        let k: Value = serde_json::from_str(&r.qdrant(Some("docs"))).unwrap();
+        assert_eq!(k["collection_name"], "docs");
         assert_eq!(qdrant_point_id(&DocId::from(7u64)), json!(7));
         assert_eq!(qdrant_point_id(&DocId::from("7")), json!(7));
         assert!(qdrant_point_id(&DocId::from("007")).is_string());

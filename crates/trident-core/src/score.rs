@@ -7,7 +7,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
+use serde_json::Value;
 
+use crate::encoding::{binary_maxsim, pack_bits, packed_len, ColbertEncoding, Encoding};
 use crate::types::Embedding;
 
 /// Why a score could not be computed.
@@ -175,34 +177,156 @@ impl PairScores {
 
 /// All scores of a (query, passage) pair of embeddings; both need all three outputs.
 pub fn score_pair(q: &Embedding, p: &Embedding, w: &Weights) -> Result<PairScores, ScoreError> {
-    fn need<'a, T: ?Sized>(
-        x: Option<&'a T>,
-        mode: &'static str,
-        side: &'static str,
-    ) -> Result<&'a T, ScoreError> {
-        x.ok_or(ScoreError::MissingMode { mode, side })
+    let m = Parts::of(q, p)?;
+    let colbert = colbert_score(m.q_colbert, m.p_colbert, m.dim)?;
+    Ok(PairScores::combine(m.dense, m.sparse, colbert, w))
+}
+
+/// The dense and sparse scores of a pair, and its ColBERT matrices (checked present, of one dim).
+struct Parts<'a> {
+    dense: f32,
+    sparse: f32,
+    q_colbert: &'a [f32],
+    p_colbert: &'a [f32],
+    dim: usize,
+}
+
+impl<'a> Parts<'a> {
+    fn of(q: &'a Embedding, p: &'a Embedding) -> Result<Parts<'a>, ScoreError> {
+        fn need<'a, T: ?Sized>(
+            x: Option<&'a T>,
+            mode: &'static str,
+            side: &'static str,
+        ) -> Result<&'a T, ScoreError> {
+            x.ok_or(ScoreError::MissingMode { mode, side })
+        }
+        let dense = dense_score(
+            need(q.dense.as_deref(), "dense", "query")?,
+            need(p.dense.as_deref(), "dense", "passage")?,
+        )?;
+        let sparse = lexical_score(
+            need(q.sparse.as_deref(), "sparse", "query")?,
+            need(p.sparse.as_deref(), "sparse", "passage")?,
+        );
+        if q.colbert_dim != p.colbert_dim {
+            return Err(ScoreError::DimMismatch {
+                what: "colbert",
+                query: q.colbert_dim,
+                passage: p.colbert_dim,
+            });
+        }
+        Ok(Parts {
+            dense,
+            sparse,
+            q_colbert: need(q.colbert.as_deref(), "colbert", "query")?,
+            p_colbert: need(p.colbert.as_deref(), "colbert", "passage")?,
+            dim: q.colbert_dim,
+        })
     }
-    let dense = dense_score(
-        need(q.dense.as_deref(), "dense", "query")?,
-        need(p.dense.as_deref(), "dense", "passage")?,
-    )?;
-    let sparse = lexical_score(
-        need(q.sparse.as_deref(), "sparse", "query")?,
-        need(p.sparse.as_deref(), "sparse", "passage")?,
-    );
-    if q.colbert_dim != p.colbert_dim {
-        return Err(ScoreError::DimMismatch {
-            what: "colbert",
-            query: q.colbert_dim,
-            passage: p.colbert_dim,
-        });
+}
+
+/// ColBERT MaxSim of binarised rows (one sign bit per dimension, 1 iff x > 0, as
+/// `Encoding::apply` binarises): the mean over query rows of the best ±1 dot product over dim,
+/// 1 − 2·Hamming/dim, computed exactly on packed bits (Vespa's binarised MaxSim). Rows already
+/// binarised (±1/√dim) keep their bits; float rows are binarised here.
+pub fn binary_colbert_score(q: &[f32], p: &[f32], dim: usize) -> Result<f32, ScoreError> {
+    for (side, m) in [("query", q), ("passage", p)] {
+        if m.is_empty() || dim == 0 {
+            return Err(ScoreError::EmptyColbert { side });
+        }
+        if m.len() % dim != 0 {
+            return Err(ScoreError::RaggedColbert { side, len: m.len(), dim });
+        }
     }
-    let colbert = colbert_score(
-        need(q.colbert.as_deref(), "colbert", "query")?,
-        need(p.colbert.as_deref(), "colbert", "passage")?,
-        q.colbert_dim,
-    )?;
-    Ok(PairScores::combine(dense, sparse, colbert, w))
+    let pack = |m: &[f32]| {
+        let mut out = Vec::with_capacity(m.len() / dim * packed_len(dim));
+        m.chunks_exact(dim).for_each(|r| pack_bits(r, &mut out));
+        out
+    };
+    Ok(binary_maxsim(&pack(q), &pack(p), dim))
+}
+
+/// All scores of a pair whose sides were written in the given encodings: a stored result read
+/// back by [`crate::output::read_json`] with its `enc`, or a text just encoded
+/// (`Encoding::default()`).
+///
+/// Values rounded to f16 or bf16 are scored as they are, in f32 arithmetic (the f32 side is
+/// not rounded). When either side's ColBERT rows are binary, the other side's rows are
+/// binarised the same way and ColBERT is [`binary_colbert_score`]; dense, sparse and the
+/// hybrids are computed as [`score_pair`] computes them. Two f32 sides score as `score_pair`.
+pub fn score_encoded(
+    q: &Embedding,
+    q_enc: Encoding,
+    p: &Embedding,
+    p_enc: Encoding,
+    w: &Weights,
+) -> Result<PairScores, ScoreError> {
+    let binary = [q_enc, p_enc].iter().any(|e| e.colbert == ColbertEncoding::Binary);
+    if !binary {
+        return score_pair(q, p, w);
+    }
+    let m = Parts::of(q, p)?;
+    let colbert = binary_colbert_score(m.q_colbert, m.p_colbert, m.dim)?;
+    Ok(PairScores::combine(m.dense, m.sparse, colbert, w))
+}
+
+/// A stored result given for scoring (trident's JSON object as `trident embed` writes it, in
+/// any encoding), read back and checked against the model's dims: it must hold all three
+/// outputs, a dense vector of `dense_dim` values and ColBERT rows of `colbert_dim`. The error
+/// says what is wrong with it (the caller names the field).
+pub fn read_stored(
+    v: &Value,
+    dense_dim: usize,
+    colbert_dim: usize,
+) -> Result<(Embedding, Encoding), String> {
+    if let Some(err) = v.get("error") {
+        let why = err.as_str().map_or_else(|| err.to_string(), str::to_string);
+        return Err(format!("is an error record, not an embedding: {why}"));
+    }
+    // Checked before reading: a wrong dim would size the rows' buffers.
+    if let Some(d) = v.get("colbert_dim") {
+        if d.as_u64() != Some(colbert_dim as u64) {
+            return Err(format!(
+                "colbert_dim is {d}; the model's ColBERT rows have {colbert_dim} dimensions"
+            ));
+        }
+    }
+    let d = crate::output::read_json(v)?;
+    let e = d.e;
+    let dense =
+        e.dense.as_ref().ok_or("has no \"dense\" vector (score needs all three outputs)")?;
+    if dense.len() != dense_dim {
+        return Err(format!(
+            "dense has {} values; the model's dense vectors have {dense_dim}",
+            dense.len()
+        ));
+    }
+    if e.sparse.is_none() {
+        return Err("has no \"sparse\" weights (score needs all three outputs)".into());
+    }
+    match e.colbert.as_ref() {
+        None => {
+            let where_ = if v.get("colbert_in_store").and_then(Value::as_bool) == Some(true) {
+                " (they are in the result store)".to_string()
+            } else if let Some(t) = v.get("colbert_topic").and_then(Value::as_str) {
+                format!(" (they were written to topic {t:?})")
+            } else if let Some(w) = v.get("colbert_omitted").and_then(Value::as_str) {
+                format!(" (omitted: {w})")
+            } else {
+                " (score needs all three outputs)".to_string()
+            };
+            return Err(format!("has no \"colbert\" rows{where_}"));
+        }
+        Some(c) if c.is_empty() => return Err("\"colbert\" has no rows".into()),
+        Some(_) => {}
+    }
+    if e.colbert_dim != colbert_dim {
+        return Err(format!(
+            "colbert rows have {} dimensions; the model's have {colbert_dim}",
+            e.colbert_dim
+        ));
+    }
+    Ok((e, d.enc))
 }
 
 #[cfg(test)]
@@ -431,5 +555,95 @@ mod tests {
             score_pair(&e, &e, &Weights::default()),
             Err(ScoreError::MissingMode { mode: "sparse", side: "query" })
         );
+    }
+
+    fn pair(dim: usize) -> (Embedding, Embedding) {
+        let row = |k: usize| -> Vec<f32> {
+            (0..dim).map(|i| ((i * 7 + k * 5) % 13) as f32 / 6.0 - 1.0).collect()
+        };
+        let e = |k: usize, rows: usize| Embedding {
+            tokens: rows + 1,
+            truncated: false,
+            dense: Some(row(k)),
+            sparse: Some(vec![(5, 0.5), (9, 0.25 * k as f32)]),
+            colbert: Some((0..rows).flat_map(|r| row(k + r)).collect()),
+            colbert_dim: dim,
+        };
+        (e(1, 3), e(2, 5))
+    }
+
+    #[test]
+    fn score_encoded_of_f32_sides_is_score_pair_and_binary_is_hamming() {
+        use crate::encoding::{ColbertEncoding as C, DenseEncoding as D};
+        let w = Weights::default();
+        let (q, p) = pair(12);
+        let f32e = Encoding::default();
+        assert_eq!(score_encoded(&q, f32e, &p, f32e, &w), score_pair(&q, &p, &w));
+        // f16 rows are scored as they are.
+        let half = Encoding { dense: D::Bf16, colbert: C::F16 };
+        let mut ph = p.clone();
+        half.apply(&mut ph);
+        assert_eq!(score_encoded(&q, f32e, &ph, half, &w), score_pair(&q, &ph, &w));
+        // A binary side binarises the other: MaxSim of 1 − 2·Hamming/dim, either way round.
+        let bin = Encoding { dense: D::F32, colbert: C::Binary };
+        let mut pb = p.clone();
+        bin.apply(&mut pb);
+        let s = score_encoded(&q, f32e, &pb, bin, &w).unwrap();
+        let sign = |x: f32| x > 0.0;
+        let mut want = 0.0f64;
+        for qr in q.colbert_rows() {
+            let best = p
+                .colbert_rows()
+                .map(|pr| qr.iter().zip(pr).filter(|(a, b)| sign(**a) != sign(**b)).count())
+                .min()
+                .unwrap();
+            want += 1.0 - 2.0 * best as f64 / 12.0;
+        }
+        want /= q.colbert_rows().count() as f64;
+        assert!((s.colbert as f64 - want).abs() < 1e-7, "{} vs {want}", s.colbert);
+        assert_eq!(s.dense, score_pair(&q, &p, &w).unwrap().dense);
+        let mut qb = q.clone();
+        bin.apply(&mut qb);
+        assert_eq!(score_encoded(&qb, bin, &p, f32e, &w).unwrap().colbert, s.colbert);
+        assert_eq!(score_encoded(&qb, bin, &pb, bin, &w).unwrap().colbert, s.colbert);
+        let float = colbert_score(qb.colbert.as_ref().unwrap(), pb.colbert.as_ref().unwrap(), 12);
+        assert!((float.unwrap() - s.colbert).abs() < 1e-5);
+        assert!(matches!(
+            binary_colbert_score(&[], &[1.0], 1),
+            Err(ScoreError::EmptyColbert { .. })
+        ));
+    }
+
+    #[test]
+    fn read_stored_checks_outputs_and_dims() {
+        use crate::output::{Format, Record};
+        use crate::DocId;
+        let (_, p) = pair(16);
+        let id = DocId::from(1u64);
+        let bin = Encoding { colbert: ColbertEncoding::Binary, ..Encoding::default() };
+        let mut pb = p.clone();
+        bin.apply(&mut pb);
+        let v: Value = serde_json::from_slice(
+            &Record { id: &id, e: &pb, enc: bin, note: None, version: None }.write(Format::Json),
+        )
+        .unwrap();
+        let (e, enc) = read_stored(&v, 16, 16).unwrap();
+        assert_eq!((e.colbert, enc), (pb.colbert.clone(), bin));
+        let err = |v: &Value| read_stored(v, 16, 16).unwrap_err();
+        assert!(err(&serde_json::json!({"id": 1, "error": "too long"})).contains("too long"));
+        assert!(read_stored(&v, 32, 16).unwrap_err().contains("dense has 16 values"));
+        assert!(read_stored(&v, 16, 32).unwrap_err().contains("colbert_dim is 16"));
+        let mut bad = v.clone();
+        bad["colbert"][1] = "zz".repeat(2).into();
+        assert!(err(&bad).contains("colbert row 1 is not hex"), "{}", err(&bad));
+        let mut bad = v.clone();
+        bad["colbert_dim"] = 1u64.wrapping_shl(62).into();
+        assert!(err(&bad).contains("colbert_dim"));
+        let mut slim = p.to_json_value(&id);
+        slim.as_object_mut().unwrap().remove("colbert");
+        slim["colbert_in_store"] = true.into();
+        assert!(err(&slim).contains("result store"), "{}", err(&slim));
+        let f32v = p.to_json_value(&id);
+        assert!(read_stored(&f32v, 16, 8).unwrap_err().contains("16 dimensions"));
     }
 }

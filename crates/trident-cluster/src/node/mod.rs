@@ -191,6 +191,7 @@ pub async fn run_node(
             colbert: cfg.colbert_encoding,
         },
         placement: cfg.placement()?,
+        qdrant_collection: cfg.qdrant_collection.clone(),
     };
     let actor_err = |e: ractor::SpawnErr| ClusterError::Actor(e.to_string());
     let (sink, sink_join) = Actor::spawn(None, KafkaSink, sink_state).await.map_err(actor_err)?;

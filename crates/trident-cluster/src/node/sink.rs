@@ -47,6 +47,7 @@ pub(crate) struct SinkState {
     pub format: Format,
     pub encoding: Encoding,
     pub placement: ColbertPlacement,
+    pub qdrant_collection: String,
 }
 
 /// What a ready result leads to.
@@ -122,9 +123,29 @@ impl KafkaSink {
         let key = id.as_key();
         let fits = |n: usize| n + key.len() + MESSAGE_OVERHEAD <= st.max_message;
         let record = |e: &Embedding, note: Option<&ColbertNote>, format: Format| {
-            Record { id: &id, e, enc: st.encoding, note, version: None }.write(format)
+            let r = Record { id: &id, e, enc: st.encoding, note, version: None };
+            match format {
+                Format::Qdrant => r.qdrant(Some(&st.qdrant_collection)).into_bytes(),
+                _ => r.write(format),
+            }
         };
-        let (value, colbert_msg) = Self::place(st, &e, &fits, &record);
+        let placer = Placer {
+            placement: &st.placement,
+            format: st.format,
+            store: st.store.is_some(),
+            max_message: st.max_message,
+        };
+        let placed = placer.place(&e, &fits, &record);
+        let m = &st.shared.metrics;
+        match &placed.note {
+            Some(ColbertNote::InStore) if st.placement != ColbertPlacement::Store => {
+                m.outputs_slimmed.inc()
+            }
+            Some(ColbertNote::Omitted(_)) => m.outputs_colbert_omitted.inc(),
+            Some(ColbertNote::Topic(_)) => m.outputs_colbert_topic.inc(),
+            _ => {}
+        }
+        let (value, colbert_msg) = (placed.output, placed.colbert);
         let (full, value) = match value {
             Ok(v) => (0, v),
             Err(full) => (full, Vec::new()),
@@ -167,70 +188,6 @@ impl KafkaSink {
             return Self::dead_letter(me, st, ticket, &id, &reason, false);
         }
         Self::produce(me, st, ticket, &id, st.output_topic.clone(), value, true);
-    }
-
-    /// Where the ColBERT rows go: the output message's bytes (or, `Err`, the size of an output
-    /// that fits nowhere) and the ColBERT message for its own topic.
-    #[allow(clippy::type_complexity)]
-    fn place(
-        st: &SinkState,
-        e: &Embedding,
-        fits: &dyn Fn(usize) -> bool,
-        record: &dyn Fn(&Embedding, Option<&ColbertNote>, Format) -> Vec<u8>,
-    ) -> (Result<Vec<u8>, usize>, Option<(String, Vec<u8>)>) {
-        let m = &st.shared.metrics;
-        let slim = || e.clone_without_colbert();
-        let checked = |bytes: Vec<u8>| if fits(bytes.len()) { Ok(bytes) } else { Err(bytes.len()) };
-        if e.colbert.is_none() || !st.format.carries_colbert() {
-            let out = if e.colbert.is_some() { record(&slim(), None, st.format) } else { record(e, None, st.format) };
-            return (checked(out), None);
-        }
-        // Over the limit with no store: left out, and the message says why.
-        let omitted = |size: usize| {
-            m.outputs_colbert_omitted.inc();
-            ColbertNote::Omitted(format!(
-                "{size} bytes of ColBERT rows are over the producer's message.max.bytes of {} \
-                 and there is no result store",
-                st.max_message
-            ))
-        };
-        match &st.placement {
-            ColbertPlacement::Topic => (checked(record(e, None, st.format)), None),
-            ColbertPlacement::Auto => {
-                let full = record(e, None, st.format);
-                if fits(full.len()) {
-                    return (Ok(full), None);
-                }
-                let note = if st.store.is_some() {
-                    m.outputs_slimmed.inc();
-                    ColbertNote::InStore
-                } else {
-                    omitted(full.len())
-                };
-                (checked(record(&slim(), Some(&note), st.format)), None)
-            }
-            ColbertPlacement::Store => {
-                (checked(record(&slim(), Some(&ColbertNote::InStore), st.format)), None)
-            }
-            ColbertPlacement::OwnTopic(topic) => {
-                // The ColBERT message: the id, counts and rows, in the output's format
-                // (JSON for the store feeds, which have no ColBERT-only shape).
-                let cb_format = if st.format.is_binary() { Format::Msgpack } else { Format::Json };
-                let only = Embedding { dense: None, sparse: None, ..e.clone() };
-                let cb = record(&only, None, cb_format);
-                let (note, msg) = if fits(cb.len()) {
-                    m.outputs_colbert_topic.inc();
-                    (ColbertNote::Topic(topic.clone()), Some((topic.clone(), cb)))
-                } else if st.store.is_some() {
-                    m.outputs_slimmed.inc();
-                    (ColbertNote::InStore, None)
-                } else {
-                    (omitted(cb.len()), None)
-                };
-                (checked(record(&slim(), Some(&note), st.format)), msg)
-            }
-            ColbertPlacement::None => (checked(record(&slim(), None, st.format)), None),
-        }
     }
 
     /// Produce one message of `ticket` (`output`: the output message, counted as published).
@@ -370,6 +327,80 @@ impl KafkaSink {
     }
 }
 
+/// Decides where a result's ColBERT rows go and builds the messages (pure: no I/O).
+struct Placer<'a> {
+    placement: &'a ColbertPlacement,
+    format: Format,
+    store: bool,
+    max_message: usize,
+}
+
+/// The output message's bytes (`Err`: the size of an output that fits nowhere), the ColBERT
+/// message for its own topic, and what the output says about the rows.
+struct Placed {
+    output: Result<Vec<u8>, usize>,
+    colbert: Option<(String, Vec<u8>)>,
+    note: Option<ColbertNote>,
+}
+
+type RecordFn<'a> = dyn Fn(&Embedding, Option<&ColbertNote>, Format) -> Vec<u8> + 'a;
+
+impl Placer<'_> {
+    fn place(&self, e: &Embedding, fits: &dyn Fn(usize) -> bool, record: &RecordFn) -> Placed {
+        let slim = || e.clone_without_colbert();
+        let checked = |bytes: Vec<u8>| if fits(bytes.len()) { Ok(bytes) } else { Err(bytes.len()) };
+        let with_note = |note: ColbertNote, colbert: Option<(String, Vec<u8>)>| Placed {
+            output: checked(record(&slim(), Some(&note), self.format)),
+            colbert,
+            note: Some(note),
+        };
+        let plain = |e: &Embedding| Placed {
+            output: checked(record(e, None, self.format)),
+            colbert: None,
+            note: None,
+        };
+        // Over the limit with no store: left out, and the message says why.
+        let omitted = |size: usize| {
+            ColbertNote::Omitted(format!(
+                "{size} bytes with ColBERT rows, over the producer's message.max.bytes of {} \
+                 with no result store",
+                self.max_message
+            ))
+        };
+        if e.colbert.is_none() || !self.format.carries_colbert() {
+            return if e.colbert.is_some() { plain(&slim()) } else { plain(e) };
+        }
+        match self.placement {
+            ColbertPlacement::Topic => plain(e),
+            ColbertPlacement::None => plain(&slim()),
+            ColbertPlacement::Store => with_note(ColbertNote::InStore, None),
+            ColbertPlacement::Auto => {
+                let full = record(e, None, self.format);
+                if fits(full.len()) {
+                    return Placed { output: Ok(full), colbert: None, note: None };
+                }
+                let note = if self.store { ColbertNote::InStore } else { omitted(full.len()) };
+                with_note(note, None)
+            }
+            ColbertPlacement::OwnTopic(topic) => {
+                // The ColBERT message: the id, counts and rows, in the output's format
+                // (JSON for the store feeds, which have no ColBERT-only shape).
+                let cb_format =
+                    if self.format.is_binary() { Format::Msgpack } else { Format::Json };
+                let only = Embedding { dense: None, sparse: None, ..e.clone() };
+                let cb = record(&only, None, cb_format);
+                if fits(cb.len()) {
+                    with_note(ColbertNote::Topic(topic.clone()), Some((topic.clone(), cb)))
+                } else if self.store {
+                    with_note(ColbertNote::InStore, None)
+                } else {
+                    with_note(omitted(cb.len()), None)
+                }
+            }
+        }
+    }
+}
+
 impl Actor for KafkaSink {
     type Msg = SinkMsg;
     type State = SinkState;
@@ -434,5 +465,90 @@ impl Actor for KafkaSink {
         };
         Self::run(&me, st, next);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trident_core::output::read_msgpack;
+    use trident_core::Encoding;
+
+    fn result(rows: usize) -> Embedding {
+        Embedding {
+            tokens: rows + 1,
+            truncated: false,
+            dense: Some(vec![0.5; 8]),
+            sparse: Some(vec![(5, 0.25)]),
+            colbert: Some(vec![0.125; rows * 8]),
+            colbert_dim: 8,
+        }
+    }
+
+    /// Every placement, with and without a store, for a result that fits and one that does not:
+    /// no output over the limit unless the placement is `topic` (which then dead-letters).
+    #[test]
+    fn placements_never_exceed_the_limit() {
+        let id = DocId::from("d");
+        let enc = Encoding::default();
+        let record = |e: &Embedding, note: Option<&ColbertNote>, f: Format| {
+            Record { id: &id, e, enc, note, version: None }.write(f)
+        };
+        let limit = 2000;
+        let fits = |n: usize| n <= limit;
+        let cb = ColbertPlacement::OwnTopic("cb".into());
+        let all = [
+            ColbertPlacement::Auto,
+            ColbertPlacement::Topic,
+            ColbertPlacement::Store,
+            cb.clone(),
+            ColbertPlacement::None,
+        ];
+        for format in [Format::Json, Format::Msgpack, Format::Qdrant, Format::Milvus] {
+            for placement in &all {
+                for store in [false, true] {
+                    for rows in [2, 400] {
+                        let p = Placer { placement, format, store, max_message: limit };
+                        let e = result(rows);
+                        let out = p.place(&e, &fits, &record);
+                        let what = format!("{format} {placement:?} store={store} rows={rows}");
+                        let big = rows > 2;
+                        match (&out.output, placement) {
+                            (Err(_), ColbertPlacement::Topic)
+                                if big && format.carries_colbert() => {}
+                            (Err(n), _) => panic!("{what}: nothing fits ({n} bytes)"),
+                            (Ok(v), _) => assert!(v.len() <= limit, "{what}"),
+                        }
+                        if let Some((t, v)) = &out.colbert {
+                            assert_eq!(t, "cb");
+                            assert!(v.len() <= limit, "{what}");
+                        }
+                        let expect = match (format.carries_colbert(), placement, store, big) {
+                            (false, ..) => None,
+                            (_, ColbertPlacement::Auto, _, false) => None,
+                            (_, ColbertPlacement::Topic | ColbertPlacement::None, ..) => None,
+                            (_, ColbertPlacement::Store, ..) => Some(ColbertNote::InStore),
+                            (_, ColbertPlacement::OwnTopic(_), _, false) => {
+                                Some(ColbertNote::Topic("cb".into()))
+                            }
+                            (_, _, true, true) => Some(ColbertNote::InStore),
+                            (_, _, false, true) => out.note.clone().filter(
+                                |n| matches!(n, ColbertNote::Omitted(w) if w.contains("2000")),
+                            ),
+                        };
+                        assert_eq!(out.note, expect, "{what}");
+                        if format == Format::Msgpack {
+                            if let Ok(v) = &out.output {
+                                let d = read_msgpack(v).unwrap();
+                                assert_eq!(d.note, out.note, "{what}: the output says so");
+                                let inline = out.note.is_none()
+                                    && !matches!(placement, ColbertPlacement::None);
+                                assert_eq!(d.e.colbert.is_some(), inline, "{what}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
