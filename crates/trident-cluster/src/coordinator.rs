@@ -11,7 +11,7 @@ use trident_core::{DocId, Modes};
 use crate::batcher::Outcome;
 use crate::flight::InFlight;
 use crate::pipeline::Prepared;
-use crate::record::{decode_record, is_blank};
+use crate::record::{decode_record, is_blank, BadRecord, InputDoc};
 use crate::Pipeline;
 
 /// A record as a source read it. `ticket` identifies it to the sink (a line number, or an entry
@@ -59,8 +59,17 @@ pub enum SinkMsg {
     },
 }
 
+/// A document a source decoded itself (a Parquet row): no bytes to parse.
+pub struct DocRecord {
+    pub ticket: u64,
+    pub id: DocId,
+    pub text: String,
+    pub est_tokens: usize,
+}
+
 pub enum CoordinatorMsg {
     Records(Vec<RawRecord>),
+    Docs(Vec<DocRecord>),
     /// No more records are coming for now: send partial batches.
     Flush,
 }
@@ -97,41 +106,53 @@ impl Actor for Coordinator {
         msg: CoordinatorMsg,
         st: &mut CoordinatorArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let recs = match msg {
+        let docs: Vec<(u64, usize, Result<InputDoc, BadRecord>)> = match msg {
             CoordinatorMsg::Flush => {
                 st.pipeline.flush();
                 return Ok(());
             }
-            CoordinatorMsg::Records(r) => r,
+            CoordinatorMsg::Records(r) => r
+                .into_iter()
+                .map(|r| {
+                    let doc = decode_record(&r.bytes, r.fallback_id, st.max_record_bytes);
+                    (r.ticket, r.est_tokens, doc)
+                })
+                .collect(),
+            CoordinatorMsg::Docs(d) => d
+                .into_iter()
+                .map(|d| {
+                    let doc = InputDoc { id: d.id, text: d.text, modes: None, max_length: None };
+                    (d.ticket, d.est_tokens, Ok(doc))
+                })
+                .collect(),
         };
         let metrics = st.pipeline.metrics().clone();
-        metrics.records_in.inc_by(recs.len() as u64);
-        let mut reqs = Vec::with_capacity(recs.len());
-        let mut metas = Vec::with_capacity(recs.len());
-        let mut decoded = Vec::with_capacity(recs.len());
-        for r in recs {
-            match decode_record(&r.bytes, r.fallback_id, st.max_record_bytes) {
+        metrics.records_in.inc_by(docs.len() as u64);
+        let mut reqs = Vec::with_capacity(docs.len());
+        let mut metas = Vec::with_capacity(docs.len());
+        let mut decoded = Vec::with_capacity(docs.len());
+        for (ticket, est_tokens, doc) in docs {
+            match doc {
                 Err(bad) => {
-                    st.flight.correct_tokens(r.est_tokens, 0);
+                    st.flight.correct_tokens(est_tokens, 0);
                     let _ = st.sink.send_message(SinkMsg::Bad {
-                        ticket: r.ticket,
+                        ticket,
                         id: bad.id,
                         reason: bad.reason,
                     });
                 }
                 Ok(doc) if st.reject_blank && is_blank(&doc.text) => {
-                    st.flight.correct_tokens(r.est_tokens, 0);
+                    st.flight.correct_tokens(est_tokens, 0);
                     let reason = "empty text: nothing to embed".to_string();
-                    let _ =
-                        st.sink.send_message(SinkMsg::Bad { ticket: r.ticket, id: doc.id, reason });
+                    let _ = st.sink.send_message(SinkMsg::Bad { ticket, id: doc.id, reason });
                 }
                 Ok(doc) => {
                     let poison = crate::fault::is_poison(&doc.text);
                     let modes = doc.modes.unwrap_or(st.modes);
                     let max_length = doc.max_length.unwrap_or(st.max_length).min(st.max_length);
-                    decoded.push((r.ticket, doc.id.as_key()));
+                    decoded.push((ticket, doc.id.as_key()));
                     reqs.push((doc.text, modes, max_length));
-                    metas.push((r.ticket, doc.id, poison, r.est_tokens));
+                    metas.push((ticket, doc.id, poison, est_tokens));
                 }
             }
         }

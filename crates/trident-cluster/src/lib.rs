@@ -15,6 +15,7 @@ pub mod batcher;
 pub mod cache;
 pub mod codec;
 pub mod config;
+pub mod corpus;
 pub mod coordinator;
 pub mod dead_letter;
 pub mod deliver;

@@ -26,12 +26,35 @@ pub struct EmbedArgs {
     /// Model directory (Hugging Face layout: config.json, weights, heads, tokenizer.json).
     #[arg(long)]
     pub model: PathBuf,
-    /// Input JSON Lines file, or `-` for stdin.
+    /// Input: a JSON Lines file or `-` for stdin; or Parquet — a `.parquet` file, a directory
+    /// of them, or a glob (`'corpus/*.parquet'`) — which makes this a resumable re-embedding job
+    /// writing Parquet parts into the `--output` directory.
     #[arg(long, default_value = "-")]
     pub input: String,
-    /// Output file, or `-` for stdout.
+    /// Output file, or `-` for stdout; for Parquet input, the output directory.
     #[arg(long, default_value = "-")]
     pub output: String,
+    /// Parquet input: the id column (string or integer).
+    #[arg(long, default_value = "id")]
+    pub id_column: String,
+    /// Parquet input: the text column.
+    #[arg(long, default_value = "text")]
+    pub text_column: String,
+    /// Parquet input: columns copied through to the output, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub keep_columns: Vec<String>,
+    /// Parquet input: this run's share of the input's row groups, `I/N` (0 ≤ I < N): N runs
+    /// with I = 0..N-1 (a Kubernetes Indexed Job's JOB_COMPLETION_INDEX) split the corpus.
+    #[arg(long, default_value = "0/1")]
+    pub shard: trident_cluster::corpus::Shard,
+    /// Parquet input: finish an interrupted job in `--output` (units already written are kept;
+    /// refused when the settings or the model differ).
+    #[arg(long)]
+    pub resume: bool,
+    /// Parquet input: an earlier output (same model and settings) whose rows are reused where
+    /// the id and the text are unchanged.
+    #[arg(long)]
+    pub previous: Option<PathBuf>,
     /// Compute the dense vector (no mode flag = all three).
     #[arg(long)]
     pub dense: bool,
@@ -202,6 +225,9 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         args.max_length
     );
     anyhow::ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
+    if trident_cluster::corpus::is_parquet_input(&args.input) {
+        return run_corpus(args);
+    }
     let input: Box<dyn BufRead + Send> = if args.input == "-" {
         Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
     } else {
@@ -287,6 +313,102 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "trident embed: {} of {} records failed (see their \"error\" fields)",
             summary.failed, summary.records
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parquet in, Parquet parts out (`trident_cluster::corpus`); prints the summary as JSON.
+fn run_corpus(args: EmbedArgs) -> anyhow::Result<ExitCode> {
+    use trident_cluster::corpus::{run, CorpusJob};
+    anyhow::ensure!(
+        args.output != "-",
+        "--input {} is Parquet: give --output DIR for the Parquet parts and the manifest",
+        args.input
+    );
+    anyhow::ensure!(
+        args.format == Format::Json,
+        "--format {} is for JSON Lines output; Parquet input writes Parquet parts",
+        args.format
+    );
+    let spec = PipelineSpec {
+        model: &args.model,
+        device: &args.device,
+        devices: &args.devices,
+        workers: args.workers,
+        threads: args.threads,
+        precision: args.precision,
+    };
+    let (model, workers) = build_workers(&spec)?;
+    let modes = Modes::from_flags(args.dense, args.sparse, args.colbert);
+    let hidden = model.checkpoint.config.hidden_size;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let summary = rt.block_on(async {
+        let cfg = PipelineConfig {
+            policy: policy(args.batch_tokens, args.max_wait_ms),
+            key_prefix: "trident".into(),
+            model_fingerprint: model.fingerprint.clone(),
+        };
+        let pipeline = Pipeline::start(
+            cfg,
+            model.tokenizer,
+            workers,
+            Some(Cache::memory(100_000)),
+            Metrics::new(),
+        )
+        .await?;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} rows  {per_sec}  eta {eta}  {elapsed}",
+                )
+                .expect("valid template"),
+            );
+            b
+        });
+        let progress = bar.clone().map(|b| {
+            Arc::new(move |done: u64, total: u64| {
+                b.set_length(total);
+                b.set_position(done);
+            }) as Arc<dyn Fn(u64, u64) + Send + Sync>
+        });
+        let job = CorpusJob {
+            input: args.input.clone(),
+            output: PathBuf::from(&args.output),
+            id_column: args.id_column.clone(),
+            text_column: args.text_column.clone(),
+            keep_columns: args.keep_columns.clone(),
+            modes,
+            max_length: args.max_length,
+            encoding: Encoding { dense: args.dense_encoding, colbert: args.colbert_encoding },
+            shard: args.shard,
+            resume: args.resume,
+            previous: args.previous.clone(),
+            model_fingerprint: model.fingerprint.clone(),
+            dense_dim: hidden,
+            colbert_dim: hidden,
+            limits: FlightLimits {
+                high_tokens: 4 * args.batch_tokens * args.workers.max(1),
+                low_tokens: 2 * args.batch_tokens * args.workers.max(1),
+                max_records: 8192,
+                max_bytes: usize::MAX,
+            },
+            progress,
+        };
+        let r = run(&pipeline, job).await;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        pipeline.stop().await;
+        r
+    })?;
+    eprintln!("{}", serde_json::to_string(&summary)?);
+    if summary.failed > 0 {
+        eprintln!(
+            "trident embed: {} of {} rows failed (see their \"error\" column)",
+            summary.failed, summary.rows
         );
         return Ok(ExitCode::from(1));
     }

@@ -1,0 +1,720 @@
+//! The re-embedding job: input units (row groups) read in batches, fed to the shared pipeline,
+//! results written in input order to one Parquet part per unit, the manifest updated after each
+//! part is complete.
+//!
+//! reader (this task) ──Docs──▶ coordinator ▶ batcher ▶ workers ──Done──▶ writer task ──▶ parts
+//!        └──────────── Chunk (ids, hashes, kept columns, reused rows) ─────▲
+//!
+//! Memory is bounded by the in-flight limits (records, tokens) plus one part's open row group,
+//! whatever the corpus size. With `--previous`, a row whose id and text hash equal the previous
+//! output's row at the same position of the same unit is copied from there, not recomputed.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{Field, Schema, SchemaRef};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use trident_core::{DocId, Embedding, Encoding, Modes};
+
+use super::columns::{id_at, id_type_ok, text_at, text_hash, Layout};
+use super::manifest::{self, Manifest, Settings, UnitDone};
+use super::units::{discover, units, Shard, Unit};
+use crate::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, DocRecord, SinkMsg};
+use crate::flight::{FlightLimits, InFlight};
+use crate::{ClusterError, Pipeline};
+
+/// Rows read, submitted and written together.
+const BATCH_ROWS: usize = 2048;
+/// A part's row group is flushed once its encoded size passes this.
+const ROW_GROUP_BYTES: usize = 64 << 20;
+
+pub struct CorpusJob {
+    pub input: String,
+    pub output: PathBuf,
+    pub id_column: String,
+    pub text_column: String,
+    pub keep_columns: Vec<String>,
+    pub modes: Modes,
+    pub max_length: usize,
+    pub encoding: Encoding,
+    pub shard: Shard,
+    pub resume: bool,
+    pub previous: Option<PathBuf>,
+    pub model_fingerprint: String,
+    pub dense_dim: usize,
+    pub colbert_dim: usize,
+    pub limits: FlightLimits,
+    /// Called with (rows written, rows of the shard) as parts progress.
+    pub progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+}
+
+/// The final account of a run (printed as JSON).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub rows: u64,
+    pub embedded: u64,
+    pub reused: u64,
+    pub failed: u64,
+    pub tokens: u64,
+    pub units: u64,
+    /// Units already done by an earlier run (`--resume`).
+    pub units_skipped: u64,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+}
+
+fn io_err(p: &Path) -> impl Fn(std::io::Error) -> ClusterError + '_ {
+    move |e| ClusterError::Io { path: p.display().to_string(), source: e }
+}
+
+fn pq_err(what: impl std::fmt::Display) -> impl Fn(parquet::errors::ParquetError) -> ClusterError {
+    move |e| ClusterError::Input(format!("{what}: {e}"))
+}
+
+/// Names of the columns a job reads, and their fields in one input file.
+struct InputColumns {
+    id: Field,
+    keep: Vec<Field>,
+    /// Root indices of id, text and kept columns in the file's schema.
+    roots: Vec<usize>,
+}
+
+fn input_columns(
+    job: &CorpusJob,
+    schema: &Schema,
+    file: &Path,
+) -> Result<InputColumns, ClusterError> {
+    let find = |name: &str| {
+        schema.index_of(name).map_err(|_| {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            ClusterError::Input(format!(
+                "{}: no column {name:?} (columns: {})",
+                file.display(),
+                names.join(", ")
+            ))
+        })
+    };
+    let id = find(&job.id_column)?;
+    let text = find(&job.text_column)?;
+    let id_field = schema.field(id).clone();
+    if !id_type_ok(id_field.data_type()) {
+        return Err(ClusterError::Input(format!(
+            "{}: id column {:?} is {}, expected a string or an integer",
+            file.display(),
+            job.id_column,
+            id_field.data_type()
+        )));
+    }
+    if !matches!(
+        schema.field(text).data_type(),
+        arrow_schema::DataType::Utf8
+            | arrow_schema::DataType::LargeUtf8
+            | arrow_schema::DataType::Utf8View
+    ) {
+        return Err(ClusterError::Input(format!(
+            "{}: text column {:?} is {}, expected a string",
+            file.display(),
+            job.text_column,
+            schema.field(text).data_type()
+        )));
+    }
+    let mut roots = vec![id, text];
+    let mut keep = Vec::new();
+    for k in &job.keep_columns {
+        let i = find(k)?;
+        if k == &job.id_column || super::columns::RESULT_COLUMNS.contains(&k.as_str()) {
+            return Err(ClusterError::Input(format!(
+                "--keep-columns {k}: that name is an output column already"
+            )));
+        }
+        roots.push(i);
+        keep.push(schema.field(i).clone());
+    }
+    roots.sort_unstable();
+    roots.dedup();
+    Ok(InputColumns { id: id_field, keep, roots })
+}
+
+fn open_unit(
+    unit: &Unit,
+    roots: Option<&[usize]>,
+) -> Result<ParquetRecordBatchReader, ClusterError> {
+    let f = File::open(&unit.file).map_err(io_err(&unit.file))?;
+    let what = unit.file.display().to_string();
+    let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq_err(&what))?;
+    let b = match roots {
+        Some(r) => {
+            let mask = ProjectionMask::roots(b.parquet_schema(), r.iter().copied());
+            b.with_projection(mask)
+        }
+        None => b,
+    };
+    b.with_row_groups(vec![unit.row_group])
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(pq_err(&what))
+}
+
+/// Rows of an earlier part, handed out in the same slices as the input's batches.
+struct PrevRows {
+    reader: ParquetRecordBatchReader,
+    buf: VecDeque<RecordBatch>,
+    path: PathBuf,
+}
+
+impl PrevRows {
+    fn open(path: PathBuf) -> Result<PrevRows, ClusterError> {
+        let f = File::open(&path).map_err(io_err(&path))?;
+        let what = path.display().to_string();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+            .and_then(|b| b.with_batch_size(BATCH_ROWS).build())
+            .map_err(pq_err(&what))?;
+        Ok(PrevRows { reader, buf: VecDeque::new(), path })
+    }
+
+    /// The next `n` rows (fewer at the end of the part).
+    fn take(&mut self, n: usize) -> Result<Option<RecordBatch>, ClusterError> {
+        let mut have: usize = self.buf.iter().map(|b| b.num_rows()).sum();
+        while have < n {
+            match self.reader.next() {
+                Some(b) => {
+                    let b = b.map_err(|e| {
+                        ClusterError::Input(format!("{}: {e}", self.path.display()))
+                    })?;
+                    have += b.num_rows();
+                    self.buf.push_back(b);
+                }
+                None => break,
+            }
+        }
+        let Some(schema) = self.buf.front().map(|b| b.schema()) else { return Ok(None) };
+        let mut parts = Vec::new();
+        let mut need = n;
+        while need > 0 {
+            let Some(b) = self.buf.pop_front() else { break };
+            if b.num_rows() <= need {
+                need -= b.num_rows();
+                parts.push(b);
+            } else {
+                parts.push(b.slice(0, need));
+                self.buf.push_front(b.slice(need, b.num_rows() - need));
+                need = 0;
+            }
+        }
+        arrow_select::concat::concat_batches(&schema, &parts)
+            .map(Some)
+            .map_err(|e| ClusterError::Input(format!("{}: {e}", self.path.display())))
+    }
+}
+
+/// A slice of one unit's rows on its way to the writer.
+struct Chunk {
+    unit: usize,
+    first_ticket: u64,
+    ids: ArrayRef,
+    keep: Vec<ArrayRef>,
+    hashes: Vec<[u8; 16]>,
+    /// Per row: the result once known. Reused rows are `Some(Ok)` placeholders taken from `prev`.
+    results: Vec<Option<Result<Embedding, String>>>,
+    reused: Vec<bool>,
+    prev: Option<RecordBatch>,
+    remaining: usize,
+    last_of_unit: bool,
+}
+
+enum WriterMsg {
+    /// A unit starts: its part's final name and schema.
+    Unit {
+        index: usize,
+        key: String,
+        part: PathBuf,
+        schema: SchemaRef,
+    },
+    Chunk(Box<Chunk>),
+    Sink(SinkMsg),
+    End(tokio::sync::oneshot::Sender<Result<Summary, ClusterError>>),
+}
+
+/// Forwards the coordinator's results to the writer task.
+struct Forward;
+
+impl Actor for Forward {
+    type Msg = SinkMsg;
+    type State = mpsc::UnboundedSender<WriterMsg>;
+    type Arguments = mpsc::UnboundedSender<WriterMsg>;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<SinkMsg>,
+        tx: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(tx)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<SinkMsg>,
+        msg: SinkMsg,
+        tx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = tx.send(WriterMsg::Sink(msg));
+        Ok(())
+    }
+}
+
+struct OpenPart {
+    key: String,
+    tmp: PathBuf,
+    part: PathBuf,
+    writer: ArrowWriter<File>,
+    schema: SchemaRef,
+    done: UnitDone,
+}
+
+struct Writer {
+    layout: Layout,
+    enc: Encoding,
+    out: PathBuf,
+    manifest: Manifest,
+    chunks: VecDeque<Chunk>,
+    open: HashMap<usize, OpenPart>,
+    flight: Arc<InFlight>,
+    summary: Summary,
+    total_rows: u64,
+    progress: Option<Arc<dyn Fn(u64, u64) + Send + Sync>>,
+}
+
+impl Writer {
+    fn result(&mut self, ticket: u64, outcome: Result<Embedding, String>, tokens: usize) {
+        self.flight.release(1, tokens, 0);
+        let i = self.chunks.partition_point(|c| c.first_ticket <= ticket);
+        let Some(c) = i.checked_sub(1).and_then(|i| self.chunks.get_mut(i)) else { return };
+        let row = (ticket - c.first_ticket) as usize;
+        if row >= c.results.len() || c.results[row].is_some() {
+            return;
+        }
+        let outcome = outcome.map(|mut e| {
+            self.summary.tokens += e.tokens as u64;
+            self.enc.apply(&mut e);
+            e
+        });
+        c.results[row] = Some(outcome);
+        c.remaining -= 1;
+    }
+
+    /// Write every complete chunk at the front, and close the parts they complete.
+    fn drain(&mut self) -> Result<(), ClusterError> {
+        while self.chunks.front().is_some_and(|c| c.remaining == 0) {
+            let c = self.chunks.pop_front().expect("front");
+            self.write_chunk(c)?;
+        }
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, c: Chunk) -> Result<(), ClusterError> {
+        let part = self.open.get_mut(&c.unit).expect("unit announced before its chunks");
+        let n = c.hashes.len();
+        let results: Vec<Result<Embedding, String>> =
+            c.results.into_iter().map(|r| r.expect("complete")).collect();
+        let failed = results.iter().filter(|r| r.is_err()).count() as u64;
+        let reused = c.reused.iter().filter(|&&r| r).count() as u64;
+        let fresh: Vec<Result<Embedding, String>> =
+            results.into_iter().zip(&c.reused).filter(|(_, &r)| !r).map(|(r, _)| r).collect();
+        // The hash column has every row; with reused rows the other result columns are
+        // interleaved from the earlier part's and the fresh ones.
+        let mut cols = self.layout.columns(&c.hashes, &fresh);
+        if reused > 0 {
+            let prev = c.prev.as_ref().expect("reused rows have a previous slice");
+            let mut k = 0;
+            let idx: Vec<(usize, usize)> = c
+                .reused
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| {
+                    if r {
+                        (0, i)
+                    } else {
+                        k += 1;
+                        (1, k - 1)
+                    }
+                })
+                .collect();
+            for (j, f) in self.layout.fields().iter().enumerate().skip(1) {
+                let p = prev.column_by_name(f.name()).ok_or_else(|| {
+                    ClusterError::Input(format!("the previous output has no column {}", f.name()))
+                })?;
+                cols[j] =
+                    arrow_select::interleave::interleave(&[p.as_ref(), cols[j].as_ref()], &idx)
+                        .map_err(|e| {
+                            ClusterError::Input(format!("reusing column {}: {e}", f.name()))
+                        })?;
+            }
+        }
+        let mut all = vec![c.ids];
+        all.extend(cols);
+        all.extend(c.keep);
+        let schema = part.schema.clone();
+        let batch = RecordBatch::try_new(schema, all)
+            .map_err(|e| ClusterError::Input(format!("building the output rows: {e}")))?;
+        part.writer
+            .write(&batch)
+            .map_err(|e| ClusterError::Input(format!("{}: {e}", part.tmp.display())))?;
+        if part.writer.in_progress_size() > ROW_GROUP_BYTES {
+            part.writer.flush().map_err(|e| ClusterError::Input(format!("{e}")))?;
+        }
+        part.done.rows += n as u64;
+        part.done.failed += failed;
+        part.done.reused += reused;
+        self.summary.rows += n as u64;
+        self.summary.failed += failed;
+        self.summary.reused += reused;
+        self.summary.embedded += n as u64 - reused - failed;
+        if c.last_of_unit {
+            self.close(c.unit)?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, unit: usize) -> Result<(), ClusterError> {
+        let p = self.open.remove(&unit).expect("open");
+        let file = p
+            .writer
+            .into_inner()
+            .map_err(|e| ClusterError::Input(format!("{}: {e}", p.tmp.display())))?;
+        file.sync_all().map_err(io_err(&p.tmp))?;
+        drop(file);
+        std::fs::rename(&p.tmp, &p.part).map_err(io_err(&p.part))?;
+        self.manifest.units.insert(p.key, p.done);
+        self.manifest.save(&self.out)?;
+        self.summary.units += 1;
+        if let Some(f) = &self.progress {
+            f(self.summary.rows, self.total_rows);
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: WriterMsg) -> Result<(), ClusterError> {
+        match msg {
+            WriterMsg::Unit { index, key, part, schema } => {
+                let tmp = part.with_extension("parquet.tmp");
+                let f = File::create(&tmp).map_err(io_err(&tmp))?;
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::SNAPPY)
+                    .set_max_row_group_row_count(Some(64 * 1024))
+                    .build();
+                let writer = ArrowWriter::try_new(f, schema.clone(), Some(props))
+                    .map_err(|e| ClusterError::Input(format!("{}: {e}", tmp.display())))?;
+                let part_name = part.file_name().unwrap().to_string_lossy().into_owned();
+                let done = UnitDone { part: part_name, rows: 0, failed: 0, reused: 0 };
+                self.open.insert(index, OpenPart { key, tmp, part, writer, schema, done });
+            }
+            WriterMsg::Chunk(c) => self.chunks.push_back(*c),
+            WriterMsg::Sink(SinkMsg::Done { ticket, outcome, tokens, .. }) => {
+                self.result(ticket, outcome, tokens)
+            }
+            WriterMsg::Sink(SinkMsg::Bad { ticket, reason, .. }) => {
+                self.result(ticket, Err(reason), 0)
+            }
+            WriterMsg::Sink(_) => {}
+            WriterMsg::End(_) => unreachable!("handled by the loop"),
+        }
+        self.drain()
+    }
+}
+
+/// Run the job on `pipeline`.
+pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, ClusterError> {
+    let t0 = Instant::now();
+    let (root, files) = discover(&job.input)?;
+    let all = units(&root, &files)?;
+    let mine = job.shard.select(all);
+    let settings = Settings {
+        model: job.model_fingerprint.clone(),
+        modes: job.modes,
+        max_length: job.max_length,
+        encoding: job.encoding,
+        id_column: job.id_column.clone(),
+        text_column: job.text_column.clone(),
+        keep_columns: job.keep_columns.clone(),
+    };
+    std::fs::create_dir_all(&job.output).map_err(io_err(&job.output))?;
+    let mpath = manifest::path(&job.output, job.shard);
+    let manifest = if mpath.exists() {
+        if !job.resume {
+            return Err(ClusterError::Input(format!(
+                "{} already holds a job's output ({}): add --resume to finish it, or choose \
+                 another --output",
+                job.output.display(),
+                mpath.display()
+            )));
+        }
+        let m = Manifest::load(&mpath)?;
+        if let Some(d) = settings.difference(&m.settings) {
+            return Err(ClusterError::Input(format!(
+                "--resume refused: {} was made with other settings ({d})",
+                job.output.display()
+            )));
+        }
+        m
+    } else {
+        Manifest::new(settings.clone(), job.shard)
+    };
+    // Earlier outputs whose rows may be reused, by unit key.
+    let mut previous: HashMap<String, PathBuf> = HashMap::new();
+    if let Some(prev) = &job.previous {
+        for m in Manifest::load_all(prev)? {
+            let mut theirs = m.settings.clone();
+            theirs.id_column = settings.id_column.clone();
+            theirs.keep_columns = settings.keep_columns.clone();
+            if let Some(d) = settings.difference(&theirs) {
+                return Err(ClusterError::Input(format!(
+                    "--previous {}: made with other settings ({d}); its rows cannot be reused",
+                    prev.display()
+                )));
+            }
+            for (k, u) in m.units {
+                previous.insert(k, prev.join(u.part));
+            }
+        }
+    }
+    let todo: Vec<Unit> =
+        mine.iter().filter(|u| !manifest.units.contains_key(&u.key())).cloned().collect();
+    let skipped = (mine.len() - todo.len()) as u64;
+    let total_rows: u64 = mine.iter().map(|u| u.rows as u64).sum();
+    let done_rows: u64 = manifest.units.values().map(|u| u.rows).sum();
+
+    let flight = Arc::new(InFlight::default());
+    let (tx, mut rx) = mpsc::unbounded_channel::<WriterMsg>();
+    let layout = Layout {
+        modes: job.modes,
+        enc: job.encoding,
+        dense_dim: job.dense_dim,
+        colbert_dim: job.colbert_dim,
+    };
+    let mut writer = Writer {
+        layout: layout.clone(),
+        enc: job.encoding,
+        out: job.output.clone(),
+        manifest,
+        chunks: VecDeque::new(),
+        open: HashMap::new(),
+        flight: flight.clone(),
+        summary: Summary { rows: 0, units_skipped: skipped, ..Summary::default() },
+        total_rows: total_rows - done_rows,
+        progress: job.progress.clone(),
+    };
+    let writer_task = tokio::spawn(async move {
+        let mut failure: Option<ClusterError> = None;
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                WriterMsg::End(reply) => {
+                    let r = match failure.take() {
+                        Some(e) => Err(e),
+                        None if !writer.chunks.is_empty() || !writer.open.is_empty() => {
+                            Err(ClusterError::Actor("the job ended with rows unwritten".into()))
+                        }
+                        None => Ok(writer.summary.clone()),
+                    };
+                    let _ = reply.send(r);
+                    return;
+                }
+                m if failure.is_none() => {
+                    if let Err(e) = writer.handle(m) {
+                        failure = Some(e);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let actor_err = |e: ractor::SpawnErr| ClusterError::Actor(e.to_string());
+    let (sink, sink_join) = Actor::spawn(None, Forward, tx.clone()).await.map_err(actor_err)?;
+    let coord_args = CoordinatorArgs {
+        pipeline: pipeline.clone(),
+        sink: sink.clone(),
+        modes: job.modes,
+        max_length: job.max_length,
+        max_record_bytes: usize::MAX,
+        reject_blank: false,
+        flight: flight.clone(),
+    };
+    let (coord, coord_join) =
+        Actor::spawn(None, Coordinator, coord_args).await.map_err(actor_err)?;
+
+    let read = feed(&job, &layout, &todo, &previous, &tx, &coord, &flight).await;
+    let _ = coord.send_message(CoordinatorMsg::Flush);
+    if read.is_ok() {
+        // Wait until every submitted row is written (or the writer failed).
+        while flight.counts().records > 0 && !writer_task.is_finished() {
+            flight.changed(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    let (reply, done) = tokio::sync::oneshot::channel();
+    let _ = tx.send(WriterMsg::End(reply));
+    let written =
+        done.await.unwrap_or_else(|_| Err(ClusterError::Actor("the writer stopped".into())));
+    coord.stop(None);
+    sink.stop(None);
+    let _ = coord_join.await;
+    let _ = sink_join.await;
+    let _ = writer_task.await;
+    read?;
+    let mut s = written?;
+    s.seconds = t0.elapsed().as_secs_f64();
+    s.tokens_per_second = s.tokens as f64 / s.seconds.max(1e-9);
+    Ok(s)
+}
+
+/// Read every unit to do, announce it to the writer, and submit its rows.
+async fn feed(
+    job: &CorpusJob,
+    layout: &Layout,
+    todo: &[Unit],
+    previous: &HashMap<String, PathBuf>,
+    tx: &mpsc::UnboundedSender<WriterMsg>,
+    coord: &ActorRef<CoordinatorMsg>,
+    flight: &Arc<InFlight>,
+) -> Result<(), ClusterError> {
+    let mut ticket: u64 = 1;
+    for unit in todo {
+        let part = job.output.join(unit.part_name());
+        // A part left by a killed run is redone whole.
+        let _ = std::fs::remove_file(part.with_extension("parquet.tmp"));
+        let f = File::open(&unit.file).map_err(io_err(&unit.file))?;
+        let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq_err(unit.file.display()))?;
+        let cols = input_columns(job, b.schema(), &unit.file)?;
+        drop(b);
+        let schema = Arc::new(layout.schema(&cols.id, &cols.keep));
+        let msg = WriterMsg::Unit { index: unit.index, key: unit.key(), part, schema };
+        tx.send(msg).map_err(|_| ClusterError::Actor("the writer stopped".into()))?;
+        let mut prev = match previous.get(&unit.key()) {
+            Some(p) if p.exists() => Some(PrevRows::open(p.clone())?),
+            _ => None,
+        };
+        let reader = open_unit(unit, Some(&cols.roots))?;
+        let mut batches = reader.peekable();
+        let mut any = false;
+        loop {
+            let batch = match batches.next() {
+                Some(b) => b.map_err(|e| ClusterError::Input(format!("{}: {e}", unit.key())))?,
+                None if any => break,
+                // An empty unit still gets its (empty) part.
+                None => RecordBatch::new_empty(Arc::new(Schema::new(vec![
+                    cols.id.clone(),
+                    Field::new(&job.text_column, arrow_schema::DataType::Utf8, true),
+                ]))),
+            };
+            any = true;
+            let last = batches.peek().is_none();
+            let ids = batch.column_by_name(&job.id_column).expect("projected").clone();
+            let texts = batch.column_by_name(&job.text_column).expect("projected").clone();
+            let keep: Vec<ArrayRef> = cols
+                .keep
+                .iter()
+                .map(|f| {
+                    batch.column_by_name(f.name()).cloned().unwrap_or_else(|| {
+                        arrow_array::new_null_array(f.data_type(), batch.num_rows())
+                    })
+                })
+                .collect();
+            let n = batch.num_rows();
+            let prev_rows = match prev.as_mut() {
+                Some(p) => p.take(n)?,
+                None => None,
+            };
+            let mut docs = Vec::new();
+            let mut hashes = Vec::with_capacity(n);
+            let mut results = Vec::with_capacity(n);
+            let mut reused = Vec::with_capacity(n);
+            for i in 0..n {
+                let id = id_at(ids.as_ref(), i);
+                let text = text_at(texts.as_ref(), i);
+                let hash = text_hash(text.unwrap_or(""));
+                hashes.push(hash);
+                let again = match (&prev_rows, &id) {
+                    (Some(p), Some(id)) if i < p.num_rows() => same_row(p, i, id, &hash, job),
+                    _ => false,
+                };
+                reused.push(again);
+                match (id, text) {
+                    _ if again => results.push(Some(Ok(empty()))),
+                    (None, _) => {
+                        results.push(Some(Err(format!("null id in column {:?}", job.id_column))))
+                    }
+                    (Some(_), None) => results
+                        .push(Some(Err(format!("null text in column {:?}", job.text_column)))),
+                    (Some(id), Some(text)) => {
+                        results.push(None);
+                        docs.push(DocRecord {
+                            ticket: ticket + i as u64,
+                            id,
+                            text: text.to_string(),
+                            est_tokens: 0,
+                        });
+                    }
+                }
+            }
+            let chunk = Chunk {
+                unit: unit.index,
+                first_ticket: ticket,
+                ids,
+                keep,
+                hashes,
+                results,
+                reused,
+                prev: prev_rows,
+                remaining: docs.len(),
+                last_of_unit: last,
+            };
+            ticket += n.max(1) as u64;
+            tx.send(WriterMsg::Chunk(Box::new(chunk)))
+                .map_err(|_| ClusterError::Actor("the writer stopped".into()))?;
+            if docs.is_empty() {
+                // Nothing to wait for: let the writer see the chunk as complete.
+                tx.send(WriterMsg::Sink(SinkMsg::Delivered { ticket: 0, ok: true }))
+                    .map_err(|_| ClusterError::Actor("the writer stopped".into()))?;
+                continue;
+            }
+            while flight.above_high(&job.limits) {
+                flight.wait_below_low(&job.limits).await;
+            }
+            flight.add_records(docs.len());
+            let _ = coord.send_message(CoordinatorMsg::Docs(docs));
+        }
+    }
+    Ok(())
+}
+
+fn empty() -> Embedding {
+    Embedding {
+        tokens: 0,
+        truncated: false,
+        dense: None,
+        sparse: None,
+        colbert: None,
+        colbert_dim: 0,
+    }
+}
+
+/// Whether row `i` of the earlier part is this row's result: same id, same text, no error.
+fn same_row(prev: &RecordBatch, i: usize, id: &DocId, hash: &[u8; 16], job: &CorpusJob) -> bool {
+    use arrow_array::cast::AsArray;
+    let Some(pid) = prev.column_by_name(&job.id_column) else { return false };
+    let Some(ph) = prev.column_by_name("text_hash") else { return false };
+    let Some(err) = prev.column_by_name("error") else { return false };
+    if !err.is_null(i) || ph.is_null(i) {
+        return false;
+    }
+    let Some(ph) = ph.as_fixed_size_binary_opt() else { return false };
+    id_at(pid.as_ref(), i).is_some_and(|p| p.as_key() == id.as_key()) && ph.value(i) == hash
+}

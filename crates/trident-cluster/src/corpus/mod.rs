@@ -1,0 +1,11 @@
+//! Re-embedding a corpus: Parquet files in (a file, a directory or a glob), Parquet parts out,
+//! resumable from a manifest, sharded deterministically (`--shard I/N`), and incremental
+//! (`--previous DIR` reuses the rows whose text did not change).
+
+pub mod columns;
+pub mod job;
+pub mod manifest;
+pub mod units;
+
+pub use job::{run, CorpusJob, Summary};
+pub use units::{is_parquet_input, Shard};
