@@ -247,31 +247,11 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("creating output {}", args.output))?;
         Box::new(f)
     };
-    let spec = PipelineSpec {
-        model: &args.model,
-        device: &args.device,
-        devices: &args.devices,
-        workers: args.workers,
-        threads: args.threads,
-        precision: args.precision,
-    };
-    let (model, workers) = build_workers(&spec)?;
+    let (model, workers) = build_workers(&args.pipeline_spec())?;
     let modes = Modes::from_flags(args.dense, args.sparse, args.colbert);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = rt.block_on(async {
-        let cfg = PipelineConfig {
-            policy: policy(args.batch_tokens, args.max_wait_ms),
-            key_prefix: "trident".into(),
-            model_fingerprint: model.fingerprint.clone(),
-        };
-        let pipeline = Pipeline::start(
-            cfg,
-            model.tokenizer,
-            workers,
-            Some(Cache::memory(100_000)),
-            Metrics::new(),
-        )
-        .await?;
+        let pipeline = start_pipeline(&args, model, workers).await?;
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new_spinner();
             b.set_style(
@@ -289,14 +269,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             modes,
             max_length: args.max_length,
             max_record_bytes: args.max_record_bytes,
-            // Memory bound: at most this many records / tokens between reading and writing.
-            limits: FlightLimits {
-                high_tokens: 4 * args.batch_tokens * args.workers.max(1),
-                low_tokens: 2 * args.batch_tokens * args.workers.max(1),
-                max_records: 8192,
-                // Records are lines read under `max_record_bytes`; the records bound covers them.
-                max_bytes: usize::MAX,
-            },
+            limits: args.flight_limits(),
             progress,
             input_name: if args.input == "-" { "stdin".into() } else { args.input.clone() },
             format: args.format,
@@ -319,6 +292,45 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+impl EmbedArgs {
+    fn pipeline_spec(&self) -> PipelineSpec<'_> {
+        PipelineSpec {
+            model: &self.model,
+            device: &self.device,
+            devices: &self.devices,
+            workers: self.workers,
+            threads: self.threads,
+            precision: self.precision,
+        }
+    }
+
+    /// Memory bound: at most this many records / tokens between reading and writing (records
+    /// are lines read under `max_record_bytes` or Parquet rows; the records bound covers them).
+    fn flight_limits(&self) -> FlightLimits {
+        FlightLimits {
+            high_tokens: 4 * self.batch_tokens * self.workers.max(1),
+            low_tokens: 2 * self.batch_tokens * self.workers.max(1),
+            max_records: 8192,
+            max_bytes: usize::MAX,
+        }
+    }
+}
+
+/// The pipeline of `trident embed`: the workers, an in-memory content cache.
+async fn start_pipeline(
+    args: &EmbedArgs,
+    model: LoadedModel,
+    workers: Vec<WorkerSpec>,
+) -> Result<Pipeline, trident_cluster::ClusterError> {
+    let cfg = PipelineConfig {
+        policy: policy(args.batch_tokens, args.max_wait_ms),
+        key_prefix: "trident".into(),
+        model_fingerprint: model.fingerprint.clone(),
+    };
+    Pipeline::start(cfg, model.tokenizer, workers, Some(Cache::memory(100_000)), Metrics::new())
+        .await
+}
+
 /// Parquet in, Parquet parts out (`trident_cluster::corpus`); prints the summary as JSON.
 fn run_corpus(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     use trident_cluster::corpus::{run, CorpusJob};
@@ -332,32 +344,13 @@ fn run_corpus(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         "--format {} is for JSON Lines output; Parquet input writes Parquet parts",
         args.format
     );
-    let spec = PipelineSpec {
-        model: &args.model,
-        device: &args.device,
-        devices: &args.devices,
-        workers: args.workers,
-        threads: args.threads,
-        precision: args.precision,
-    };
-    let (model, workers) = build_workers(&spec)?;
+    let (model, workers) = build_workers(&args.pipeline_spec())?;
     let modes = Modes::from_flags(args.dense, args.sparse, args.colbert);
     let hidden = model.checkpoint.config.hidden_size;
+    let fingerprint = model.fingerprint.clone();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let summary = rt.block_on(async {
-        let cfg = PipelineConfig {
-            policy: policy(args.batch_tokens, args.max_wait_ms),
-            key_prefix: "trident".into(),
-            model_fingerprint: model.fingerprint.clone(),
-        };
-        let pipeline = Pipeline::start(
-            cfg,
-            model.tokenizer,
-            workers,
-            Some(Cache::memory(100_000)),
-            Metrics::new(),
-        )
-        .await?;
+        let pipeline = start_pipeline(&args, model, workers).await?;
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(0);
             b.set_style(
@@ -386,15 +379,10 @@ fn run_corpus(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             shard: args.shard,
             resume: args.resume,
             previous: args.previous.clone(),
-            model_fingerprint: model.fingerprint.clone(),
+            model_fingerprint: fingerprint,
             dense_dim: hidden,
             colbert_dim: hidden,
-            limits: FlightLimits {
-                high_tokens: 4 * args.batch_tokens * args.workers.max(1),
-                low_tokens: 2 * args.batch_tokens * args.workers.max(1),
-                max_records: 8192,
-                max_bytes: usize::MAX,
-            },
+            limits: args.flight_limits(),
             progress,
         };
         let r = run(&pipeline, job).await;
