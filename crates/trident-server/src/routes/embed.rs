@@ -1,4 +1,5 @@
-//! `POST /embed` (BGE-M3's three outputs, as `trident embed` writes them) and `POST /tokenize`.
+//! `POST /embed` (BGE-M3's three outputs, as `trident embed` writes them, in the encodings
+//! the request asks for) and `POST /tokenize`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use trident_core::DocId;
+use trident_core::{ColbertEncoding, DenseEncoding, DocId, Encoding, Format, Record};
 use utoipa::ToSchema;
 
 use super::input::{self, Texts};
@@ -36,6 +37,41 @@ pub struct EmbedRequest {
     /// Cut inputs longer than `max_length` instead of rejecting them (422).
     #[serde(default)]
     pub truncate: bool,
+    /// Number type of the returned dense vectors (default `f32`); as `trident embed
+    /// --dense-encoding`.
+    #[schema(value_type = Option<super::openapi_types::DenseEncodingSchema>)]
+    pub dense_encoding: Option<String>,
+    /// Number type of the returned ColBERT rows (default `f32`); as `trident embed
+    /// --colbert-encoding`. `binary` rows are hex strings of the packed sign bits.
+    #[schema(value_type = Option<super::openapi_types::ColbertEncodingSchema>)]
+    pub colbert_encoding: Option<String>,
+}
+
+impl EmbedRequest {
+    /// The requested encodings; a name that is not one is a 422 naming its field.
+    fn encoding(&self) -> Result<Encoding, ApiError> {
+        fn parse<T: std::str::FromStr<Err = String> + Default>(
+            field: &str,
+            name: &Option<String>,
+        ) -> Result<T, ApiError> {
+            name.as_deref().map_or(Ok(T::default()), |n| {
+                n.parse().map_err(|e: String| ApiError::field(field, e))
+            })
+        }
+        Ok(Encoding {
+            dense: parse::<DenseEncoding>("dense_encoding", &self.dense_encoding)?,
+            colbert: parse::<ColbertEncoding>("colbert_encoding", &self.colbert_encoding)?,
+        })
+    }
+}
+
+/// The encodings of a result not in f32, as the response writes them.
+#[derive(Serialize, ToSchema)]
+pub struct EncodingObject {
+    #[schema(value_type = super::openapi_types::DenseEncodingSchema)]
+    pub dense: String,
+    #[schema(value_type = super::openapi_types::ColbertEncodingSchema)]
+    pub colbert: String,
 }
 
 /// One result of `/embed`: the same object `trident embed` writes, with `id` = input index.
@@ -48,8 +84,14 @@ pub struct EmbeddingObject {
     pub dense: Option<Vec<f32>>,
     /// Token id (decimal string) → weight; only positive weights, specials excluded.
     pub sparse: Option<BTreeMap<String, f32>>,
-    /// One vector per token after `<s>` (the final `</s>` included).
+    /// One vector per token after `<s>` (the final `</s>` included); hex strings when
+    /// `colbert_encoding` is `binary`.
+    #[schema(value_type = Option<super::openapi_types::ColbertRowsSchema>)]
     pub colbert: Option<Vec<Vec<f32>>>,
+    /// Dimensions of each binary ColBERT row (with `colbert_encoding` `binary` only).
+    pub colbert_dim: Option<usize>,
+    /// Present when an encoding is not f32: the encodings the values were rounded to.
+    pub encoding: Option<EncodingObject>,
 }
 
 #[utoipa::path(post, path = "/embed", request_body = EmbedRequest, tag = "embeddings",
@@ -59,7 +101,7 @@ pub struct EmbeddingObject {
         (status = 401, description = "Missing or wrong bearer token"),
         (status = 408, description = "Body not received within --body-timeout-secs"),
         (status = 413, description = "Body too large"),
-        (status = 422, description = "A field is wrong (named in `error.field`), too many inputs, an input longer than max_length without truncate, or a response that would pass --max-response-bytes"),
+        (status = 422, description = "A field is wrong (named in `error.field`: e.g. an unknown dense_encoding or colbert_encoding), too many inputs, an input longer than max_length without truncate, or a response that would pass --max-response-bytes"),
         (status = 429, description = "Too many requests in flight; see Retry-After"),
         (status = 503, description = "Model loading, or not answered within --request-timeout-secs"),
     ))]
@@ -67,6 +109,7 @@ pub async fn embed(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
     let req: EmbedRequest = read_json(body, state.config.max_body_bytes).await?;
     let model = state.model()?;
     let modes = input::modes(req.dense, req.sparse, req.colbert)?;
+    let enc = req.encoding()?;
     let max_length = input::max_length(&state, model, req.max_length)?;
     input::check_count(&state, "inputs", req.inputs.0.len())?;
     let size = ResponseSize::embed(&model.info, modes, state.config.max_response_bytes);
@@ -74,16 +117,20 @@ pub async fn embed(State(state): State<Arc<AppState>>, body: Body) -> Result<Res
     let out =
         pipeline::embed(&model.pipeline, "inputs", texts, modes, max_length, req.truncate, &size)
             .await?;
-    let mut json = String::with_capacity(out.len() * 64);
-    json.push('[');
-    for (i, e) in out.iter().enumerate() {
+    // The objects `trident embed` writes in these encodings (f32: `Embedding::to_json`).
+    let mut json = Vec::with_capacity(out.len() * 64);
+    json.push(b'[');
+    for (i, mut e) in out.into_iter().enumerate() {
         if i > 0 {
-            json.push(',');
+            json.push(b',');
         }
-        json.push_str(&e.to_json(&DocId::from(i as u64)));
+        enc.apply(&mut e);
+        let id = DocId::from(i as u64);
+        let record = Record { id: &id, e: &e, enc, note: None, version: None };
+        json.extend_from_slice(&record.write(Format::Json));
     }
-    json.push(']');
-    Ok(json_response(json))
+    json.push(b']');
+    Ok(json_response(String::from_utf8(json).expect("JSON records are UTF-8")))
 }
 
 /// 422 when the ids and pieces of `docs` would pass `--max-response-bytes`.
