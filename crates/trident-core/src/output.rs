@@ -748,13 +748,13 @@ pub fn read_json(v: &Value) -> Result<Decoded, String> {
                             .get("colbert_dim")
                             .and_then(Value::as_u64)
                             .map_or(bytes.len() * 8, |d| d as usize);
-                        let mut v = Vec::with_capacity(d);
                         if packed_len(d) != bytes.len() {
                             return Err(format!(
                                 "colbert row {i}: {} bytes for {d} bits",
                                 bytes.len()
                             ));
                         }
+                        let mut v = Vec::with_capacity(d);
                         unpack_bits(&bytes, d, &mut v);
                         v
                     }
@@ -939,5 +939,8 @@ mod tests {
         extra.push(0xc0);
         assert!(read_msgpack(&extra).unwrap_err().contains("trailing"));
         assert!(read_msgpack(b"\x81\xa6tokens\xa1x").unwrap_err().contains("tokens"));
+        // A claimed ColBERT width far over its rows' bytes is refused before any allocation.
+        let v = json!({"encoding": {"colbert": "binary"}, "colbert_dim": u64::MAX, "colbert": ["ff"]});
+        assert!(read_json(&v).unwrap_err().contains("bits"));
     }
 }
