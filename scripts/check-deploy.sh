@@ -58,6 +58,7 @@ PY
 }
 render default
 render gpu-keda -f "$chart/ci/gpu-keda-values.yaml"
+render reembed -f "$chart/ci/reembed-values.yaml"
 grep -q "kind: ScaledObject" "$work/gpu-keda.yaml" || { echo "gpu-keda: no ScaledObject rendered"; exit 1; }
 grep -q "nvidia.com/gpu: 1" "$work/gpu-keda.yaml" || { echo "gpu-keda: no GPU limit rendered"; exit 1; }
 

@@ -78,17 +78,21 @@ export TRIDENT_CUDA_HOME="$CU13"
 export LD_LIBRARY_PATH="$CU13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 echo "CUDA 13.0 headers and NVRTC in $CU13"
 
-section "Python packages for the vector-store tests"
+section "Python packages for the store and corpus tests"
 # crates/trident/tests/stores.rs loads trident's Milvus/Qdrant/Vespa feeds with the stores' own
 # Python clients (tests/stores/). Pinned: pymilvus + milvus-lite 2.5 (embedded Milvus 2.5),
 # qdrant-client (local mode). milvus-lite 2.5 imports pkg_resources, gone from setuptools 81.
+# crates/trident/tests/corpus.rs writes and checks Parquet corpora with pyarrow (tests/corpus/).
+# crates/trident/tests/eval.rs checks `trident eval` against pytrec_eval and numpy (tests/eval/).
 STORE_WHEELS=(numpy==2.4.6 msgpack==1.2.4 pymilvus==2.6.17 milvus-lite==2.5.1
-    qdrant-client==1.20.0 "setuptools<81")
+    qdrant-client==1.20.0 "setuptools<81" pyarrow==26.0.1
+    pytrec-eval-terrier==0.5.11)
 retry 3 "$PY" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${STORE_WHEELS[@]}"
 "$PY" -W ignore - <<'PY'
 import importlib.metadata as m
-import numpy, msgpack, pymilvus, milvus_lite, qdrant_client  # noqa: F401  (they import)
-print(", ".join(f"{d} {m.version(d)}" for d in ("pymilvus", "milvus-lite", "qdrant-client", "numpy")))
+import numpy, msgpack, pymilvus, milvus_lite, qdrant_client, pyarrow  # noqa: F401  (they import)
+import pytrec_eval  # noqa: F401  (trident eval's metric checks)
+print(", ".join(f"{d} {m.version(d)}" for d in ("pymilvus", "milvus-lite", "qdrant-client", "numpy", "pyarrow", "pytrec-eval-terrier")))
 PY
 
 section "cargo fetch (locked)"

@@ -26,6 +26,8 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Run a cluster node: Kafka in, Kafka/Redis out.
     Node(cmd::node::NodeArgs),
+    /// Load a corpus (Parquet or JSON Lines) into a Kafka topic as `trident node` reads it.
+    Produce(cmd::produce::ProduceArgs),
     /// Print stored results from the Redis result store by document id.
     Lookup(cmd::lookup::LookupArgs),
     /// Serve the HTTP API.
@@ -39,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Command::Score(a) => cmd::score::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Node(a) => cmd::node::run(a),
+        Command::Produce(a) => cmd::produce::run(a),
         Command::Lookup(a) => cmd::lookup::run(a),
         Command::Serve(a) => cmd::serve::run(a),
     };

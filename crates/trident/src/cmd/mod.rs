@@ -4,5 +4,6 @@ pub mod bench;
 pub mod embed;
 pub mod lookup;
 pub mod node;
+pub mod produce;
 pub mod score;
 pub mod serve;
