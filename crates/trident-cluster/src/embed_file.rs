@@ -72,10 +72,13 @@ fn error_msgpack(id: &DocId, reason: &str) -> Vec<u8> {
     out
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EmbedSummary {
+    #[serde(rename = "rows")]
     pub records: u64,
     pub failed: u64,
+    /// Tokens encoded (cache hits and failures count none).
+    pub tokens: u64,
 }
 
 /// Read one line of at most `max` bytes (the rest of a longer line is skipped). Returns the
@@ -143,6 +146,7 @@ impl OrderedState {
             self.next += 1;
             self.summary.records += 1;
             self.summary.failed += failed as u64;
+            self.summary.tokens += tokens as u64;
             self.flight.release(1, tokens, 0);
         }
         if let Some(p) = &self.progress {

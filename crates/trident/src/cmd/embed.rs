@@ -228,6 +228,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     if trident_cluster::corpus::is_parquet_input(&args.input) {
         return run_corpus(args);
     }
+    let t0 = std::time::Instant::now();
     let input: Box<dyn BufRead + Send> = if args.input == "-" {
         Box::new(std::io::BufReader::with_capacity(1 << 20, std::io::stdin()))
     } else {
@@ -282,6 +283,14 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         pipeline.stop().await;
         r
     })?;
+    let seconds = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "rows": summary.records, "failed": summary.failed, "tokens": summary.tokens,
+            "seconds": seconds, "tokens_per_second": summary.tokens as f64 / seconds.max(1e-9),
+        })
+    );
     if summary.failed > 0 {
         eprintln!(
             "trident embed: {} of {} records failed (see their \"error\" fields)",
