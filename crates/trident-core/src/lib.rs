@@ -3,7 +3,9 @@
 
 pub mod batch;
 pub mod encoding;
+pub mod eval;
 pub mod output;
+pub mod retrieve;
 pub mod score;
 pub mod types;
 

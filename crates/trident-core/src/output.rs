@@ -204,9 +204,11 @@ impl Record<'_> {
             tokens: self.e.tokens,
             truncated: self.e.truncated,
             dense: self.e.dense.as_deref(),
-            sparse: self.e.sparse.as_ref().map(|s| {
-                Entries(s.iter().map(|(t, w)| (t.to_string(), *w)).collect())
-            }),
+            sparse: self
+                .e
+                .sparse
+                .as_ref()
+                .map(|s| Entries(s.iter().map(|(t, w)| (t.to_string(), *w)).collect())),
         };
         serde_json::to_string(&row).expect("row serialises")
     }
@@ -940,7 +942,8 @@ mod tests {
         assert!(read_msgpack(&extra).unwrap_err().contains("trailing"));
         assert!(read_msgpack(b"\x81\xa6tokens\xa1x").unwrap_err().contains("tokens"));
         // A claimed ColBERT width far over its rows' bytes is refused before any allocation.
-        let v = json!({"encoding": {"colbert": "binary"}, "colbert_dim": u64::MAX, "colbert": ["ff"]});
+        let v =
+            json!({"encoding": {"colbert": "binary"}, "colbert_dim": u64::MAX, "colbert": ["ff"]});
         assert!(read_json(&v).unwrap_err().contains("bits"));
     }
 }

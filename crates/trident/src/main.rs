@@ -24,6 +24,8 @@ enum Command {
     Score(cmd::score::ScoreArgs),
     /// Measure encoder throughput on a corpus.
     Bench(cmd::bench::BenchArgs),
+    /// Evaluate retrieval (dense, sparse, ColBERT, hybrids) on a BEIR-format dataset.
+    Eval(cmd::eval::EvalArgs),
     /// Run a cluster node: Kafka in, Kafka/Redis out.
     Node(cmd::node::NodeArgs),
     /// Load a corpus (Parquet or JSON Lines) into a Kafka topic as `trident node` reads it.
@@ -40,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Command::Embed(a) => cmd::embed::run(a),
         Command::Score(a) => cmd::score::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::Node(a) => cmd::node::run(a),
         Command::Produce(a) => cmd::produce::run(a),
         Command::Lookup(a) => cmd::lookup::run(a),

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod embed;
+pub mod eval;
 pub mod lookup;
 pub mod node;
 pub mod produce;

@@ -1,0 +1,683 @@
+//! `trident eval`: retrieval quality of BGE-M3's outputs and their hybrids on a BEIR-format
+//! dataset: nDCG@10, recall@20/100/1000 and MRR@10 per run (dense, sparse, ColBERT re-ranking,
+//! weighted hybrids), as a table, as JSON and as TREC run files.
+//!
+//! Inputs (BEIR): `corpus.jsonl` and `queries.jsonl`, one `{"_id", "text"}` object a line (a
+//! corpus line's `"title"`, when not empty, is embedded as `title + " " + text`, as BEIR's
+//! dense-retrieval code joins them); qrels as TSV `query-id corpus-id score` with a header (or
+//! TREC's `qid 0 docid grade`). Either side may instead be embeddings written by `trident embed`
+//! (JSON Lines, any encoding): `--corpus-embeddings`, `--query-embeddings`; `--save-embeddings
+//! DIR` writes what this run encoded in that form for the next run.
+//!
+//! Retrieval is exact (`trident_core::retrieve`: every passage scored, queries in parallel);
+//! metrics are trec_eval's (`trident_core::eval`). Only queries with judgements are encoded and
+//! evaluated.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+use trident_cluster::model::LoadedModel;
+use trident_cluster::{Metrics, Pipeline, PipelineConfig, Priority, WorkerSpec};
+use trident_core::eval::{evaluate, random_expectation, Metric, Qrels};
+use trident_core::retrieve::{default_depth, Index, Method, Preset, RunSpec};
+use trident_core::score::Weights;
+use trident_core::{DocId, Embedding, Modes};
+use trident_model::cpu::CpuPrecision;
+
+use super::embed::{build_workers, policy, PipelineSpec};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Model directory; needed unless both sides are given as embeddings.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// BEIR corpus: JSON Lines of {"_id", "title"?, "text"}.
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// BEIR queries: JSON Lines of {"_id", "text"}.
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// Judgements: TSV `query-id<TAB>corpus-id<TAB>score` with a header line (BEIR), or TREC
+    /// qrels `query-id 0 corpus-id grade`.
+    #[arg(long)]
+    pub qrels: PathBuf,
+    /// The passages' embeddings as `trident embed` writes them, used instead of encoding
+    /// `--corpus`: JSON Lines (`"id"` = corpus id), or Parquet (a part, an output directory
+    /// or a glob; the id column = corpus id). Any encoding.
+    #[arg(long)]
+    pub corpus_embeddings: Option<PathBuf>,
+    /// The queries' embeddings (`trident embed` JSON Lines or Parquet), used instead of
+    /// `--queries`.
+    #[arg(long)]
+    pub query_embeddings: Option<PathBuf>,
+    /// Write the embeddings this run encoded to DIR/corpus.jsonl and DIR/queries.jsonl, for
+    /// `--corpus-embeddings` / `--query-embeddings` next time.
+    #[arg(long)]
+    pub save_embeddings: Option<PathBuf>,
+    /// The paper's runs: `miracl` (dense+sparse 1,0.3,0 @1000; all 1,0.3,1 @200), `mldr` (long
+    /// documents: 0.2,0.8,0 and 0.15,0.5,0.35), or `none` (only --weights runs).
+    #[arg(long, default_value = "miracl")]
+    pub preset: Preset,
+    /// An extra hybrid run with these [dense, sparse, colbert] weights; repeat for several.
+    #[arg(long)]
+    pub weights: Vec<Weights>,
+    /// Candidate depth of the --weights runs (default: 200 when the ColBERT weight is not 0,
+    /// else 1000, as the paper).
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Only these runs (names as in the table, comma-separated), e.g. `dense,sparse`.
+    #[arg(long, value_delimiter = ',')]
+    pub runs: Vec<String>,
+    /// Metrics, comma-separated: ndcg@K, recall@K, mrr@K.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ndcg@10,recall@20,recall@100,recall@1000,mrr@10"
+    )]
+    pub metrics: Vec<Metric>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write one TREC run file per run into this directory (`<run>.trec`).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Truncate passages to this many tokens (specials included).
+    #[arg(long, default_value_t = 8192)]
+    pub max_length: usize,
+    /// Truncate queries to this many tokens.
+    #[arg(long, default_value_t = 512)]
+    pub query_max_length: usize,
+    /// Token budget of one batch.
+    #[arg(long, default_value_t = 16384)]
+    pub batch_tokens: usize,
+    /// CPU threads per worker (0 = all cores); retrieval uses all cores.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CUDA device ordinals, one worker (or `--workers`) each.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    pub devices: Vec<usize>,
+    /// Weight precision of the CPU backend: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub precision: CpuPrecision,
+    /// Workers (CPU workers, or workers per CUDA device).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// MCLS (the BGE-M3 paper's "multiple CLS"): insert a CLS token every N tokens and take the dense vector
+    /// as the normalised mean of all CLS positions' final states (sparse and ColBERT leave the
+    /// inserted positions out). For long documents on models without long-document training.
+    /// Off by default.
+    #[arg(long)]
+    pub mcls_every: Option<usize>,
+}
+
+/// A document to encode or its embedding, by id.
+struct Side {
+    ids: Vec<String>,
+    texts: Vec<String>,
+    embeddings: Option<Vec<Embedding>>,
+}
+
+/// The id of a BEIR line (`_id`, or `id`), a string or a number.
+fn line_id(v: &Value) -> Option<String> {
+    match v.get("_id").or_else(|| v.get("id"))? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads a BEIR JSON Lines file: (id, text) per line; `title + " " + text` when `titles`.
+fn read_beir(path: &Path, titles: bool) -> anyhow::Result<Vec<(String, String)>> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let v: Value = serde_json::from_str(&line).with_context(at)?;
+        let id = line_id(&v).with_context(|| format!("{}: no \"_id\" (string or number)", at()))?;
+        let text = v
+            .get("text")
+            .and_then(Value::as_str)
+            .with_context(|| format!("{}: no string \"text\"", at()))?;
+        let title = v.get("title").and_then(Value::as_str).unwrap_or("").trim();
+        let text =
+            if titles && !title.is_empty() { format!("{title} {text}") } else { text.to_string() };
+        out.push((id, text));
+    }
+    Ok(out)
+}
+
+/// Reads `trident embed` JSON Lines: (id, embedding) per line.
+fn read_embeddings(path: &Path) -> anyhow::Result<Vec<(String, Embedding)>> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::with_capacity(1 << 20, f).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let v: Value = serde_json::from_str(&line).with_context(at)?;
+        if let Some(err) = v.get("error") {
+            bail!("{}: an error record, not an embedding: {err}", at());
+        }
+        let id = line_id(&v).with_context(|| format!("{}: no \"id\"", at()))?;
+        let d =
+            trident_core::output::read_json(&v).map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
+        out.push((id, d.e));
+    }
+    Ok(out)
+}
+
+/// Reads embeddings as `trident embed` writes them: Parquet parts (a `.parquet` file, a
+/// directory of them such as an `--output` directory, or a glob), else JSON Lines.
+fn read_any_embeddings(path: &Path) -> anyhow::Result<Vec<(String, Embedding)>> {
+    let s = path.to_string_lossy();
+    if trident_cluster::corpus::is_parquet_input(&s) || path.is_dir() {
+        read_parquet_embeddings(&s)
+    } else {
+        read_embeddings(path)
+    }
+}
+
+/// Parquet parts of `trident embed` (crates/trident-cluster/src/corpus/columns.rs): the id
+/// column first, then `tokens`, `truncated`, `dense` (f32, f16, or bf16 bits as uint16),
+/// `sparse` (list of {token, weight}), `colbert` (rows of f32/f16, or packed sign bits read as
+/// ±1/√dim), `error`.
+fn read_parquet_embeddings(input: &str) -> anyhow::Result<Vec<(String, Embedding)>> {
+    use parquet::file::reader::SerializedFileReader;
+    use parquet::record::Field;
+    fn float(f: &Field) -> Option<f32> {
+        match f {
+            Field::Float(x) => Some(*x),
+            Field::Double(x) => Some(*x as f32),
+            Field::Float16(x) => Some(f32::from(*x)),
+            // bf16 stored as its bits.
+            Field::UShort(b) => Some(f32::from_bits((*b as u32) << 16)),
+            Field::Int(b) => Some(f32::from_bits((*b as u32) << 16)),
+            _ => None,
+        }
+    }
+    let floats = |f: &Field, what: &str| -> anyhow::Result<Vec<f32>> {
+        let Field::ListInternal(l) = f else { bail!("{what} is not a list") };
+        l.elements().iter().map(|x| float(x).with_context(|| format!("{what}: {x}"))).collect()
+    };
+    let (_, files) = trident_cluster::corpus::units::discover(input)?;
+    let mut out = Vec::new();
+    for file in files {
+        let at = file.display().to_string();
+        let reader =
+            SerializedFileReader::new(File::open(&file).with_context(|| format!("opening {at}"))?)
+                .with_context(|| format!("reading {at}"))?;
+        for (n, row) in reader.into_iter().enumerate() {
+            let row = row.with_context(|| format!("{at} row {n}"))?;
+            let mut cols = row.get_column_iter();
+            let id = match cols.next().map(|c| c.1) {
+                Some(Field::Str(s)) => s.clone(),
+                Some(Field::Long(i)) => i.to_string(),
+                Some(Field::Int(i)) => i.to_string(),
+                Some(Field::ULong(i)) => i.to_string(),
+                Some(Field::UInt(i)) => i.to_string(),
+                other => bail!("{at} row {n}: the first column is the id; got {other:?}"),
+            };
+            let ctx = || format!("{at} row {n} (id {id:?})");
+            let mut e = Embedding {
+                tokens: 0,
+                truncated: false,
+                dense: None,
+                sparse: None,
+                colbert: None,
+                colbert_dim: 0,
+            };
+            for (name, f) in cols {
+                if matches!(f, Field::Null) {
+                    continue;
+                }
+                match name.as_str() {
+                    "error" => bail!("{}: an error row, not an embedding: {f}", ctx()),
+                    "tokens" => e.tokens = if let Field::Int(t) = f { *t as usize } else { 0 },
+                    "truncated" => e.truncated = matches!(f, Field::Bool(true)),
+                    "dense" => e.dense = Some(floats(f, "dense").with_context(ctx)?),
+                    "sparse" => {
+                        let Field::ListInternal(l) = f else { bail!("{}: sparse", ctx()) };
+                        let mut v = Vec::with_capacity(l.elements().len());
+                        for p in l.elements() {
+                            let Field::Group(g) = p else { bail!("{}: sparse pair", ctx()) };
+                            let (mut t, mut w) = (None, None);
+                            for (k, x) in g.get_column_iter() {
+                                match (k.as_str(), x) {
+                                    ("token", Field::UInt(u)) => t = Some(*u),
+                                    ("token", Field::Int(u)) => t = Some(*u as u32),
+                                    ("weight", x) => w = float(x),
+                                    _ => {}
+                                }
+                            }
+                            v.push((
+                                t.with_context(|| format!("{}: sparse token", ctx()))?,
+                                w.with_context(|| format!("{}: sparse weight", ctx()))?,
+                            ));
+                        }
+                        e.sparse = Some(v);
+                    }
+                    "colbert" => {
+                        let Field::ListInternal(l) = f else { bail!("{}: colbert", ctx()) };
+                        let mut v = Vec::new();
+                        for r in l.elements() {
+                            match r {
+                                Field::Bytes(b) => {
+                                    e.colbert_dim = b.len() * 8;
+                                    trident_core::encoding::unpack_bits(
+                                        b.data(),
+                                        e.colbert_dim,
+                                        &mut v,
+                                    );
+                                }
+                                other => {
+                                    let row = floats(other, "colbert row").with_context(ctx)?;
+                                    e.colbert_dim = row.len();
+                                    v.extend(row);
+                                }
+                            }
+                        }
+                        e.colbert = Some(v);
+                    }
+                    _ => {}
+                }
+            }
+            out.push((id, e));
+        }
+    }
+    Ok(out)
+}
+
+/// The runs asked for: the preset's, then one per `--weights`, filtered by `--runs`.
+fn run_specs(args: &EvalArgs) -> anyhow::Result<Vec<RunSpec>> {
+    let mut runs = args.preset.runs();
+    for w in &args.weights {
+        let w = w.get();
+        let depth = args.depth.unwrap_or_else(|| default_depth(w));
+        let name = format!("hybrid({},{},{})@{depth}", w[0], w[1], w[2]);
+        runs.push(RunSpec { name, method: Method::Hybrid(w), depth });
+    }
+    if args.depth.is_some() && args.weights.is_empty() {
+        bail!("--depth sets the depth of --weights runs; give --weights too");
+    }
+    if !args.runs.is_empty() {
+        let known: Vec<String> = runs.iter().map(|r| r.name.clone()).collect();
+        for r in &args.runs {
+            ensure!(known.contains(r), "--runs {r}: no such run; the runs are {known:?}");
+        }
+        runs.retain(|r| args.runs.contains(&r.name));
+    }
+    ensure!(!runs.is_empty(), "no run to evaluate (--preset none and no --weights)");
+    for r in &runs {
+        ensure!(r.depth > 0, "run {}: the depth must be positive", r.name);
+    }
+    Ok(runs)
+}
+
+fn modes_of(runs: &[RunSpec]) -> Modes {
+    runs.iter().fold(Modes::NONE, |m, r| {
+        let (dense, sparse, colbert) = r.method.needs();
+        m.union(Modes { dense, sparse, colbert })
+    })
+}
+
+/// The model and pipeline, started on first use.
+struct Encoder {
+    rt: tokio::runtime::Runtime,
+    pipeline: Pipeline,
+}
+
+impl Encoder {
+    fn start(args: &EvalArgs, model_dir: &Path) -> anyhow::Result<Encoder> {
+        let spec = PipelineSpec {
+            model: model_dir,
+            device: &args.device,
+            devices: &args.devices,
+            workers: args.workers,
+            threads: args.threads,
+            precision: args.precision,
+        };
+        let (model, mut workers): (LoadedModel, Vec<WorkerSpec>) = build_workers(&spec)?;
+        if let Some(every) = args.mcls_every {
+            ensure!(every > 0, "--mcls-every must be at least 1");
+            for w in &mut workers {
+                let inner = w.factory.clone();
+                w.factory = std::sync::Arc::new(move || {
+                    let mut e = inner()?;
+                    e.set_mcls_every(Some(every)).map_err(|e| e.to_string())?;
+                    Ok(e)
+                });
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let cfg = PipelineConfig {
+            policy: policy(args.batch_tokens, 5),
+            key_prefix: "trident".into(),
+            model_fingerprint: model.fingerprint.clone(),
+        };
+        let pipeline =
+            rt.block_on(Pipeline::start(cfg, model.tokenizer, workers, None, Metrics::new()))?;
+        Ok(Encoder { rt, pipeline })
+    }
+
+    /// Encodes texts in order; a text that fails fails the run (naming its id).
+    fn encode(
+        &self,
+        what: &str,
+        ids: &[String],
+        texts: &[String],
+        modes: Modes,
+        max_length: usize,
+    ) -> anyhow::Result<Vec<Embedding>> {
+        let t0 = Instant::now();
+        let mut out = Vec::with_capacity(texts.len());
+        for (chunk_ids, chunk) in ids.chunks(4096).zip(texts.chunks(4096)) {
+            let res = self.rt.block_on(self.pipeline.embed(
+                chunk.to_vec(),
+                modes,
+                max_length,
+                Priority::Stream,
+            ));
+            for (id, r) in chunk_ids.iter().zip(res) {
+                out.push(r.map_err(|e| anyhow::anyhow!("encoding {what}: {id:?}: {e}"))?);
+            }
+        }
+        eprintln!(
+            "trident eval: encoded {} {what} in {:.1}s",
+            texts.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(out)
+    }
+
+    fn stop(self) {
+        self.rt.block_on(self.pipeline.stop());
+    }
+}
+
+fn save(dir: &Path, name: &str, ids: &[String], embs: &[Embedding]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    let mut w = BufWriter::new(
+        File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for (id, e) in ids.iter().zip(embs) {
+        writeln!(w, "{}", e.to_json(&DocId::Str(id.clone())))?;
+    }
+    w.flush().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// A run's file name: its name with characters other than `[A-Za-z0-9+._@,-]` as `_`.
+fn run_file_name(name: &str) -> String {
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "+._@,-".contains(c) { c } else { '_' })
+        .collect();
+    format!("{safe}.trec")
+}
+
+fn weights_of(m: Method) -> Option<[f32; 3]> {
+    match m {
+        Method::Dense => Some([1.0, 0.0, 0.0]),
+        Method::Sparse => Some([0.0, 1.0, 0.0]),
+        Method::Colbert => Some([0.0, 0.0, 1.0]),
+        Method::Hybrid(w) => Some(w),
+    }
+}
+
+/// An f32 as the shortest decimal that reads back to it (0.3, not 0.30000001192092896).
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
+}
+
+/// The method's JSON name and what its candidates are.
+fn method_name(m: Method) -> (&'static str, &'static str) {
+    match m {
+        Method::Dense => ("dense", "all passages"),
+        Method::Sparse => ("sparse", "passages sharing a token with the query"),
+        Method::Colbert => ("colbert", "the dense top depth, re-ranked"),
+        Method::Hybrid(_) => ("hybrid", "the dense top depth ∪ the sparse top depth"),
+    }
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let t_start = Instant::now();
+    let qrels_text = std::fs::read_to_string(&args.qrels)
+        .with_context(|| format!("reading qrels {}", args.qrels.display()))?;
+    let qrels = Qrels::parse(&qrels_text).with_context(|| args.qrels.display().to_string())?;
+    let runs = run_specs(&args)?;
+    ensure!(!args.metrics.is_empty(), "--metrics is empty");
+    let metrics = args.metrics.clone();
+    let modes = modes_of(&runs);
+    ensure!(
+        args.corpus.is_some() || args.corpus_embeddings.is_some(),
+        "give --corpus (texts) or --corpus-embeddings"
+    );
+    ensure!(
+        args.queries.is_some() || args.query_embeddings.is_some(),
+        "give --queries (texts) or --query-embeddings"
+    );
+
+    // Queries: only those judged.
+    let judged: HashSet<&String> = qrels.queries.keys().collect();
+    let mut queries = match &args.query_embeddings {
+        Some(p) => {
+            let (ids, embs): (Vec<_>, Vec<_>) =
+                read_any_embeddings(p)?.into_iter().filter(|(id, _)| judged.contains(id)).unzip();
+            Side { ids, texts: vec![], embeddings: Some(embs) }
+        }
+        None => {
+            let path = args.queries.as_ref().expect("checked above");
+            let (ids, texts) =
+                read_beir(path, false)?.into_iter().filter(|(id, _)| judged.contains(id)).unzip();
+            Side { ids, texts, embeddings: None }
+        }
+    };
+    let mut corpus = match &args.corpus_embeddings {
+        Some(p) => {
+            let (ids, embs) = read_any_embeddings(p)?.into_iter().unzip();
+            Side { ids, texts: vec![], embeddings: Some(embs) }
+        }
+        None => {
+            let path = args.corpus.as_ref().expect("checked above");
+            let (ids, texts) = read_beir(path, true)?.into_iter().unzip();
+            Side { ids, texts, embeddings: None }
+        }
+    };
+    ensure!(!corpus.ids.is_empty(), "the corpus is empty");
+    ensure!(
+        !queries.ids.is_empty(),
+        "no query of the queries file has judgements in {}",
+        args.qrels.display()
+    );
+    {
+        let mut seen = HashSet::new();
+        if let Some(d) = queries.ids.iter().find(|id| !seen.insert(*id)) {
+            bail!("query id {d:?} occurs twice");
+        }
+    }
+    let have: HashSet<&String> = queries.ids.iter().collect();
+    let missing_q = qrels.queries.keys().filter(|q| !have.contains(q)).count();
+    if missing_q > 0 {
+        eprintln!(
+            "trident eval: {missing_q} judged queries are not in the queries and are not evaluated"
+        );
+    }
+
+    // Encode what is not given.
+    if corpus.embeddings.is_none() || queries.embeddings.is_none() {
+        let dir = args.model.as_ref().context(
+            "--model is needed to encode the texts (or give --corpus-embeddings and \
+             --query-embeddings)",
+        )?;
+        ensure!(args.max_length >= 2 && args.query_max_length >= 2, "--max-length must be ≥ 2");
+        ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
+        let enc = Encoder::start(&args, dir)?;
+        if queries.embeddings.is_none() {
+            let e =
+                enc.encode("queries", &queries.ids, &queries.texts, modes, args.query_max_length)?;
+            if let Some(d) = &args.save_embeddings {
+                save(d, "queries.jsonl", &queries.ids, &e)?;
+            }
+            queries.embeddings = Some(e);
+        }
+        if corpus.embeddings.is_none() {
+            let e = enc.encode("passages", &corpus.ids, &corpus.texts, modes, args.max_length)?;
+            if let Some(d) = &args.save_embeddings {
+                save(d, "corpus.jsonl", &corpus.ids, &e)?;
+            }
+            corpus.embeddings = Some(e);
+        }
+        enc.stop();
+    }
+    let passages: Vec<(String, Embedding)> =
+        corpus.ids.into_iter().zip(corpus.embeddings.take().expect("encoded")).collect();
+    let n_passages = passages.len();
+    let index = Index::build(passages)?;
+    for r in &runs {
+        index.check(r)?;
+    }
+    let query_embs = queries.embeddings.take().expect("encoded");
+
+    // Retrieve and evaluate.
+    let mut results = Vec::new();
+    for spec in &runs {
+        let t0 = Instant::now();
+        let ranked: Vec<Vec<(u32, f32)>> = queries
+            .ids
+            .par_iter()
+            .zip(query_embs.par_iter())
+            .map(|(id, q)| index.search(id, q, spec))
+            .collect::<Result<_, _>>()?;
+        let secs = t0.elapsed().as_secs_f64();
+        let run_map: HashMap<String, Vec<(&str, f64)>> = queries
+            .ids
+            .iter()
+            .zip(&ranked)
+            .map(|(q, r)| {
+                let docs = r.iter().map(|&(d, s)| (index.ids()[d as usize].as_str(), s as f64));
+                (q.clone(), docs.collect())
+            })
+            .collect();
+        let ev = evaluate(&run_map, &qrels, &metrics);
+        if let Some(dir) = &args.run_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join(run_file_name(&spec.name));
+            let mut w = BufWriter::new(
+                File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+            );
+            let tag = format!("trident-{}", spec.name.replace(char::is_whitespace, "_"));
+            for (q, r) in queries.ids.iter().zip(&ranked) {
+                for (rank, &(d, s)) in r.iter().enumerate() {
+                    writeln!(w, "{q} Q0 {} {} {s} {tag}", index.ids()[d as usize], rank + 1)?;
+                }
+            }
+            w.flush().with_context(|| format!("writing {}", path.display()))?;
+        }
+        results.push((spec.clone(), ev.mean, ev.per_query.len(), secs));
+    }
+
+    // The expected value of a uniformly random ranking of the whole corpus.
+    let evaluated: Vec<&String> =
+        queries.ids.iter().filter(|q| qrels.queries.contains_key(*q)).collect();
+    let random: Vec<f64> = metrics
+        .iter()
+        .map(|&m| {
+            let sum: f64 = evaluated
+                .iter()
+                .map(|q| random_expectation(m, &qrels.queries[*q], n_passages))
+                .sum();
+            sum / evaluated.len().max(1) as f64
+        })
+        .collect();
+
+    print!("{}", table(&results, &random, &metrics, n_passages, evaluated.len(), qrels.len()));
+    if let Some(path) = &args.json {
+        let runs_json: Vec<Value> = results
+            .iter()
+            .map(|(spec, mean, _, secs)| {
+                json!({
+                    "name": spec.name,
+                    "method": method_name(spec.method).0,
+                    "candidates": method_name(spec.method).1,
+                    "weights": weights_of(spec.method).map(|w| w.map(decimal)),
+                    "depth": spec.depth,
+                    "run_file": args.run_dir.as_ref().map(|d| d.join(run_file_name(&spec.name))),
+                    "metrics": metric_map(&metrics, mean),
+                    "retrieval_seconds": secs,
+                })
+            })
+            .collect();
+        let doc = json!({
+            "passages": n_passages,
+            "queries": evaluated.len(),
+            "judgements": qrels.len(),
+            "metrics": metrics.iter().map(|m| m.key()).collect::<Vec<_>>(),
+            "runs": runs_json,
+            "random_expected": metric_map(&metrics, &random),
+            "seconds": t_start.elapsed().as_secs_f64(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn metric_map(metrics: &[Metric], values: &[f64]) -> Value {
+    Value::Object(metrics.iter().zip(values).map(|(m, v)| (m.key(), json!(v))).collect())
+}
+
+fn table(
+    results: &[(RunSpec, Vec<f64>, usize, f64)],
+    random: &[f64],
+    metrics: &[Metric],
+    passages: usize,
+    queries: usize,
+    judgements: usize,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{passages} passages, {queries} queries, {judgements} judgements (mean over queries)"
+    );
+    let name_w = results.iter().map(|r| r.0.name.chars().count()).max().unwrap_or(4).max(17);
+    let _ = write!(s, "{:<name_w$}  {:<16}  {:>5}", "run", "weights d,s,c", "depth");
+    for m in metrics {
+        let _ = write!(s, "  {:>7}", m.heading());
+    }
+    s.push('\n');
+    for (spec, mean, _, _) in results {
+        let w = match spec.method {
+            Method::Dense | Method::Sparse | Method::Colbert => "-".to_string(),
+            Method::Hybrid(w) => format!("{},{},{}", w[0], w[1], w[2]),
+        };
+        let _ = write!(s, "{:<name_w$}  {:<16}  {:>5}", spec.name, w, spec.depth);
+        for v in mean {
+            let _ = write!(s, "  {v:>7.4}");
+        }
+        s.push('\n');
+    }
+    let _ = write!(s, "{:<name_w$}  {:<16}  {:>5}", "random (expected)", "-", passages);
+    for v in random {
+        let _ = write!(s, "  {v:>7.4}");
+    }
+    s.push('\n');
+    s
+}
