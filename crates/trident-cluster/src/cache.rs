@@ -18,13 +18,25 @@ pub enum Cache {
     Redis(Arc<RedisCache>),
 }
 
-/// Entries by key, and keys in insertion order (for eviction).
-type Entries = (HashMap<String, Arc<Embedding>>, VecDeque<String>);
+/// Entries by key, keys in insertion order (for eviction), and the bytes the entries hold.
+type Entries = (HashMap<String, Arc<Embedding>>, VecDeque<String>, usize);
 
-/// A bounded in-process cache (oldest entries evicted first).
+/// Bytes an in-process cache may hold: a real model's document with ColBERT rows is megabytes,
+/// so a count of entries alone does not bound memory.
+pub const MEMORY_CACHE_BYTES: usize = 256 << 20;
+
+/// A bounded in-process cache (oldest entries evicted first, by count and by bytes).
 pub struct MemoryCache {
     inner: Mutex<Entries>,
     capacity: usize,
+    max_bytes: usize,
+}
+
+/// The heap bytes of a cached embedding (what the byte bound counts).
+fn size_of(e: &Embedding) -> usize {
+    64 + 4 * e.dense.as_ref().map_or(0, Vec::len)
+        + 8 * e.sparse.as_ref().map_or(0, Vec::len)
+        + 4 * e.colbert.as_ref().map_or(0, Vec::len)
 }
 
 pub struct RedisCache {
@@ -48,10 +60,12 @@ pub fn redis_connection(url: &str) -> Result<ConnectionManager, ClusterError> {
 }
 
 impl Cache {
+    /// At most `capacity` entries and [`MEMORY_CACHE_BYTES`].
     pub fn memory(capacity: usize) -> Cache {
         Cache::Memory(Arc::new(MemoryCache {
-            inner: Mutex::new((HashMap::new(), VecDeque::new())),
+            inner: Mutex::new((HashMap::new(), VecDeque::new(), 0)),
             capacity,
+            max_bytes: MEMORY_CACHE_BYTES,
         }))
     }
 
@@ -103,13 +117,20 @@ impl Cache {
     pub fn put(&self, key: String, e: &Embedding) {
         match self {
             Cache::Memory(m) => {
-                let mut g = m.inner.lock().unwrap();
-                if g.0.insert(key.clone(), Arc::new(e.clone())).is_none() {
-                    g.1.push_back(key);
+                let size = size_of(e);
+                if size > m.max_bytes {
+                    return;
                 }
-                while g.1.len() > m.capacity {
-                    if let Some(old) = g.1.pop_front() {
-                        g.0.remove(&old);
+                let mut g = m.inner.lock().unwrap();
+                match g.0.insert(key.clone(), Arc::new(e.clone())) {
+                    None => g.1.push_back(key),
+                    Some(old) => g.2 -= size_of(&old),
+                }
+                g.2 += size;
+                while g.1.len() > m.capacity || g.2 > m.max_bytes {
+                    let Some(old) = g.1.pop_front() else { break };
+                    if let Some(e) = g.0.remove(&old) {
+                        g.2 -= size_of(&e);
                     }
                 }
             }
@@ -132,5 +153,44 @@ impl Cache {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(rows: usize) -> Embedding {
+        Embedding {
+            tokens: rows + 1,
+            truncated: false,
+            dense: Some(vec![0.5; 8]),
+            sparse: None,
+            colbert: Some(vec![0.25; rows * 8]),
+            colbert_dim: 8,
+        }
+    }
+
+    #[test]
+    fn memory_cache_is_bounded_by_bytes_and_count() {
+        let m = Arc::new(MemoryCache {
+            inner: Mutex::new((HashMap::new(), VecDeque::new(), 0)),
+            capacity: 100,
+            max_bytes: 10_000,
+        });
+        let cache = Cache::Memory(m.clone());
+        for i in 0..50 {
+            cache.put(format!("k{i}"), &doc(40)); // ~1.4 KB each
+            let g = m.inner.lock().unwrap();
+            assert!(g.2 <= 10_000, "{} bytes held", g.2);
+            assert_eq!(g.2, g.0.values().map(|e| size_of(e)).sum::<usize>());
+            assert_eq!(g.0.len(), g.1.len());
+        }
+        assert!(m.inner.lock().unwrap().0.contains_key("k49"), "the newest is kept");
+        cache.put("huge".into(), &doc(10_000));
+        assert!(!m.inner.lock().unwrap().0.contains_key("huge"), "over the whole budget: not kept");
+        cache.put("k49".into(), &doc(1));
+        let g = m.inner.lock().unwrap();
+        assert_eq!(g.2, g.0.values().map(|e| size_of(e)).sum::<usize>(), "replacing re-counts");
     }
 }

@@ -406,7 +406,7 @@ impl Writer {
     fn handle(&mut self, msg: WriterMsg) -> Result<(), ClusterError> {
         match msg {
             WriterMsg::Unit { index, key, part, schema } => {
-                let tmp = part.with_extension("parquet.tmp");
+                let tmp = tmp_part(&part);
                 let f = File::create(&tmp).map_err(io_err(&tmp))?;
                 let props = WriterProperties::builder()
                     .set_compression(Compression::SNAPPY)
@@ -448,6 +448,27 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
         keep_columns: job.keep_columns.clone(),
     };
     std::fs::create_dir_all(&job.output).map_err(io_err(&job.output))?;
+    // Every shard writing into one output must run the same job: same settings, same count.
+    if manifest::dir(&job.output).is_dir() {
+        for m in Manifest::load_all(&job.output)? {
+            if let Some(d) = settings.difference(&m.settings) {
+                return Err(ClusterError::Input(format!(
+                    "{} holds a job made with other settings ({d}): choose another --output",
+                    job.output.display()
+                )));
+            }
+            if m.shard.count != job.shard.count {
+                return Err(ClusterError::Input(format!(
+                    "{} holds shard {}/{} of a job split {} ways, not {}: choose another --output",
+                    job.output.display(),
+                    m.shard.index,
+                    m.shard.count,
+                    m.shard.count,
+                    job.shard.count
+                )));
+            }
+        }
+    }
     let mpath = manifest::path(&job.output, job.shard);
     let manifest = if mpath.exists() {
         if !job.resume {
@@ -464,6 +485,25 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
                 "--resume refused: {} was made with other settings ({d})",
                 job.output.display()
             )));
+        }
+        // The input must still hold the units the manifest says are done, with their rows.
+        for (key, done) in &m.units {
+            match mine.iter().find(|u| &u.key() == key) {
+                Some(u) if u.rows as u64 == done.rows => {}
+                Some(u) => {
+                    return Err(ClusterError::Input(format!(
+                        "--resume refused: input unit {key} has {} rows, {} when it was written",
+                        u.rows, done.rows
+                    )))
+                }
+                None => {
+                    return Err(ClusterError::Input(format!(
+                        "--resume refused: input unit {key} (written as {}) is no longer in \
+                         this shard of the input",
+                        done.part
+                    )))
+                }
+            }
         }
         m
     } else {
@@ -510,9 +550,11 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
         open: HashMap::new(),
         flight: flight.clone(),
         summary: Summary { rows: 0, units_skipped: skipped, ..Summary::default() },
-        total_rows: total_rows - done_rows,
+        total_rows: total_rows.saturating_sub(done_rows),
         progress: job.progress.clone(),
     };
+    let writer_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failed_flag = writer_failed.clone();
     let writer_task = tokio::spawn(async move {
         let mut failure: Option<ClusterError> = None;
         while let Some(msg) = rx.recv().await {
@@ -531,8 +573,15 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
                 m if failure.is_none() => {
                     if let Err(e) = writer.handle(m) {
                         failure = Some(e);
+                        failed_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
+                // After a failure results are dropped, but what they held in flight is let go
+                // so the reader and the wait for the last rows end.
+                WriterMsg::Sink(SinkMsg::Done { tokens, .. }) => {
+                    writer.flight.release(1, tokens, 0)
+                }
+                WriterMsg::Sink(SinkMsg::Bad { .. }) => writer.flight.release(1, 0, 0),
                 _ => {}
             }
         }
@@ -551,7 +600,7 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
     let (coord, coord_join) =
         Actor::spawn(None, Coordinator, coord_args).await.map_err(actor_err)?;
 
-    let read = feed(&job, &layout, &todo, &previous, &tx, &coord, &flight).await;
+    let read = feed(&job, &layout, &todo, &previous, &tx, &coord, &flight, &writer_failed).await;
     let _ = coord.send_message(CoordinatorMsg::Flush);
     if read.is_ok() {
         // Wait until every submitted row is written (or the writer failed).
@@ -568,14 +617,19 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
     let _ = coord_join.await;
     let _ = sink_join.await;
     let _ = writer_task.await;
-    read?;
-    let mut s = written?;
+    // The writer's own error names the file at fault; the reader's only says it stopped.
+    let mut s = match (read, written) {
+        (_, Err(e)) if writer_failed.load(std::sync::atomic::Ordering::Relaxed) => return Err(e),
+        (Err(e), _) => return Err(e),
+        (Ok(()), w) => w?,
+    };
     s.seconds = t0.elapsed().as_secs_f64();
     s.tokens_per_second = s.tokens as f64 / s.seconds.max(1e-9);
     Ok(s)
 }
 
 /// Read every unit to do, announce it to the writer, and submit its rows.
+#[allow(clippy::too_many_arguments)]
 async fn feed(
     job: &CorpusJob,
     layout: &Layout,
@@ -584,12 +638,18 @@ async fn feed(
     tx: &mpsc::UnboundedSender<WriterMsg>,
     coord: &ActorRef<CoordinatorMsg>,
     flight: &Arc<InFlight>,
+    writer_failed: &std::sync::atomic::AtomicBool,
 ) -> Result<(), ClusterError> {
+    let stopped = || {
+        writer_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| ClusterError::Actor("the output writer failed".into()))
+    };
     let mut ticket: u64 = 1;
     for unit in todo {
         let part = job.output.join(unit.part_name());
         // A part left by a killed run is redone whole.
-        let _ = std::fs::remove_file(part.with_extension("parquet.tmp"));
+        let _ = std::fs::remove_file(tmp_part(&part));
         let f = File::open(&unit.file).map_err(io_err(&unit.file))?;
         let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq_err(unit.file.display()))?;
         let cols = input_columns(job, b.schema(), &unit.file)?;
@@ -642,7 +702,9 @@ async fn feed(
                 let hash = text_hash(text.unwrap_or(""));
                 hashes.push(hash);
                 let again = match (&prev_rows, &id) {
-                    (Some(p), Some(id)) if i < p.num_rows() => same_row(p, i, id, &hash, job),
+                    (Some(p), Some(id)) if i < p.num_rows() && text.is_some() => {
+                        same_row(p, i, id, &hash, job)
+                    }
                     _ => false,
                 };
                 reused.push(again);
@@ -686,13 +748,29 @@ async fn feed(
                 continue;
             }
             while flight.above_high(&job.limits) {
-                flight.wait_below_low(&job.limits).await;
+                if let Some(e) = stopped() {
+                    return Err(e);
+                }
+                tokio::select! {
+                    _ = flight.wait_below_low(&job.limits) => {}
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+            }
+            if let Some(e) = stopped() {
+                return Err(e);
             }
             flight.add_records(docs.len());
             let _ = coord.send_message(CoordinatorMsg::Docs(docs));
         }
     }
     Ok(())
+}
+
+/// Where a part is written before it is complete: hidden (a leading `.`), so that readers of
+/// the output directory (pyarrow, Spark) skip it.
+fn tmp_part(part: &Path) -> PathBuf {
+    let name = part.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    part.with_file_name(format!(".{name}.tmp"))
 }
 
 fn empty() -> Embedding {
