@@ -17,8 +17,8 @@ use crate::Metrics;
 /// librdkafka's default `message.max.bytes`.
 pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
-/// Whether retrying could help.
-pub fn is_permanent(e: &KafkaError) -> bool {
+/// Whether the message itself is at fault (too large, invalid): another message may go through.
+pub fn is_message_fault(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(
@@ -28,21 +28,31 @@ pub fn is_permanent(e: &KafkaError) -> bool {
                 | Code::InvalidMessage
                 | Code::InvalidRecord
                 | Code::BadMessage
-                | Code::InvalidTopic
-                | Code::UnknownTopic
-                | Code::UnknownTopicOrPartition
-                | Code::UnknownPartition
-                | Code::TopicAuthorizationFailed
-                | Code::ClusterAuthorizationFailed
-                | Code::Authentication
-                | Code::SaslAuthenticationFailed
-                | Code::InvalidRequiredAcks
-                | Code::InvalidTimestamp
-                | Code::UnsupportedForMessageFormat
-                | Code::InvalidArgument
-                | Code::Fatal
         )
     )
+}
+
+/// Whether retrying could help.
+pub fn is_permanent(e: &KafkaError) -> bool {
+    is_message_fault(e)
+        || matches!(
+            e.rdkafka_error_code(),
+            Some(
+                Code::InvalidTopic
+                    | Code::UnknownTopic
+                    | Code::UnknownTopicOrPartition
+                    | Code::UnknownPartition
+                    | Code::TopicAuthorizationFailed
+                    | Code::ClusterAuthorizationFailed
+                    | Code::Authentication
+                    | Code::SaslAuthenticationFailed
+                    | Code::InvalidRequiredAcks
+                    | Code::InvalidTimestamp
+                    | Code::UnsupportedForMessageFormat
+                    | Code::InvalidArgument
+                    | Code::Fatal
+            )
+        )
 }
 
 /// A message to produce.

@@ -96,6 +96,18 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// No outputs yet (a placeholder, or a record to fill).
+    pub fn empty() -> Embedding {
+        Embedding {
+            tokens: 0,
+            truncated: false,
+            dense: None,
+            sparse: None,
+            colbert: None,
+            colbert_dim: 0,
+        }
+    }
+
     /// ColBERT rows as slices.
     pub fn colbert_rows(&self) -> impl Iterator<Item = &[f32]> {
         let dim = self.colbert_dim.max(1);

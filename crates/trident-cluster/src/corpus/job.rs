@@ -709,7 +709,7 @@ async fn feed(
                 };
                 reused.push(again);
                 match (id, text) {
-                    _ if again => results.push(Some(Ok(empty()))),
+                    _ if again => results.push(Some(Ok(Embedding::empty()))),
                     (None, _) => {
                         results.push(Some(Err(format!("null id in column {:?}", job.id_column))))
                     }
@@ -771,17 +771,6 @@ async fn feed(
 fn tmp_part(part: &Path) -> PathBuf {
     let name = part.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     part.with_file_name(format!(".{name}.tmp"))
-}
-
-fn empty() -> Embedding {
-    Embedding {
-        tokens: 0,
-        truncated: false,
-        dense: None,
-        sparse: None,
-        colbert: None,
-        colbert_dim: 0,
-    }
 }
 
 /// Whether row `i` of the earlier part is this row's result: same id, same text, no error.

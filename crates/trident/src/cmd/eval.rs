@@ -235,14 +235,7 @@ fn read_parquet_embeddings(input: &str) -> anyhow::Result<Vec<(String, Embedding
                 other => bail!("{at} row {n}: the first column is the id; got {other:?}"),
             };
             let ctx = || format!("{at} row {n} (id {id:?})");
-            let mut e = Embedding {
-                tokens: 0,
-                truncated: false,
-                dense: None,
-                sparse: None,
-                colbert: None,
-                colbert_dim: 0,
-            };
+            let mut e = Embedding::empty();
             for (name, f) in cols {
                 if matches!(f, Field::Null) {
                     continue;

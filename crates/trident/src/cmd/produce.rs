@@ -237,17 +237,7 @@ impl Sender {
     /// the cause (too large, invalid), else the end of the run.
     fn refused(&mut self, key: &[u8], size: usize, e: KafkaError) -> Result<(), Fatal> {
         let id = String::from_utf8_lossy(key);
-        let row_fault = matches!(
-            e.rdkafka_error_code(),
-            Some(
-                Code::MessageSizeTooLarge
-                    | Code::InvalidMessageSize
-                    | Code::MessageBatchTooLarge
-                    | Code::InvalidMessage
-                    | Code::InvalidRecord
-                    | Code::BadMessage
-            )
-        );
+        let row_fault = trident_cluster::deliver::is_message_fault(&e);
         if row_fault {
             let limit = match e.rdkafka_error_code() {
                 Some(Code::MessageSizeTooLarge | Code::MessageBatchTooLarge) => format!(
