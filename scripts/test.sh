@@ -41,6 +41,8 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 PY=${PYTHON:-python3}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export CARGO_NET_RETRY=${CARGO_NET_RETRY:-10}
+# One cold build: incremental state would only add gigabytes to target/ (override to keep it).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 export DEBIAN_FRONTEND=noninteractive
 
 section "system packages (apt)"
@@ -118,6 +120,7 @@ fi
 
 section "build all tests (dev profile)"
 cargo nextest run --workspace --locked --no-run
+echo "target/ holds $(du -sh target 2>/dev/null | cut -f1); $(df -h . | awk 'NR==2{print $4}') left on disk"
 
 section "tests (cargo nextest run --workspace)"
 cargo nextest run --workspace --locked --no-fail-fast
@@ -128,4 +131,5 @@ if [ -z "${TRIDENT_SKIP_CLIPPY:-}" ]; then
 fi
 
 section "summary"
+echo "target/ holds $(du -sh target 2>/dev/null | cut -f1); disk: $(df -h . | awk 'NR==2{print $4 " free of " $2}')"
 echo "all checks passed in $((SECONDS - T0))s"
