@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release -p trident-model --example cpu_bench -- \
 //!         --model DIR --corpus FILE [--threads 2] [--batch-tokens 16384] [--repeat 3]
-//!         [--max-length 8192]
+//!         [--max-length 8192] [--precision f32|bf16]
 //!
 //! `--random-layers N` replaces `--model`'s weights with random ones of the same config but N
 //! layers (tokenizer still read from `--model`).
@@ -59,7 +59,10 @@ fn main() {
         }
         None => Checkpoint::open(&model).unwrap(),
     };
-    let enc = Encoder::new(&ckpt, CpuBackend::new(threads)).unwrap();
+    let precision = arg(&args, "--precision").map_or(Default::default(), |s| s.parse().unwrap());
+    let backend = CpuBackend::with_precision(threads, precision);
+    eprintln!("{}", trident_model::Backend::describe(&backend));
+    let enc = Encoder::new(&ckpt, backend).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
     let first = tok.encode("The first embedding after start-up.", max_length).unwrap();
     enc.encode(&[first], Modes::ALL).unwrap();

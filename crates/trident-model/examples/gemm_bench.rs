@@ -1,7 +1,7 @@
 //! GFLOP/s of the CPU backend's linear-layer GEMM on the encoder's shapes (XLM-R large: hidden
 //! 1024, FFN 4096), against the cores' FMA peak measured in the same run.
 //!
-//!     cargo run --release -p trident-model --example gemm_bench -- [ROWS] [THREADS]
+//!     cargo run --release -p trident-model --example gemm_bench -- [ROWS] [THREADS] [f32|amx]
 
 use std::time::Instant;
 
@@ -9,15 +9,26 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let m: usize = args.get(1).map_or(4096, |s| s.parse().expect("ROWS"));
     let threads: usize = args.get(2).map_or(2, |s| s.parse().expect("THREADS"));
+    let amx = args.get(3).is_some_and(|s| s == "amx");
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     for (name, n, k) in [("qkv part", 1024, 1024), ("ffn up", 4096, 1024), ("ffn down", 1024, 4096)]
     {
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0).collect();
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 480.0).collect();
         let mut c = vec![0f32; m * n];
+        #[cfg(target_arch = "x86_64")]
+        let packed = amx.then(|| {
+            use trident_model::cpu::amx;
+            assert!(amx::available(), "this CPU (or its kernel) gives no AMX-BF16");
+            amx::AmxWeight::pack(n, k, |i| amx::bf16_bits(w[i]))
+        });
         let mut run = || {
-            // SAFETY: c is [m × n].
+            // SAFETY: c is [m × n]; AMX was checked above.
             pool.install(|| unsafe {
+                #[cfg(target_arch = "x86_64")]
+                if let Some(p) = &packed {
+                    return trident_model::cpu::amx::matmul_amx(m, &a, p, c.as_mut_ptr(), n);
+                }
                 trident_model::cpu::matmul_wt(m, n, k, &a, &w, c.as_mut_ptr(), n)
             })
         };

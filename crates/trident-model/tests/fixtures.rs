@@ -193,24 +193,35 @@ fn checker_rejects_small_deviations() {
     assert!(check("colbert rows", &bad, item).is_err());
 }
 
-/// `--precision bf16` stores the linear weights in bf16: outputs stay close to f32 (the bounds
-/// are this fixture's, whose large random weights amplify rounding more than a trained model).
+/// `--precision bf16`: outputs stay close to f32. On an AMX CPU the linear layers multiply bf16
+/// operands (the bounds of the CUDA backend's bf16 on this fixture, whose large random weights
+/// amplify rounding more than a trained model: scripts/bf16-error-budget.py); elsewhere only
+/// the weights are rounded and the arithmetic stays f32 (tighter bounds).
 #[test]
 fn bf16_weights_stay_close_to_f32() {
-    use trident_model::cpu::CpuPrecision;
+    use trident_model::cpu::{force_isa, CpuPrecision, Isa};
     let ckpt = Checkpoint::open(&tiny()).unwrap();
     let f32_enc = Encoder::new(&ckpt, CpuBackend::new(2)).unwrap();
-    let bf16_enc = Encoder::new(&ckpt, CpuBackend::with_precision(2, CpuPrecision::Bf16)).unwrap();
     let tok = Tokenizer::from_dir(&tiny()).unwrap();
     let docs: Vec<TokenizedDoc> = texts().iter().map(|t| tok.encode(t, 512).unwrap()).collect();
-    let (a, b) =
-        (f32_enc.encode(&docs, Modes::ALL).unwrap(), bf16_enc.encode(&docs, Modes::ALL).unwrap());
-    for (x, y) in a.iter().zip(&b) {
-        assert_ne!(x.dense, y.dense, "bf16 weights must change the arithmetic");
+    let a = f32_enc.encode(&docs, Modes::ALL).unwrap();
+    // The best kernel, then the f32 kernel on bf16 weights (the path of CPUs without AMX).
+    for cap in [None, Some(Isa::Avx512)] {
+        force_isa(cap);
+        let backend = CpuBackend::with_precision(2, CpuPrecision::Bf16);
+        let desc = trident_model::Backend::describe(&backend);
+        let amx = desc.contains("amx");
+        let bf16_enc = Encoder::new(&ckpt, backend).unwrap();
+        let b = bf16_enc.encode(&docs, Modes::ALL).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert_ne!(x.dense, y.dense, "bf16 weights must change the arithmetic");
+        }
+        let Closeness { dense_min, colbert_min, differ, total } = closeness(&a, &b);
+        eprintln!("bf16 ({desc}) vs f32: dense cos ≥ {dense_min:.6}, colbert cos ≥ {colbert_min:.6}, {differ} of {total} lexical keys above 1e-2 differ");
+        let (dense_bound, colbert_bound) = if amx { (0.997, 0.98) } else { (0.999, 0.99) };
+        assert!(dense_min > dense_bound, "{desc}: dense cosine {dense_min}");
+        assert!(colbert_min > colbert_bound, "{desc}: colbert cosine {colbert_min}");
+        assert!(differ * 50 <= total, "{desc}: {differ} of {total} lexical keys above 1e-2 differ");
     }
-    let Closeness { dense_min, colbert_min, differ, total } = closeness(&a, &b);
-    eprintln!("bf16 vs f32: dense cos ≥ {dense_min:.6}, colbert cos ≥ {colbert_min:.6}, {differ} of {total} lexical keys above 1e-2 differ");
-    assert!(dense_min > 0.999, "dense cosine {dense_min}");
-    assert!(colbert_min > 0.99, "colbert cosine {colbert_min}");
-    assert!(differ * 50 <= total, "{differ} of {total} lexical keys above 1e-2 differ");
+    force_isa(None);
 }

@@ -9,6 +9,8 @@ use rayon::prelude::*;
 
 use super::isa::{isa, Isa};
 use super::kernel::{block, pack_a, pack_b_rows_panel, Aligned, Element, MR, NR};
+#[cfg(target_arch = "x86_64")]
+use super::kernel_amx;
 
 /// Input features per packed block. Each block reads and writes every tile of `C` once, so fewer,
 /// longer blocks mean less `C` traffic; 512 (a 32 KiB `B` micro-panel) measured ~6 % faster than
@@ -74,7 +76,7 @@ pub unsafe fn matmul_wt<T: Element>(
     let threads = rayon::current_num_threads();
     let col_chunks = (2 * threads).div_ceil(row_blocks).min(panels).max(1);
     // With AVX-512, even: its pairs of panels then never straddle two items.
-    let pair = if isa() == Isa::Avx512 { 2 } else { 1 };
+    let pair = if isa() >= Isa::Avx512 { 2 } else { 1 };
     let chunk = panels.div_ceil(col_chunks).next_multiple_of(pair);
     let col_chunks = panels.div_ceil(chunk);
     let out = Out(c);
@@ -117,6 +119,77 @@ pub unsafe fn matmul_wt<T: Element>(
     });
 }
 
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static A_TILES: RefCell<Vec<kernel_amx::Line>> = RefCell::default();
+}
+
+/// `c[m × w.n] = bf16(a[m × w.k]) · wᵀ` on AMX tiles (f32 sums), row stride `ldc`. Each work
+/// item packs its rows of `a` for all input features once (at most ~1 MiB, so it stays in L2)
+/// and keeps each 32 × 32 block of `C` in tile registers over the whole reduction.
+///
+/// # Safety
+/// As [`matmul_wt`]; and [`kernel_amx::available`] returned true.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn matmul_amx(m: usize, a: &[f32], w: &kernel_amx::AmxWeight, c: *mut f32, ldc: usize) {
+    use kernel_amx::{Line, TK, TM, TN};
+    let (n, k) = (w.n, w.k);
+    assert!(a.len() >= m * k, "matmul_amx operand sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kt = k.div_ceil(TK);
+    // Rows per item: a multiple of 32 whose packed bf16 block is about 1 MiB or less.
+    let mc = ((1 << 20) / (kt * TK * 2)).clamp(32, 256) / 32 * 32;
+    let pairs = n.div_ceil(2 * TN);
+    let row_blocks = m.div_ceil(mc);
+    let threads = rayon::current_num_threads();
+    let col_chunks = (2 * threads).div_ceil(row_blocks).min(pairs).max(1);
+    let chunk = pairs.div_ceil(col_chunks);
+    let col_chunks = pairs.div_ceil(chunk);
+    let out = Out(c);
+    let out = &out;
+    (0..row_blocks * col_chunks).into_par_iter().for_each(|item| {
+        let (rb, cc) = (item / col_chunks, item % col_chunks);
+        let (r0, rows) = (rb * mc, mc.min(m - rb * mc));
+        let (q0, q1) = (cc * chunk, ((cc + 1) * chunk).min(pairs));
+        let groups = rows.div_ceil(2 * TM) * 2;
+        let run = |ap: &mut Vec<Line>| {
+            // Grown, never shrunk: refilling a shrunk buffer would zero it on every call.
+            if ap.len() < groups * kt * TM {
+                ap.resize(groups * kt * TM, Line::default());
+            }
+            kernel_amx::pack_a(a, k, r0, rows, 0, kt, ap);
+            // SAFETY: AMX is available (caller); blocks lie inside c (rows r0.., columns < n).
+            unsafe {
+                kernel_amx::configure();
+                for q in q0..q1 {
+                    let j = q * 2 * TN;
+                    for g in (0..groups).step_by(2) {
+                        let r = g * TM;
+                        kernel_amx::block(
+                            kt,
+                            (ap[g * kt * TM..].as_ptr(), ap[(g + 1) * kt * TM..].as_ptr()),
+                            (w, 2 * q, 0),
+                            out.0.add((r0 + r) * ldc + j),
+                            ldc,
+                            (rows - r).min(2 * TM),
+                            (n - j).min(2 * TN),
+                            false,
+                        );
+                    }
+                }
+                kernel_amx::release();
+            }
+        };
+        // A fresh buffer when this thread's is in use further up the stack (see with_scratch).
+        let done = A_TILES.with(|cell| cell.try_borrow_mut().ok().map(|mut b| run(&mut b)));
+        if done.is_none() {
+            run(&mut Vec::new());
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +213,40 @@ mod tests {
                 }
                 // Columns past n are not touched.
                 assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 9.0));
+            }
+        }
+    }
+
+    /// The AMX kernel against f64 sums of the bf16-rounded operands, on ragged shapes (clipped
+    /// and full blocks, odd panels, features not a multiple of 32, several row items).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_matches_f64_of_bf16_operands_on_ragged_shapes() {
+        use crate::cpu::kernel_amx::{available, bf16_bits, AmxWeight};
+        if !available() {
+            println!("skipped: this CPU (or its kernel) gives no AMX-BF16");
+            return;
+        }
+        let widen = |b: u16| f32::from_bits((b as u32) << 16) as f64;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for &(m, n, k) in &[(1, 1, 1), (16, 16, 32), (33, 17, 37), (300, 70, 1030), (5, 96, 64)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let packed = AmxWeight::pack(n, k, |i| bf16_bits(w[i]));
+            let ldc = n + 3;
+            let mut c = vec![9.0f32; m * ldc];
+            // SAFETY: c is [m × ldc], ldc ≥ n; AMX is available.
+            pool.install(|| unsafe { matmul_amx(m, &a, &packed, c.as_mut_ptr(), ldc) });
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|kk| widen(bf16_bits(a[i * k + kk])) * widen(bf16_bits(w[j * k + kk])))
+                        .sum();
+                    let got = c[i * ldc + j] as f64;
+                    let tol = 1e-5 * (k as f64).sqrt() * (1.0 + want.abs());
+                    assert!((got - want).abs() < tol, "{m}x{n}x{k} ({i},{j}): {got} vs {want}");
+                }
+                assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 9.0), "row {i} overrun");
             }
         }
     }

@@ -1,7 +1,9 @@
-//! Which GEMM micro-kernel runs: the best the CPU supports, capped by `TRIDENT_CPU_ISA`
-//! (`generic`, `avx2`, `avx512`; read once) and by [`force_isa`] (tests, comparisons). Every
-//! path computes each output as the same FMA chain in the same order, so their results are
-//! bit-for-bit equal and switching between them mid-run is harmless.
+//! Which GEMM micro-kernels run: the best the CPU supports, capped by `TRIDENT_CPU_ISA`
+//! (`generic`, `avx2`, `avx512`, `amx`; read once) and by [`force_isa`] (tests, comparisons).
+//! Every f32 path computes each output as the same FMA chain in the same order, so their results
+//! are bit-for-bit equal and switching between them mid-run is harmless. The bf16 precision's
+//! kernel (AMX tiles, or f32 arithmetic on bf16 weights below that level) is chosen when a model
+//! loads, since AMX wants its weights packed in its own order.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -15,6 +17,9 @@ pub enum Isa {
     Avx2 = 2,
     /// AVX-512F, 12 × 32 tile.
     Avx512 = 3,
+    /// AVX-512 for f32, and AMX-BF16 tiles (32 × 32 blocks) for the bf16 precision's linear
+    /// layers; needs Linux's permission for the tile state, asked once.
+    Amx = 4,
 }
 
 impl Isa {
@@ -23,12 +28,12 @@ impl Isa {
         match self {
             Isa::Generic => "generic f32 6x16",
             Isa::Avx2 => "avx2 f32 6x16",
-            Isa::Avx512 => "avx512 f32 12x32",
+            Isa::Avx512 | Isa::Amx => "avx512 f32 12x32",
         }
     }
 
     fn from_u8(v: u8) -> Option<Isa> {
-        [Isa::Generic, Isa::Avx2, Isa::Avx512].into_iter().find(|&i| i as u8 == v)
+        [Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Amx].into_iter().find(|&i| i as u8 == v)
     }
 
     fn parse(s: &str) -> Option<Isa> {
@@ -36,6 +41,7 @@ impl Isa {
             "generic" | "scalar" => Some(Isa::Generic),
             "avx2" => Some(Isa::Avx2),
             "avx512" | "avx-512" => Some(Isa::Avx512),
+            "amx" => Some(Isa::Amx),
             _ => None,
         }
     }
@@ -48,6 +54,9 @@ pub fn detected() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f") {
+                if super::kernel_amx::available() {
+                    return Isa::Amx;
+                }
                 return Isa::Avx512;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -65,7 +74,7 @@ fn env_cap() -> Option<Isa> {
         let v = std::env::var("TRIDENT_CPU_ISA").ok()?;
         let isa = Isa::parse(&v);
         if isa.is_none() {
-            eprintln!("TRIDENT_CPU_ISA={v:?} not understood (generic, avx2, avx512); ignored");
+            eprintln!("TRIDENT_CPU_ISA={v:?} not understood (generic, avx2, avx512, amx); ignored");
         }
         isa
     })

@@ -180,7 +180,7 @@ pub unsafe fn block_on(
 ) {
     let (tiles, panels) = (rows.div_ceil(MR), cols.div_ceil(NR));
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
+    if isa >= Isa::Avx512 {
         // Tiles of two A and two B micro-panels; a lone last panel is passed twice.
         for p in (0..panels).step_by(2) {
             let b0 = bp.wrapping_add(p * sb);
@@ -208,7 +208,7 @@ pub unsafe fn block_on(
     }
     let tile = match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => tile_avx2,
+        Isa::Avx2 | Isa::Avx512 | Isa::Amx => tile_avx2,
         _ => tile_generic,
     };
     for p in 0..panels {

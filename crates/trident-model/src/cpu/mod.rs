@@ -1,12 +1,15 @@
-//! The CPU backend: f32 throughout, GEMMs on trident's own packed micro-kernels (`kernel.rs`:
+//! The CPU backend: f32 by default, GEMMs on trident's own packed micro-kernels (`kernel.rs`:
 //! AVX2 6 × 16, `kernel_avx512.rs`: AVX-512 12 × 32, chosen at run time by `isa.rs`) on a
 //! dedicated rayon pool, weights read in place (memory-mapped when the checkpoint is
-//! safetensors), element-wise work fused into one pass after each GEMM.
+//! safetensors), element-wise work fused into one pass after each GEMM. At bf16 precision on a
+//! CPU with AMX the linear layers run on the tile unit (`kernel_amx.rs`).
 
 mod attention;
 mod gemm;
 mod isa;
 mod kernel;
+#[cfg(target_arch = "x86_64")]
+mod kernel_amx;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx512;
 mod ops;
@@ -27,6 +30,14 @@ use pool::{BufferPool, Pooled};
 pub use gemm::matmul_wt;
 pub use isa::{force_isa, kernel_name, Isa};
 
+/// The AMX-BF16 GEMM and its weight packing, public for `examples/gemm_bench.rs`.
+#[doc(hidden)]
+#[cfg(target_arch = "x86_64")]
+pub mod amx {
+    pub use super::gemm::matmul_amx;
+    pub use super::kernel_amx::{available, bf16_bits, AmxWeight};
+}
+
 /// A `[rows × cols]` row-major activation (its buffer goes back to the backend's pool on drop).
 pub struct CpuAct {
     buf: Pooled,
@@ -40,14 +51,15 @@ impl CpuAct {
     }
 }
 
-/// How the CPU backend stores the linear layers' weights (activations are always f32).
+/// The precision of the CPU backend's linear layers (attention, norms and heads stay f32).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CpuPrecision {
-    /// The checkpoint's f32 weights, read in place.
+    /// The checkpoint's f32 weights, read in place, f32 arithmetic.
     #[default]
     F32,
-    /// Weights rounded to bf16 at load (half the memory of the linear layers; widened to f32
-    /// when packed, so the arithmetic stays f32).
+    /// Weights rounded to bf16 at load (half the memory of the linear layers). With AMX the
+    /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); without it
+    /// the weights are widened back and the arithmetic stays f32.
     Bf16,
 }
 
@@ -66,6 +78,9 @@ impl std::str::FromStr for CpuPrecision {
 enum PartWeight {
     F32(HostTensor),
     Bf16(Vec<half::bf16>),
+    /// bf16 in AMX tile order.
+    #[cfg(target_arch = "x86_64")]
+    Amx(kernel_amx::AmxWeight),
 }
 
 impl PartWeight {
@@ -73,6 +88,8 @@ impl PartWeight {
         match self {
             PartWeight::F32(t) => t.shape()[0],
             PartWeight::Bf16(v) => v.len() / in_dim.max(1),
+            #[cfg(target_arch = "x86_64")]
+            PartWeight::Amx(w) => w.n,
         }
     }
 }
@@ -103,6 +120,9 @@ pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     precision: CpuPrecision,
+    /// bf16 linear layers on AMX tiles (decided when the backend is made: the weights are
+    /// packed in the tile order at load).
+    amx: bool,
     buffers: Arc<BufferPool>,
 }
 
@@ -124,7 +144,10 @@ impl CpuBackend {
             .thread_name(|i| format!("trident-cpu-{i}"))
             .build()
             .expect("rayon thread pool");
-        CpuBackend { pool: Arc::new(pool), threads, precision, buffers: Arc::default() }
+        let amx = cfg!(target_arch = "x86_64")
+            && precision == CpuPrecision::Bf16
+            && isa::isa() >= Isa::Amx;
+        CpuBackend { pool: Arc::new(pool), threads, precision, amx, buffers: Arc::default() }
     }
 
     pub fn threads(&self) -> usize {
@@ -144,7 +167,8 @@ impl CpuBackend {
             ));
         }
         let (m, n) = (x.rows, w.out_dim);
-        let mut y = Pooled::new(&self.buffers, m * n);
+        // Every part writes all rows of its columns, and the parts cover all n columns.
+        let mut y = Pooled::overwritten(&self.buffers, m * n);
         let mut col = 0;
         for part in &w.weights {
             let out_i = part.rows(w.in_dim);
@@ -156,6 +180,9 @@ impl CpuBackend {
                         gemm::matmul_wt(m, out_i, w.in_dim, x.data(), t.data(), dst, n)
                     }
                     PartWeight::Bf16(v) => gemm::matmul_wt(m, out_i, w.in_dim, x.data(), v, dst, n),
+                    // (Packed only when kernel_amx::available().)
+                    #[cfg(target_arch = "x86_64")]
+                    PartWeight::Amx(p) => gemm::matmul_amx(m, x.data(), p, dst, n),
                 }
             };
             col += out_i;
@@ -190,6 +217,11 @@ impl Backend for CpuBackend {
     fn describe(&self) -> String {
         match self.precision {
             CpuPrecision::F32 => format!("cpu ({} threads, f32, {})", self.threads, kernel_name()),
+            CpuPrecision::Bf16 if self.amx => format!(
+                "cpu ({} threads, bf16: linear layers on amx bf16 32x32, attention on {})",
+                self.threads,
+                kernel_name()
+            ),
             CpuPrecision::Bf16 => {
                 format!("cpu ({} threads, bf16 weights, f32 math, {})", self.threads, kernel_name())
             }
@@ -213,9 +245,19 @@ impl Backend for CpuBackend {
         }
         // The one-output sparse head stays f32: it is a dot product, not a GEMM.
         let bf16 = self.precision == CpuPrecision::Bf16 && bias.len() > 1;
+        let amx = bf16 && self.amx;
         let weights = parts
             .iter()
             .map(|p| {
+                #[cfg(target_arch = "x86_64")]
+                if amx {
+                    let (n, src) = (p.weight.shape()[0], p.weight.data());
+                    let packed = self.pool.install(|| {
+                        kernel_amx::AmxWeight::pack(n, in_dim, |i| kernel_amx::bf16_bits(src[i]))
+                    });
+                    p.weight.release_pages();
+                    return PartWeight::Amx(packed);
+                }
                 if bf16 {
                     let src = p.weight.data();
                     let mut v = vec![half::bf16::ZERO; src.len()];
@@ -288,7 +330,7 @@ impl Backend for CpuBackend {
                 format!("token id {t} / position {p} outside tables of {vocab} / {max_pos} rows"),
             ));
         }
-        let mut buf = Pooled::new(&self.buffers, batch.n_tokens() * h);
+        let mut buf = Pooled::overwritten(&self.buffers, batch.n_tokens() * h);
         let (word, pos) = (emb.word.data(), emb.position.data());
         self.pool.install(|| {
             buf.data.par_chunks_mut(h).enumerate().for_each(|(i, row)| {
@@ -309,6 +351,9 @@ impl Backend for CpuBackend {
         self.pool.install(|| {
             y.data.par_chunks_mut(n).for_each(|row| match act {
                 Activation::None => ops::add_bias(row, &w.bias),
+                Activation::Gelu if self.precision == CpuPrecision::Bf16 => {
+                    ops::bias_gelu_f32(row, &w.bias)
+                }
                 Activation::Gelu => ops::bias_gelu(row, &w.bias),
             })
         });
@@ -345,6 +390,9 @@ impl Backend for CpuBackend {
         if !qkv.cols.is_multiple_of(3)
             || !(qkv.cols / 3).is_multiple_of(heads)
             || qkv.rows != batch.n_tokens()
+            || batch.cu_seqlens.first().is_some_and(|&s| s != 0)
+            || batch.cu_seqlens.last().map_or(0, |&e| e as usize) != qkv.rows
+            || batch.cu_seqlens.windows(2).any(|w| w[0] > w[1])
         {
             return Err(Self::err(
                 "attention",
@@ -357,7 +405,8 @@ impl Backend for CpuBackend {
             ));
         }
         let hidden = qkv.cols / 3;
-        let mut buf = Pooled::new(&self.buffers, qkv.rows * hidden);
+        // Every token lies in one sequence, whose heads write all its columns.
+        let mut buf = Pooled::overwritten(&self.buffers, qkv.rows * hidden);
         self.pool.install(|| {
             attention::attention(qkv.data(), &mut buf.data, hidden, heads, &batch.cu_seqlens)
         });

@@ -2,7 +2,10 @@
 //! softmax, L2 normalisation. Written as plain loops that LLVM vectorises; `simd!` compiles
 //! each entry point a second time for AVX2+FMA and picks that copy at run time.
 
-/// Defines `pub fn $name(args)` that runs `$body` compiled for AVX2+FMA when the CPU has them.
+/// Defines `pub fn $name(args)` that runs `$body` compiled for AVX-512 or AVX2+FMA, the best the
+/// CPU has within the kernel level of `isa.rs` (so `TRIDENT_CPU_ISA=avx2` slows these too).
+/// Reductions are written over fixed lanes and nothing is contracted into FMAs, so every copy
+/// gives the same bits.
 macro_rules! simd {
     ($(#[$m:meta])* pub fn $name:ident($($a:ident: $t:ty),*) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
@@ -11,10 +14,17 @@ macro_rules! simd {
             fn body($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn fast512($($a: $t),*) $(-> $r)? { body($($a),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn fast($($a: $t),*) $(-> $r)? { body($($a),*) }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports the features `fast` was compiled for.
+                let isa = super::isa::isa();
+                if isa >= super::isa::Isa::Avx512 && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the level implies AVX-512F (detected); FMA checked.
+                    return unsafe { fast512($($a),*) };
+                }
+                if isa >= super::isa::Isa::Avx2 {
+                    // SAFETY: the Avx2 level is only detected with AVX2 and FMA.
                     return unsafe { fast($($a),*) };
                 }
             }
@@ -70,6 +80,32 @@ simd! {
     pub fn bias_gelu(row: &mut [f32], bias: &[f32]) {
         for (v, b) in row.iter_mut().zip(bias) {
             *v = gelu(*v + b);
+        }
+    }
+}
+
+/// GELU with erf's rational form evaluated in f32 (|error| ~1e-7, below the bf16 rounding the
+/// next layer applies to it): the bf16 precision's activation, three times the f64 form's speed.
+#[inline(always)]
+fn gelu_f32(x: f32) -> f32 {
+    let z = (x * std::f32::consts::FRAC_1_SQRT_2).clamp(-3.92, 3.92);
+    let u = z * z;
+    let mut p = ERF_P[6] as f32;
+    for c in ERF_P[..6].iter().rev() {
+        p = p * u + *c as f32;
+    }
+    let mut q = ERF_Q[4] as f32;
+    for c in ERF_Q[..4].iter().rev() {
+        q = q * u + *c as f32;
+    }
+    0.5 * x * (1.0 + z * p / q)
+}
+
+simd! {
+    /// `row = GELU(row + bias)` in f32 arithmetic (the bf16 precision's).
+    pub fn bias_gelu_f32(row: &mut [f32], bias: &[f32]) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v = gelu_f32(*v + b);
         }
     }
 }
@@ -209,6 +245,19 @@ mod tests {
             worst = worst.max((erf64(z) - libm::erf(z)).abs());
         }
         assert!(worst < 6e-8, "max |erf error| {worst}");
+    }
+
+    /// Absolute error against f64 erf, relative to max(1, |x|): f32's own resolution (the tail
+    /// x ≪ 0, where 1 + erf cancels, is where it is largest).
+    #[test]
+    fn f32_gelu_is_within_f32_resolution() {
+        let mut worst = 0f64;
+        for i in -80_000..=80_000 {
+            let x = i as f32 * 1e-4;
+            let want = 0.5 * x as f64 * (1.0 + libm::erf(x as f64 / std::f64::consts::SQRT_2));
+            worst = worst.max((gelu_f32(x) as f64 - want).abs() / (x.abs() as f64).max(1.0));
+        }
+        assert!(worst < 3e-7, "max GELU error {worst}");
     }
 
     #[test]
