@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub workers: usize,
     /// CPU threads per worker (0 = all cores).
     pub threads: usize,
+    /// Precision of the linear layers: `f32` or `bf16` (unset: f32 on CPU, bf16 on CUDA).
+    pub precision: Option<String>,
     /// `cpu` or `cuda:N`.
     pub device: String,
     /// CUDA device ordinals, `workers` workers each (empty: `device` decides).
@@ -130,6 +132,7 @@ impl Default for NodeConfig {
             max_wait_ms: 20,
             workers: 1,
             threads: 0,
+            precision: None,
             device: "cpu".into(),
             devices: Vec::new(),
             metrics_addr: None,

@@ -28,7 +28,7 @@ fn bad_device_lists_fail_before_loading_the_model() {
         (&["--device", "tpu:0"], Some(2), "--device tpu:0"),
         (&["--device", "cuda:0", "--devices", "1"], None, "--devices"),
         (&["--devices", "x"], None, "--devices"),
-        (&["--devices", "0", "--precision", "bf16"], Some(2), "--precision"),
+        (&["--precision", "int4"], None, "--precision"),
         (&["--workers", "0"], Some(2), "--workers"),
     ];
     for (flags, code, needle) in cases {

@@ -65,9 +65,9 @@ pub struct BenchArgs {
     /// Truncate documents to this many tokens (specials included).
     #[arg(long, default_value_t = 8192)]
     pub max_length: usize,
-    /// Weight precision of the CPU backend: f32, or bf16 (half the memory of the linear layers;
-    /// the arithmetic stays f32).
-    #[arg(long, default_value = "f32")]
+    /// Precision of the CPU backend's linear layers: f32, or bf16 (bf16 weights; on a CPU with
+    /// AMX bf16 operands on the tile unit, elsewhere f32 arithmetic).
+    #[arg(long, default_value = "f32", env = "TRIDENT_PRECISION")]
     pub precision: CpuPrecision,
 }
 

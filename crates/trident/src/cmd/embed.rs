@@ -79,10 +79,11 @@ pub struct EmbedArgs {
     /// CUDA device ordinals, one worker (or `--workers`) each: `--devices 0,1`.
     #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     pub devices: Vec<usize>,
-    /// Weight precision of the CPU backend: f32, or bf16 (half the memory of the linear layers,
-    /// f32 arithmetic; outputs differ from f32 by about 1e-3 relative).
-    #[arg(long, default_value = "f32")]
-    pub precision: CpuPrecision,
+    /// Precision of the linear layers: f32 (the CPU's default), or bf16 (the GPU's default; on
+    /// a CPU with AMX the tile unit multiplies bf16 operands, elsewhere only the weights are
+    /// rounded and the arithmetic stays f32).
+    #[arg(long, env = "TRIDENT_PRECISION")]
+    pub precision: Option<CpuPrecision>,
     /// Workers: CPU workers (each with `--threads` threads), or workers per CUDA device (each
     /// on its own stream, so one batch's copies and host work overlap another's kernels).
     #[arg(long, default_value_t = 1)]
@@ -115,8 +116,8 @@ pub struct PipelineSpec<'a> {
     pub devices: &'a [usize],
     pub workers: usize,
     pub threads: usize,
-    /// Weight precision of CPU workers.
-    pub precision: CpuPrecision,
+    /// Precision of the linear layers (None: the backend's default, f32 on CPU, bf16 on CUDA).
+    pub precision: Option<CpuPrecision>,
 }
 
 /// Load the model and build the worker specs for `--device` / `--devices`.
@@ -124,16 +125,13 @@ pub fn build_workers(spec: &PipelineSpec) -> anyhow::Result<(LoadedModel, Vec<Wo
     // The placement is checked before the (slow) model load so a typo fails at once.
     let placement = Placement::parse(spec.device, spec.devices)?;
     anyhow::ensure!(spec.workers > 0, "--workers must be positive");
-    anyhow::ensure!(
-        placement == Placement::Cpu || spec.precision == CpuPrecision::F32,
-        "--precision is the CPU backend's weight storage; on CUDA the GEMMs run in bf16 \
-         (TRIDENT_PRECISION=f32 for fp32)"
-    );
     let model = load_model(spec.model)
         .with_context(|| format!("loading model {}", spec.model.display()))?;
     let workers = match placement {
-        Placement::Cpu => cpu_workers(&model, spec.workers, spec.threads, spec.precision),
-        Placement::Cuda(devices) => cuda_workers(&model, &devices, spec.workers)?,
+        Placement::Cpu => {
+            cpu_workers(&model, spec.workers, spec.threads, spec.precision.unwrap_or_default())
+        }
+        Placement::Cuda(devices) => cuda_workers(&model, &devices, spec.workers, spec.precision)?,
     };
     Ok((model, workers))
 }
@@ -170,22 +168,22 @@ impl Placement {
 }
 
 /// `per_device` workers on each CUDA device, each with its own backend (stream, weights,
-/// buffers). Precision from `TRIDENT_PRECISION`: `bf16` (default: bf16 GEMM inputs, fp32
-/// accumulation) or `f32` (parity with the CPU backend).
+/// buffers). Precision `bf16` (default: bf16 GEMM inputs, fp32 accumulation) or `f32` (parity
+/// with the CPU backend).
 fn cuda_workers(
     model: &LoadedModel,
     devices: &[usize],
     per_device: usize,
+    precision: Option<CpuPrecision>,
 ) -> anyhow::Result<Vec<WorkerSpec>> {
     use trident_cuda::{cuda_available, CudaBackend, Precision};
     anyhow::ensure!(
         cuda_available(),
         "--devices {devices:?}: no CUDA driver or device found (use --device cpu)"
     );
-    let precision = match std::env::var("TRIDENT_PRECISION").as_deref() {
-        Ok("f32") => Precision::F32,
-        Ok("bf16") | Err(_) => Precision::Bf16,
-        Ok(other) => anyhow::bail!("TRIDENT_PRECISION={other}: expected bf16 or f32"),
+    let precision = match precision {
+        Some(CpuPrecision::F32) => Precision::F32,
+        Some(CpuPrecision::Bf16) | None => Precision::Bf16,
     };
     let mut specs = Vec::new();
     for &device in devices {

@@ -107,9 +107,9 @@ pub struct EvalArgs {
     /// CUDA device ordinals, one worker (or `--workers`) each.
     #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     pub devices: Vec<usize>,
-    /// Weight precision of the CPU backend: f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub precision: CpuPrecision,
+    /// Precision of the linear layers: f32 (CPU default) or bf16 (CUDA default).
+    #[arg(long, env = "TRIDENT_PRECISION")]
+    pub precision: Option<CpuPrecision>,
     /// Workers (CPU workers, or workers per CUDA device).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,

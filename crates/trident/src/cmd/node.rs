@@ -81,6 +81,11 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Precision of the linear layers: f32 (CPU default) or bf16 (CUDA default; AMX on CPUs
+    /// that have it).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     /// `cpu` or `cuda:N` (default cpu).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,7 +142,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         devices: &cfg.devices,
         workers: cfg.workers,
         threads: cfg.threads,
-        precision: Default::default(),
+        precision: cfg
+            .precision
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: String| anyhow::anyhow!("precision: {e}"))?,
     };
     let (model, workers) = build_workers(&spec)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

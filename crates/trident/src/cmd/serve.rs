@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// CPU threads per worker (0 = all cores).
     #[arg(long, env = "TRIDENT_THREADS", default_value_t = 0)]
     pub threads: usize,
+    /// Precision of the linear layers: f32 (CPU default) or bf16 (CUDA default; AMX on CPUs
+    /// that have it).
+    #[arg(long, env = "TRIDENT_PRECISION")]
+    pub precision: Option<trident_model::cpu::CpuPrecision>,
     /// Default and largest `max_length` of a request (tokens, specials included).
     #[arg(long, env = "TRIDENT_MAX_LENGTH", default_value_t = 8192)]
     pub max_length: usize,
@@ -210,6 +214,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Loads the model, starts the pipeline's workers and describes the result for `/info`.
 async fn load(args: &ServeArgs, metrics: Metrics) -> anyhow::Result<LoadedModel> {
     let (device, workers, threads) = (args.device.clone(), args.workers, args.threads);
+    let precision = args.precision;
     let devices = args.devices.clone();
     let dir = args.model.clone();
     let (model, specs, tokenizer, pieces) = tokio::task::spawn_blocking(move || {
@@ -219,7 +224,7 @@ async fn load(args: &ServeArgs, metrics: Metrics) -> anyhow::Result<LoadedModel>
             devices: &devices,
             workers,
             threads,
-            precision: Default::default(),
+            precision,
         };
         let (model, specs) = build_workers(&spec)?;
         // The pipeline owns its tokenizer; /tokenize gets its own copy and the piece of every id.
