@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The CPU speed table of issue 7, reproducible: FlagEmbedding's `encode` (torch_reference.py)
-# and `trident bench` (f32 and bf16 weights) on the same checkpoint, corpora and threads, run
-# one after the other in this session, then a markdown table with the ratios.
+# The CPU speed table, reproducible: FlagEmbedding's `encode` (torch_reference.py), ONNX Runtime
+# f32 and its dynamic int8 quantisation (ort_reference.py) and `trident bench` at f32 and bf16,
+# on the same checkpoint, corpora and threads, run one after the other in this session, then a
+# markdown table with the ratios, headed by the CPU's model name and features.
 #
 #   scripts/bench-cpu.sh [WORKDIR]        (default /tmp/trident-bench)
 #
@@ -9,8 +10,9 @@
 # MIXES ("mixed short long"), TORCH_REPEAT (2), REPEAT (3), SKIP_TORCH=1 to reuse earlier
 # baseline files in WORKDIR. Needs the Python packages of ../shared/TESTING-INFRA.md
 # (FlagEmbedding 1.4.2, torch, faker) and a release build (`cargo build --release -p trident`).
-# With `onnxruntime` and `onnx` installed (pip), scripts/ort_reference.py adds an ONNX Runtime
-# float32 column (heads in the graph, length buckets of at most 4096 padded tokens).
+# With `onnxruntime` and `onnx` installed (pip), scripts/ort_reference.py adds ONNX Runtime
+# float32 and int8 columns (heads in the graph, length buckets of at most 4096 padded tokens).
+# Fidelity of the reduced precisions: scripts/fidelity-cpu.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -45,6 +47,9 @@ for mix in $MIXES; do
         echo "== ONNX Runtime $mix" >&2
         python3 "$ROOT/scripts/ort_reference.py" --model "$MODEL" --corpus "$corpus" \
             --threads "$THREADS" --repeat "$reps" --work "$WORK/onnx" >"$WORK/ort-$mix.json" 2>"$WORK/ort-$mix.err"
+        echo "== ONNX Runtime int8 $mix" >&2
+        python3 "$ROOT/scripts/ort_reference.py" --model "$MODEL" --corpus "$corpus" --int8 \
+            --threads "$THREADS" --repeat "$reps" --work "$WORK/onnx" >"$WORK/ort8-$mix.json" 2>"$WORK/ort8-$mix.err"
     fi
     for p in f32 bf16; do
         echo "== trident $mix $p" >&2
@@ -56,18 +61,24 @@ python3 - "$WORK" $MIXES <<'EOF'
 import json, sys
 work, mixes = sys.argv[1], sys.argv[2:]
 load = lambda n: json.load(open(f"{work}/{n}.json"))
-print("| corpus | tokens | FlagEmbedding tok/s | ONNX Runtime f32 tok/s | trident f32 tok/s | × FE | × ORT | trident bf16 tok/s | × FE | TTFE f32 s | peak RSS f32 / bf16 MiB |")
+def opt(n):
+    try:
+        return load(n)["tokens_per_s"]
+    except (OSError, ValueError, KeyError):
+        return None
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+flags = set(next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), []))
+feats = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+print(f"CPU: {cpu} ({', '.join(feats)}); trident f32: {load(f'trident-{mixes[0]}-f32')['backend']}; "
+      f"bf16: {load(f'trident-{mixes[0]}-bf16')['backend']}\n")
+r = lambda a, b: f"{a / b:.2f}" if a and b else "—"
+n = lambda v: f"{v:.0f}" if v else "—"
+print("| corpus | tokens | FlagEmbedding tok/s | ONNX Runtime f32 | ONNX Runtime int8 | trident f32 | × ORT f32 | trident bf16 | × ORT int8 | × FE (bf16) | peak RSS f32 / bf16 MiB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for m in mixes:
     t, f, b = load(f"torch-{m}"), load(f"trident-{m}-f32"), load(f"trident-{m}-bf16")
-    try:
-        o = load(f"ort-{m}")["tokens_per_s"]
-    except (OSError, ValueError):
-        o = None
-    base = t["tokens_per_s"]
-    ort = f"{o:.0f}" if o else "—"
-    vs_ort = f"{f['tokens_per_s']/o:.2f}" if o else "—"
-    print(f"| {m} | {f['tokens']} | {base:.0f} | {ort} | {f['tokens_per_s']:.0f} | {f['tokens_per_s']/base:.2f} "
-          f"| {vs_ort} | {b['tokens_per_s']:.0f} | {b['tokens_per_s']/base:.2f} | {f['time_to_first_embedding_s']:.2f} "
-          f"| {f['peak_rss_bytes']>>20} / {b['peak_rss_bytes']>>20} |")
+    o, o8 = opt(f"ort-{m}"), opt(f"ort8-{m}")
+    fe, tf, tb = t["tokens_per_s"], f["tokens_per_s"], b["tokens_per_s"]
+    print(f"| {m} | {f['tokens']} | {fe:.0f} | {n(o)} | {n(o8)} | {tf:.0f} | {r(tf, o)} | {tb:.0f} | {r(tb, o8)} "
+          f"| {r(tb, fe)} | {f['peak_rss_bytes']>>20} / {b['peak_rss_bytes']>>20} |")
 EOF

@@ -3,7 +3,14 @@
 the three heads in the graph, run by ONNX Runtime (float32) on length-bucketed batches of at most
 --bucket-tokens padded tokens. Prints one JSON line like torch_reference.py (real tokens/s).
 
-    python3 scripts/ort_reference.py --model DIR --corpus FILE.jsonl --threads 2
+    python3 scripts/ort_reference.py --model DIR --corpus FILE.jsonl --threads 2 [--int8]
+        [--dump OUT.jsonl]
+
+--int8 runs ONNX Runtime's dynamic int8 quantisation of the same graph (per-channel int8
+weights, int8 activations quantised per call), as its documentation recommends for
+transformers on CPU. --dump writes every document's outputs in trident's JSON Lines form (id,
+dense, sparse {token: weight} max-pooled over the ids outside <s> </s> <pad> <unk>, ColBERT
+rows after <s>) for scripts/precision-fidelity.py.
 
 Needs: torch, transformers, onnx, onnxruntime (pip). The export is cached next to --work.
 """
@@ -49,6 +56,8 @@ def main():
     ap.add_argument("--max-length", type=int, default=8192)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--work", default="/tmp/trident-ort")
+    ap.add_argument("--int8", action="store_true")
+    ap.add_argument("--dump")
     a = ap.parse_args()
 
     import onnxruntime as ort
@@ -65,6 +74,13 @@ def main():
                           dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
                                         "dense": {0: "b"}, "sparse": {0: "b", 1: "s"},
                                         "colbert": {0: "b", 1: "s1"}}, dynamo=False)
+    if a.int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        q_path = onnx_path[: -len(".onnx")] + "-int8.onnx"
+        if not os.path.exists(q_path):
+            quantize_dynamic(onnx_path, q_path, weight_type=QuantType.QInt8, per_channel=True)
+        onnx_path = q_path
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = a.threads
     opts.inter_op_num_threads = 1
@@ -72,9 +88,12 @@ def main():
     sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
 
     tok = AutoTokenizer.from_pretrained(a.model)
-    texts = [json.loads(l)["text"] for l in open(a.corpus, encoding="utf-8") if l.strip()]
+    docs = [json.loads(l) for l in open(a.corpus, encoding="utf-8") if l.strip()]
+    texts = [d["text"] for d in docs]
+    skip = {tok.cls_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id}
+    dumped = {}
 
-    def run():
+    def run(dump=False):
         enc = tok(texts, truncation=True, max_length=a.max_length)["input_ids"]
         order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
         batches, cur = [], []
@@ -91,17 +110,30 @@ def main():
             for r, i in enumerate(b):
                 ids[r, : len(enc[i])] = enc[i]
                 mask[r, : len(enc[i])] = 1
-            sess.run(None, {"input_ids": ids, "attention_mask": mask})
+            dense, sparse, col = sess.run(None, {"input_ids": ids, "attention_mask": mask})
+            if dump:
+                for r, i in enumerate(b):
+                    n = len(enc[i])
+                    lex = {}
+                    for t, w in zip(enc[i], sparse[r, :n].tolist()):
+                        if t not in skip and w > 0 and w > lex.get(str(t), 0.0):
+                            lex[str(t)] = w
+                    dumped[i] = {"id": docs[i].get("id", i), "dense": dense[r].tolist(),
+                                 "sparse": lex, "colbert": col[r, : n - 1].tolist()}
         return sum(len(x) for x in enc)
 
-    tokens = run()  # warm-up
+    tokens = run(dump=bool(a.dump))  # warm-up
+    if a.dump:
+        with open(a.dump, "w", encoding="utf-8") as f:
+            for i in sorted(dumped):
+                f.write(json.dumps(dumped[i]) + "\n")
     times = []
     for _ in range(a.repeat):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
     s = statistics.median(times)
-    print(json.dumps({"impl": "onnxruntime-" + ort.__version__ + " f32", "threads": a.threads,
+    print(json.dumps({"impl": "onnxruntime-" + ort.__version__ + (" int8" if a.int8 else " f32"), "threads": a.threads,
                       "docs": len(texts), "tokens": tokens, "seconds": s, "all_seconds": times,
                       "tokens_per_s": tokens / s, "bucket_tokens": a.bucket_tokens}))
 

@@ -20,7 +20,7 @@ fn main() {
         let packed = amx.then(|| {
             use trident_model::cpu::amx;
             assert!(amx::available(), "this CPU (or its kernel) gives no AMX-BF16");
-            amx::AmxWeight::pack(n, k, |i| amx::bf16_bits(w[i]))
+            amx::AmxWeight::pack(n, k, |j, kk| amx::bf16_bits(w[j * k + kk]))
         });
         let mut run = || {
             // SAFETY: c is [m × n]; AMX was checked above.

@@ -9,6 +9,8 @@ use rayon::prelude::*;
 
 use super::gemm::with_scratch;
 use super::kernel::{block, pack_a, pack_b_cols, pack_b_rows, Aligned, MR, NR};
+#[cfg(target_arch = "x86_64")]
+use super::kernel_amx;
 use super::ops::softmax;
 
 /// Query rows per block (a multiple of `MR`): the score block `QBLOCK × L` stays within L2 for
@@ -128,6 +130,117 @@ fn head(
     }
 }
 
+/// This thread's buffers for [`attention_amx`].
+#[cfg(target_arch = "x86_64")]
+#[derive(Default)]
+struct AmxScratch {
+    keys: kernel_amx::AmxWeight,
+    values: kernel_amx::AmxWeight,
+    queries: Vec<kernel_amx::Line>,
+    probs: Vec<kernel_amx::Line>,
+    scores: Vec<f32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static AMX: RefCell<AmxScratch> = RefCell::default();
+}
+
+/// As [`attention`] with `Q·Kᵀ` and `P·V` on AMX tiles (bf16 operands, f32 sums; scores and
+/// softmax in f32): the bf16 precision's attention.
+///
+/// # Safety
+/// [`kernel_amx::available`] returned true.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn attention_amx(
+    qkv: &[f32],
+    out: &mut [f32],
+    hidden: usize,
+    heads: usize,
+    cu_seqlens: &[u32],
+) {
+    let ld = 3 * hidden;
+    assert_eq!(qkv.len() / ld * hidden, out.len(), "attention output size");
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut items = Vec::new();
+    for s in 0..cu_seqlens.len().saturating_sub(1) {
+        let (start, end) = (cu_seqlens[s] as usize, cu_seqlens[s + 1] as usize);
+        if end > start {
+            items.extend((0..heads).map(|h| (start, end, h)));
+        }
+    }
+    items.sort_by_key(|&(s, e, _)| std::cmp::Reverse(e - s));
+    items.par_iter().for_each(|&item| {
+        let run = |s: &mut AmxScratch| {
+            // SAFETY: AMX is available (caller).
+            unsafe { head_amx(qkv, &out_ptr, s, hidden, heads, item) }
+        };
+        if AMX.with(|c| c.try_borrow_mut().ok().map(|mut s| run(&mut s))).is_none() {
+            run(&mut AmxScratch::default());
+        }
+    });
+}
+
+/// One sequence, one head, in blocks of 32 queries.
+#[cfg(target_arch = "x86_64")]
+unsafe fn head_amx(
+    qkv: &[f32],
+    out: &SendPtr,
+    s: &mut AmxScratch,
+    hidden: usize,
+    heads: usize,
+    (start, end, h): (usize, usize, usize),
+) {
+    use kernel_amx::{a_lines, block, pack_a, Line, TK, TM};
+    let (d, ld, len) = (hidden / heads, 3 * hidden, end - start);
+    let scale = 1.0 / (d as f32).sqrt();
+    // B operands: Kᵀ (keys as columns, the head's features as the reduction) and V (the head's
+    // columns as columns, keys as the reduction).
+    let (kc, vc) = (hidden + h * d, 2 * hidden + h * d);
+    s.keys.repack_rows(len, d, qkv, ld, start, kc);
+    s.values.repack_cols(d, len, qkv, ld, start, vc);
+    let grow = |v: &mut Vec<Line>, n: usize| {
+        if v.len() < n {
+            v.resize(n, Line::default());
+        }
+    };
+    grow(&mut s.queries, a_lines(2 * TM, d));
+    grow(&mut s.probs, a_lines(2 * TM, len));
+    if s.scores.len() < 2 * TM * len {
+        s.scores.resize(2 * TM * len, 0.0);
+    }
+    let (dt, lt) = (d.div_ceil(TK), len.div_ceil(TK));
+    // SAFETY: AMX is available (caller); every block lies inside `scores` or inside this item's
+    // rows × head columns of `out`.
+    unsafe {
+        kernel_amx::configure();
+        let mut q0 = start;
+        while q0 < end {
+            let rows = (2 * TM).min(end - q0);
+            pack_a(qkv, ld, h * d, d, q0, rows, scale, &mut s.queries);
+            let qa = (s.queries.as_ptr(), s.queries[dt * TM..].as_ptr());
+            let scores = &mut s.scores[..rows * len];
+            for (q, j) in (0..len).step_by(2 * TM).enumerate() {
+                let cols = (2 * TM).min(len - j);
+                let c = scores.as_mut_ptr().add(j);
+                block(dt, qa, (&s.keys, 2 * q, 0), c, len, rows, cols, false);
+            }
+            for row in scores.chunks_exact_mut(len) {
+                softmax(row);
+            }
+            pack_a(scores, len, 0, len, 0, rows, 1.0, &mut s.probs);
+            let pa = (s.probs.as_ptr(), s.probs[lt * TM..].as_ptr());
+            for (q, j) in (0..d).step_by(2 * TM).enumerate() {
+                let cols = (2 * TM).min(d - j);
+                let c = out.0.add(q0 * hidden + h * d + j);
+                block(lt, pa, (&s.values, 2 * q, 0), c, hidden, rows, cols, false);
+            }
+            q0 += rows;
+        }
+        kernel_amx::release();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +293,33 @@ mod tests {
         let want = naive(&qkv, hidden, heads, &cu);
         for (g, w) in got.iter().zip(&want) {
             assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+
+    /// The AMX attention against f64 attention of the bf16-rounded Q, K, V (and P): the
+    /// tolerance is bf16's, the shapes those of the f32 test plus a head width of 64.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_attention_matches_naive_to_bf16_rounding() {
+        if !kernel_amx::available() {
+            println!("skipped: this CPU (or its kernel) gives no AMX-BF16");
+            return;
+        }
+        for (hidden, heads) in [(16, 4), (128, 2)] {
+            let cu = [0u32, 3, 4, 4 + 150, 154 + 600];
+            let tokens = 754;
+            let qkv: Vec<f32> = (0..tokens * 3 * hidden)
+                .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+                .collect();
+            let mut got = vec![0f32; tokens * hidden];
+            // SAFETY: AMX is available.
+            unsafe { attention_amx(&qkv, &mut got, hidden, heads, &cu) };
+            let want = naive(&qkv, hidden, heads, &cu);
+            let worst =
+                got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
+            // Values are in [-1, 1]; bf16 keeps 8 bits, and scores of 64-wide heads reach ~10.
+            assert!(worst < 3e-2, "{hidden}/{heads}: max error {worst}");
+            println!("amx attention {hidden}/{heads}: max |error| {worst:.2e}");
         }
     }
 }

@@ -156,10 +156,11 @@ pub unsafe fn matmul_amx(m: usize, a: &[f32], w: &kernel_amx::AmxWeight, c: *mut
         let groups = rows.div_ceil(2 * TM) * 2;
         let run = |ap: &mut Vec<Line>| {
             // Grown, never shrunk: refilling a shrunk buffer would zero it on every call.
-            if ap.len() < groups * kt * TM {
-                ap.resize(groups * kt * TM, Line::default());
+            let need = kernel_amx::a_lines(rows, k);
+            if ap.len() < need {
+                ap.resize(need, Line::default());
             }
-            kernel_amx::pack_a(a, k, r0, rows, 0, kt, ap);
+            kernel_amx::pack_a(a, k, 0, k, r0, rows, 1.0, ap);
             // SAFETY: AMX is available (caller); blocks lie inside c (rows r0.., columns < n).
             unsafe {
                 kernel_amx::configure();
@@ -232,7 +233,7 @@ mod tests {
         for &(m, n, k) in &[(1, 1, 1), (16, 16, 32), (33, 17, 37), (300, 70, 1030), (5, 96, 64)] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
-            let packed = AmxWeight::pack(n, k, |i| bf16_bits(w[i]));
+            let packed = AmxWeight::pack(n, k, |j, kk| bf16_bits(w[j * k + kk]));
             let ldc = n + 3;
             let mut c = vec![9.0f32; m * ldc];
             // SAFETY: c is [m × ldc], ldc ≥ n; AMX is available.

@@ -25,11 +25,16 @@ pub const TN: usize = 16;
 #[repr(C, align(64))]
 pub struct Line(pub [u16; 32]);
 
-/// Whether this process may run AMX-BF16: the CPU reports AMX-TILE and AMX-BF16 and Linux
-/// granted the tile data state. Asked once.
+/// Whether this process may run AMX-BF16: the CPU reports AMX-TILE, AMX-BF16 and AVX512-BF16
+/// (its conversions pack the operands) and Linux granted the tile data state. Asked once.
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| cpu_has_amx_bf16() && request_tile_permission())
+    *OK.get_or_init(|| {
+        cpu_has_amx_bf16()
+            && is_x86_feature_detected!("avx512bf16")
+            && is_x86_feature_detected!("avx512bw")
+            && request_tile_permission()
+    })
 }
 
 fn cpu_has_amx_bf16() -> bool {
@@ -63,9 +68,10 @@ pub fn bf16_bits(x: f32) -> u16 {
     (if nan { (b >> 16) | 0x40 } else { rounded }) as u16
 }
 
-/// A linear layer's weight `[n × k]` in tile order: for each 16-column panel, its `k/32` tiles
-/// one after the other (so a block of input features of one panel is contiguous). `n` is padded
-/// to 32 columns and `k` to 32 features, with zeros.
+/// A `B = Wᵀ` operand, `W` being `[n × k]` (a linear layer's weight, or attention's keys), in
+/// tile order: for each 16-column panel, its `k/32` tiles one after the other. `n` is padded to
+/// 32 columns and `k` to 32 features, with zeros.
+#[derive(Default)]
 pub struct AmxWeight {
     tiles: Vec<Line>,
     pub n: usize,
@@ -74,26 +80,147 @@ pub struct AmxWeight {
 }
 
 impl AmxWeight {
-    /// Packs `w` (`[n × k]` row-major, values given as bf16 bits by `get`).
-    pub fn pack(n: usize, k: usize, get: impl Fn(usize) -> u16 + Sync) -> AmxWeight {
+    /// Packs `W` (`get(j, kk)` gives `W[j][kk]` as bf16 bits), panels in parallel.
+    pub fn pack(n: usize, k: usize, get: impl Fn(usize, usize) -> u16 + Sync) -> AmxWeight {
         use rayon::prelude::*;
-        let kt = k.div_ceil(TK);
-        let panels = n.div_ceil(2 * TN) * 2;
-        let mut tiles = vec![Line::default(); panels * kt * TM];
-        tiles.par_chunks_mut(kt * TM).enumerate().for_each(|(p, panel)| {
-            for (t, tile) in panel.chunks_exact_mut(TM).enumerate() {
-                for (r, line) in tile.iter_mut().enumerate() {
-                    for c in 0..TN {
-                        let j = p * TN + c;
-                        for e in 0..2 {
-                            let kk = t * TK + 2 * r + e;
-                            line.0[2 * c + e] = if j < n && kk < k { get(j * k + kk) } else { 0 };
-                        }
+        let mut w = AmxWeight::default();
+        let len = w.shape(n, k);
+        w.tiles.resize(len, Line::default());
+        w.tiles
+            .par_chunks_mut(w.kt * TM)
+            .enumerate()
+            .for_each(|(p, panel)| fill(p, panel, n, k, &get));
+        w
+    }
+
+    /// As [`AmxWeight::pack`] on this thread, reusing this buffer (grown, never shrunk), for
+    /// `W[j][kk] = src[(r0 + j)·ld + c0 + kk]` (attention's keys).
+    pub fn repack_rows(
+        &mut self,
+        n: usize,
+        k: usize,
+        src: &[f32],
+        ld: usize,
+        r0: usize,
+        c0: usize,
+    ) {
+        assert!(n == 0 || k == 0 || src.len() >= (r0 + n - 1) * ld + c0 + k, "repack_rows source");
+        let len = self.shape(n, k);
+        if self.tiles.len() < len {
+            self.tiles.resize(len, Line::default());
+        }
+        // SAFETY: available() checked AVX512-BF16 (this runs only on the AMX path).
+        unsafe { self.repack_rows_avx512(n, k, src, ld, r0, c0) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn repack_rows_avx512(
+        &mut self,
+        n: usize,
+        k: usize,
+        src: &[f32],
+        ld: usize,
+        r0: usize,
+        c0: usize,
+    ) {
+        let kt = self.kt;
+        for (p, panel) in
+            self.tiles.chunks_exact_mut(kt * TM).take(n.div_ceil(2 * TN) * 2).enumerate()
+        {
+            for t in 0..kt {
+                let tile = &mut panel[t * TM..(t + 1) * TM];
+                for c in 0..TN {
+                    let j = p * TN + c;
+                    // Row j's 32 features of tile t: pair r goes to line r, column c.
+                    // (Edges go through a zero-padded copy: a scalar conversion in a function
+                    // with AVX512-BF16 becomes a libcall the Rust runtime lacks, __truncsfbf2.)
+                    let v: [u16; 32] = if j < n && (t + 1) * TK <= k {
+                        cvt32(src[(r0 + j) * ld + c0 + t * TK..][..TK].try_into().expect("32"), 1.0)
+                    } else {
+                        let f: [f32; 32] = std::array::from_fn(|e| {
+                            let kk = t * TK + e;
+                            if j < n && kk < k {
+                                src[(r0 + j) * ld + c0 + kk]
+                            } else {
+                                0.0
+                            }
+                        });
+                        cvt32(&f, 1.0)
+                    };
+                    for (r, line) in tile.iter_mut().enumerate() {
+                        line.0[2 * c] = v[2 * r];
+                        line.0[2 * c + 1] = v[2 * r + 1];
                     }
                 }
             }
-        });
-        AmxWeight { tiles, n, k, kt }
+        }
+    }
+
+    /// As [`AmxWeight::repack_rows`] for `W[j][kk] = src[(r0 + kk)·ld + c0 + j]` (attention's
+    /// values).
+    pub fn repack_cols(
+        &mut self,
+        n: usize,
+        k: usize,
+        src: &[f32],
+        ld: usize,
+        r0: usize,
+        c0: usize,
+    ) {
+        assert!(n == 0 || k == 0 || src.len() >= (r0 + k - 1) * ld + c0 + n, "repack_cols source");
+        let len = self.shape(n, k);
+        if self.tiles.len() < len {
+            self.tiles.resize(len, Line::default());
+        }
+        // SAFETY: as repack_rows.
+        unsafe { self.repack_cols_avx512(n, k, src, ld, r0, c0) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn repack_cols_avx512(
+        &mut self,
+        n: usize,
+        k: usize,
+        src: &[f32],
+        ld: usize,
+        r0: usize,
+        c0: usize,
+    ) {
+        let kt = self.kt;
+        let row = |kk: usize, j0: usize| -> [u16; 16] {
+            if kk < k && j0 + TN <= n {
+                cvt16(src[(r0 + kk) * ld + c0 + j0..][..TN].try_into().expect("16"))
+            } else {
+                let f: [f32; 16] = std::array::from_fn(|c| {
+                    let j = j0 + c;
+                    if kk < k && j < n {
+                        src[(r0 + kk) * ld + c0 + j]
+                    } else {
+                        0.0
+                    }
+                });
+                cvt16(&f)
+            }
+        };
+        for (p, panel) in
+            self.tiles.chunks_exact_mut(kt * TM).take(n.div_ceil(2 * TN) * 2).enumerate()
+        {
+            for (i, line) in panel.iter_mut().enumerate() {
+                // Line r of tile t interleaves features 2r', 2r'+1 (r' = 16t + r) of 16 columns.
+                let kk = 2 * i;
+                let (a, b) = (row(kk, p * TN), row(kk + 1, p * TN));
+                for c in 0..TN {
+                    line.0[2 * c] = a[c];
+                    line.0[2 * c + 1] = b[c];
+                }
+            }
+        }
+    }
+
+    /// Sets the shape; returns the number of lines it needs.
+    fn shape(&mut self, n: usize, k: usize) -> usize {
+        (self.n, self.k, self.kt) = (n, k, k.div_ceil(TK));
+        n.div_ceil(2 * TN) * 2 * self.kt * TM
     }
 
     /// Tile `t` (of 32 input features) of panel `p`.
@@ -102,44 +229,105 @@ impl AmxWeight {
     }
 }
 
-/// Packs rows `r0..r0+rows` of `a` (`[· × k]` f32), features `t0·32..(t0+kt)·32`, as bf16 `A`
-/// tiles: `dst[g][t]` is the tile of row group `g` (16 rows) and feature tile `t`. Rows past
-/// `rows` (up to an even number of groups) and features past `k` are zero.
-pub fn pack_a(a: &[f32], k: usize, r0: usize, rows: usize, t0: usize, kt: usize, dst: &mut [Line]) {
-    assert!(a.len() >= (r0 + rows) * k && dst.len() >= rows.div_ceil(2 * TM) * 2 * TM * kt);
-    // SAFETY: AMX CPUs have AVX-512F and BW (this runs only where `available()` held).
-    unsafe { pack_a_avx512(a, k, r0, rows, t0, kt, dst) }
+/// Panel `p` of an [`AmxWeight`]: row `r` of tile `t`, column `c` holds `W[j][2r']`,
+/// `W[j][2r'+1]` for `j = 16p + c`, `r' = 16t + r`.
+#[inline(always)]
+fn fill(p: usize, panel: &mut [Line], n: usize, k: usize, get: &impl Fn(usize, usize) -> u16) {
+    for (t, tile) in panel.chunks_exact_mut(TM).enumerate() {
+        for (r, line) in tile.iter_mut().enumerate() {
+            for c in 0..TN {
+                let j = p * TN + c;
+                for e in 0..2 {
+                    let kk = t * TK + 2 * r + e;
+                    line.0[2 * c + e] = if j < n && kk < k { get(j, kk) } else { 0 };
+                }
+            }
+        }
+    }
 }
 
-#[target_feature(enable = "avx512f,avx512bw")]
-fn pack_a_avx512(
+/// Lines [`pack_a`] writes for `rows` rows of `k` features.
+pub fn a_lines(rows: usize, k: usize) -> usize {
+    rows.div_ceil(2 * TM) * 2 * TM * k.div_ceil(TK)
+}
+
+/// Packs `scale ·` rows `r0..r0+rows` of `a` (row stride `ld`), columns `c0..c0+k`, as bf16 `A`
+/// tiles: `dst[g][t]` is the tile of row group `g` (16 rows) and feature tile `t` (32
+/// features). Rows past `rows` (up to an even number of groups) and features past `k` are zero.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_a(
     a: &[f32],
+    ld: usize,
+    c0: usize,
     k: usize,
     r0: usize,
     rows: usize,
-    t0: usize,
-    kt: usize,
+    scale: f32,
     dst: &mut [Line],
 ) {
-    let groups = rows.div_ceil(2 * TM) * 2;
+    assert!(rows == 0 || a.len() >= (r0 + rows - 1) * ld + c0 + k, "pack_a source");
+    assert!(dst.len() >= a_lines(rows, k), "pack_a destination");
+    // SAFETY: AMX CPUs have AVX-512F and BW (this runs only where `available()` held).
+    unsafe { pack_a_avx512(a, ld, c0, k, r0, rows, scale, dst) }
+}
+
+/// `scale · src` as bf16, rounded to nearest even by the CPU's own conversion (which, unlike
+/// [`bf16_bits`], flushes subnormals to zero).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn cvt32(src: &[f32; 32], scale: f32) -> [u16; 32] {
+    use std::arch::x86_64::*;
+    // SAFETY: 32 floats in, 64 bytes out (unaligned loads and stores).
+    unsafe {
+        let s = _mm512_set1_ps(scale);
+        let lo = _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr()), s);
+        let hi = _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(16)), s);
+        std::mem::transmute::<__m512bh, [u16; 32]>(_mm512_cvtne2ps_pbh(hi, lo))
+    }
+}
+
+/// 16 floats as bf16 (as [`cvt32`]).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn cvt16(src: &[f32; 16]) -> [u16; 16] {
+    use std::arch::x86_64::*;
+    // SAFETY: 16 floats in, 32 bytes out.
+    unsafe {
+        std::mem::transmute::<__m256bh, [u16; 16]>(_mm512_cvtneps_pbh(_mm512_loadu_ps(
+            src.as_ptr(),
+        )))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pack_a_avx512(
+    a: &[f32],
+    ld: usize,
+    c0: usize,
+    k: usize,
+    r0: usize,
+    rows: usize,
+    scale: f32,
+    dst: &mut [Line],
+) {
+    let (groups, kt) = (rows.div_ceil(2 * TM) * 2, k.div_ceil(TK));
     for g in 0..groups {
         for i in 0..TM {
             let r = g * TM + i;
-            let src = if r < rows { Some(&a[(r0 + r) * k..(r0 + r + 1) * k]) } else { None };
+            let src = (r < rows).then(|| &a[(r0 + r) * ld + c0..][..k]);
             for t in 0..kt {
                 let line = &mut dst[(g * kt + t) * TM + i].0;
-                let c0 = (t0 + t) * TK;
+                let f0 = t * TK;
                 match src {
-                    Some(row) if c0 + TK <= k => {
-                        let src: &[f32; 32] = row[c0..c0 + TK].try_into().expect("32");
-                        for (d, &s) in line.iter_mut().zip(src) {
-                            *d = bf16_bits(s);
-                        }
+                    Some(row) if f0 + TK <= k => {
+                        let src: &[f32; 32] = row[f0..f0 + TK].try_into().expect("32");
+                        *line = cvt32(src, scale);
                     }
                     Some(row) => {
-                        for (c, d) in line.iter_mut().enumerate() {
-                            *d = row.get(c0 + c).map_or(0, |&s| bf16_bits(s));
-                        }
+                        let f: [f32; 32] =
+                            std::array::from_fn(|c| row.get(f0 + c).map_or(0.0, |&s| s));
+                        *line = cvt32(&f, scale);
                     }
                     None => *line = [0; 32],
                 }

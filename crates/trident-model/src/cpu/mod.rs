@@ -147,6 +147,7 @@ impl CpuBackend {
         let amx = cfg!(target_arch = "x86_64")
             && precision == CpuPrecision::Bf16
             && isa::isa() >= Isa::Amx;
+        // (kernels_for repeats this test for a backend not yet made.)
         CpuBackend { pool: Arc::new(pool), threads, precision, amx, buffers: Arc::default() }
     }
 
@@ -191,6 +192,22 @@ impl CpuBackend {
     }
 }
 
+/// What runs a model loaded now at `precision`, e.g. `"f32, avx512 f32 12x32"` or `"bf16: amx
+/// bf16 32x32 (linear layers and attention), avx512 f32 12x32"` (for `/info` and `bench`).
+pub fn kernels_for(precision: CpuPrecision) -> String {
+    kernels(precision, precision == CpuPrecision::Bf16 && isa::isa() >= Isa::Amx)
+}
+
+fn kernels(precision: CpuPrecision, amx: bool) -> String {
+    match precision {
+        CpuPrecision::F32 => format!("f32, {}", kernel_name()),
+        CpuPrecision::Bf16 if amx => {
+            format!("bf16: amx bf16 32x32 (linear layers and attention), {}", kernel_name())
+        }
+        CpuPrecision::Bf16 => format!("bf16 weights, f32 math, {}", kernel_name()),
+    }
+}
+
 impl Default for CpuBackend {
     fn default() -> Self {
         Self::new(0)
@@ -215,17 +232,7 @@ impl Backend for CpuBackend {
     type Embeddings = CpuEmbeddings;
 
     fn describe(&self) -> String {
-        match self.precision {
-            CpuPrecision::F32 => format!("cpu ({} threads, f32, {})", self.threads, kernel_name()),
-            CpuPrecision::Bf16 if self.amx => format!(
-                "cpu ({} threads, bf16: linear layers on amx bf16 32x32, attention on {})",
-                self.threads,
-                kernel_name()
-            ),
-            CpuPrecision::Bf16 => {
-                format!("cpu ({} threads, bf16 weights, f32 math, {})", self.threads, kernel_name())
-            }
-        }
+        format!("cpu ({} threads, {})", self.threads, kernels(self.precision, self.amx))
     }
 
     fn load_linear(&self, name: &str, parts: &[LinearParts]) -> BResult<CpuLinear> {
@@ -253,7 +260,9 @@ impl Backend for CpuBackend {
                 if amx {
                     let (n, src) = (p.weight.shape()[0], p.weight.data());
                     let packed = self.pool.install(|| {
-                        kernel_amx::AmxWeight::pack(n, in_dim, |i| kernel_amx::bf16_bits(src[i]))
+                        kernel_amx::AmxWeight::pack(n, in_dim, |j, kk| {
+                            kernel_amx::bf16_bits(src[j * in_dim + kk])
+                        })
                     });
                     p.weight.release_pages();
                     return PartWeight::Amx(packed);
@@ -407,8 +416,16 @@ impl Backend for CpuBackend {
         let hidden = qkv.cols / 3;
         // Every token lies in one sequence, whose heads write all its columns.
         let mut buf = Pooled::overwritten(&self.buffers, qkv.rows * hidden);
+        let cu = &batch.cu_seqlens;
         self.pool.install(|| {
-            attention::attention(qkv.data(), &mut buf.data, hidden, heads, &batch.cu_seqlens)
+            #[cfg(target_arch = "x86_64")]
+            if self.amx {
+                // SAFETY: `amx` is only set where kernel_amx::available() held.
+                return unsafe {
+                    attention::attention_amx(qkv.data(), &mut buf.data, hidden, heads, cu)
+                };
+            }
+            attention::attention(qkv.data(), &mut buf.data, hidden, heads, cu)
         });
         Ok(CpuAct { buf, rows: qkv.rows, cols: hidden })
     }

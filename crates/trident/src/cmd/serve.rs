@@ -243,8 +243,9 @@ async fn load(args: &ServeArgs, metrics: Metrics) -> anyhow::Result<LoadedModel>
         max_length: config.max_sequence_length(),
         backend: match args.device.as_str() {
             "cpu" if args.devices.is_empty() => format!(
-                "cpu ({} threads per worker) · {} layers × {} hidden, {} heads",
+                "cpu ({} threads per worker, {}) · {} layers × {} hidden, {} heads",
                 if threads == 0 { "all".to_string() } else { threads.to_string() },
+                trident_model::cpu::kernels_for(precision.unwrap_or_default()),
                 config.num_hidden_layers,
                 config.hidden_size,
                 config.num_attention_heads
