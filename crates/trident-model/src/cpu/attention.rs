@@ -37,6 +37,17 @@ pub fn attention(qkv: &[f32], out: &mut [f32], hidden: usize, heads: usize, cu_s
     let ld = 3 * hidden;
     assert_eq!(qkv.len() / ld * hidden, out.len(), "attention output size");
     let out_ptr = SendPtr(out.as_mut_ptr());
+    let items = items(cu_seqlens, heads);
+    items.par_iter().for_each(|&item| {
+        with_scratch(&KEYS, |k| {
+            with_scratch(&VALUES, |v| head(qkv, &out_ptr, k, v, hidden, heads, item))
+        })
+    });
+}
+
+/// The work items, (sequence start, end, head), longest sequence first so that a long
+/// sequence's heads do not end up last on one thread.
+fn items(cu_seqlens: &[u32], heads: usize) -> Vec<(usize, usize, usize)> {
     let mut items = Vec::new();
     for s in 0..cu_seqlens.len().saturating_sub(1) {
         let (start, end) = (cu_seqlens[s] as usize, cu_seqlens[s + 1] as usize);
@@ -44,13 +55,8 @@ pub fn attention(qkv: &[f32], out: &mut [f32], hidden: usize, heads: usize, cu_s
             items.extend((0..heads).map(|h| (start, end, h)));
         }
     }
-    // Longest first, so a long sequence's heads do not end up last on one thread.
     items.sort_by_key(|&(s, e, _)| std::cmp::Reverse(e - s));
-    items.par_iter().for_each(|&item| {
-        with_scratch(&KEYS, |k| {
-            with_scratch(&VALUES, |v| head(qkv, &out_ptr, k, v, hidden, heads, item))
-        })
-    });
+    items
 }
 
 /// One sequence `start..end`, one head `h`.
@@ -162,14 +168,7 @@ pub unsafe fn attention_amx(
     let ld = 3 * hidden;
     assert_eq!(qkv.len() / ld * hidden, out.len(), "attention output size");
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let mut items = Vec::new();
-    for s in 0..cu_seqlens.len().saturating_sub(1) {
-        let (start, end) = (cu_seqlens[s] as usize, cu_seqlens[s + 1] as usize);
-        if end > start {
-            items.extend((0..heads).map(|h| (start, end, h)));
-        }
-    }
-    items.sort_by_key(|&(s, e, _)| std::cmp::Reverse(e - s));
+    let items = items(cu_seqlens, heads);
     items.par_iter().for_each(|&item| {
         let run = |s: &mut AmxScratch| {
             // SAFETY: AMX is available (caller).
@@ -191,14 +190,15 @@ unsafe fn head_amx(
     heads: usize,
     (start, end, h): (usize, usize, usize),
 ) {
-    use kernel_amx::{a_lines, block, pack_a, Line, TK, TM};
+    use kernel_amx::{a_lines, block, pack_a, Line, Strided, TK, TM};
     let (d, ld, len) = (hidden / heads, 3 * hidden, end - start);
     let scale = 1.0 / (d as f32).sqrt();
     // B operands: Kᵀ (keys as columns, the head's features as the reduction) and V (the head's
     // columns as columns, keys as the reduction).
     let (kc, vc) = (hidden + h * d, 2 * hidden + h * d);
-    s.keys.repack_rows(len, d, qkv, ld, start, kc);
-    s.values.repack_cols(d, len, qkv, ld, start, vc);
+    let at = |c0| Strided { data: qkv, ld, r0: start, c0 };
+    s.keys.repack(len, d, at(kc), false);
+    s.values.repack(d, len, at(vc), true);
     let grow = |v: &mut Vec<Line>, n: usize| {
         if v.len() < n {
             v.resize(n, Line::default());
@@ -217,23 +217,23 @@ unsafe fn head_amx(
         let mut q0 = start;
         while q0 < end {
             let rows = (2 * TM).min(end - q0);
-            pack_a(qkv, ld, h * d, d, q0, rows, scale, &mut s.queries);
+            pack_a(Strided { data: qkv, ld, r0: q0, c0: h * d }, rows, d, scale, &mut s.queries);
             let qa = (s.queries.as_ptr(), s.queries[dt * TM..].as_ptr());
             let scores = &mut s.scores[..rows * len];
             for (q, j) in (0..len).step_by(2 * TM).enumerate() {
                 let cols = (2 * TM).min(len - j);
                 let c = scores.as_mut_ptr().add(j);
-                block(dt, qa, (&s.keys, 2 * q, 0), c, len, rows, cols, false);
+                block(dt, qa, (&s.keys, 2 * q), c, len, rows, cols);
             }
             for row in scores.chunks_exact_mut(len) {
                 softmax(row);
             }
-            pack_a(scores, len, 0, len, 0, rows, 1.0, &mut s.probs);
+            pack_a(Strided { data: scores, ld: len, r0: 0, c0: 0 }, rows, len, 1.0, &mut s.probs);
             let pa = (s.probs.as_ptr(), s.probs[lt * TM..].as_ptr());
             for (q, j) in (0..d).step_by(2 * TM).enumerate() {
                 let cols = (2 * TM).min(d - j);
                 let c = out.0.add(q0 * hidden + h * d + j);
-                block(lt, pa, (&s.values, 2 * q, 0), c, hidden, rows, cols, false);
+                block(lt, pa, (&s.values, 2 * q), c, hidden, rows, cols);
             }
             q0 += rows;
         }

@@ -160,7 +160,7 @@ pub unsafe fn matmul_amx(m: usize, a: &[f32], w: &kernel_amx::AmxWeight, c: *mut
             if ap.len() < need {
                 ap.resize(need, Line::default());
             }
-            kernel_amx::pack_a(a, k, 0, k, r0, rows, 1.0, ap);
+            kernel_amx::pack_a(kernel_amx::Strided { data: a, ld: k, r0, c0: 0 }, rows, k, 1.0, ap);
             // SAFETY: AMX is available (caller); blocks lie inside c (rows r0.., columns < n).
             unsafe {
                 kernel_amx::configure();
@@ -171,12 +171,11 @@ pub unsafe fn matmul_amx(m: usize, a: &[f32], w: &kernel_amx::AmxWeight, c: *mut
                         kernel_amx::block(
                             kt,
                             (ap[g * kt * TM..].as_ptr(), ap[(g + 1) * kt * TM..].as_ptr()),
-                            (w, 2 * q, 0),
+                            (w, 2 * q),
                             out.0.add((r0 + r) * ldc + j),
                             ldc,
                             (rows - r).min(2 * TM),
                             (n - j).min(2 * TN),
-                            false,
                         );
                     }
                 }

@@ -25,6 +25,34 @@ pub const TN: usize = 16;
 #[repr(C, align(64))]
 pub struct Line(pub [u16; 32]);
 
+/// A window of a row-major f32 matrix: element `(r, c)` is `data[(r0 + r)·ld + c0 + c]`.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub ld: usize,
+    pub r0: usize,
+    pub c0: usize,
+}
+
+impl Strided<'_> {
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        self.data.len() >= (self.r0 + rows - 1) * self.ld + self.c0 + cols
+    }
+
+    /// `N` values of row `r` from column `c`, zero outside `rows × cols`. (A scalar bf16
+    /// conversion of the edges instead would, in a function with AVX512-BF16, become a libcall
+    /// the Rust runtime lacks, `__truncsfbf2`; so edges are padded in f32 and converted whole.)
+    #[inline(always)]
+    fn run<const N: usize>(&self, r: usize, c: usize, rows: usize, cols: usize) -> [f32; N] {
+        let at = (self.r0 + r) * self.ld + self.c0 + c;
+        if r < rows && c + N <= cols {
+            self.data[at..at + N].try_into().expect("N")
+        } else {
+            std::array::from_fn(|e| if r < rows && c + e < cols { self.data[at + e] } else { 0.0 })
+        }
+    }
+}
+
 /// Whether this process may run AMX-BF16: the CPU reports AMX-TILE, AMX-BF16 and AVX512-BF16
 /// (its conversions pack the operands) and Linux granted the tile data state. Asked once.
 pub fn available() -> bool {
@@ -94,35 +122,26 @@ impl AmxWeight {
     }
 
     /// As [`AmxWeight::pack`] on this thread, reusing this buffer (grown, never shrunk), for
-    /// `W[j][kk] = src[(r0 + j)·ld + c0 + kk]` (attention's keys).
-    pub fn repack_rows(
-        &mut self,
-        n: usize,
-        k: usize,
-        src: &[f32],
-        ld: usize,
-        r0: usize,
-        c0: usize,
-    ) {
-        assert!(n == 0 || k == 0 || src.len() >= (r0 + n - 1) * ld + c0 + k, "repack_rows source");
+    /// `W[j][kk] = src(j, kk)` (attention's keys) or, `transposed`, `src(kk, j)` (its values).
+    pub fn repack(&mut self, n: usize, k: usize, src: Strided, transposed: bool) {
+        let (rows, cols) = if transposed { (k, n) } else { (n, k) };
+        assert!(rows == 0 || cols == 0 || src.fits(rows, cols), "repack source");
         let len = self.shape(n, k);
         if self.tiles.len() < len {
             self.tiles.resize(len, Line::default());
         }
         // SAFETY: available() checked AVX512-BF16 (this runs only on the AMX path).
-        unsafe { self.repack_rows_avx512(n, k, src, ld, r0, c0) }
+        unsafe {
+            if transposed {
+                self.repack_cols(n, k, src)
+            } else {
+                self.repack_rows(n, k, src)
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
-    fn repack_rows_avx512(
-        &mut self,
-        n: usize,
-        k: usize,
-        src: &[f32],
-        ld: usize,
-        r0: usize,
-        c0: usize,
-    ) {
+    fn repack_rows(&mut self, n: usize, k: usize, src: Strided) {
         let kt = self.kt;
         for (p, panel) in
             self.tiles.chunks_exact_mut(kt * TM).take(n.div_ceil(2 * TN) * 2).enumerate()
@@ -130,23 +149,8 @@ impl AmxWeight {
             for t in 0..kt {
                 let tile = &mut panel[t * TM..(t + 1) * TM];
                 for c in 0..TN {
-                    let j = p * TN + c;
                     // Row j's 32 features of tile t: pair r goes to line r, column c.
-                    // (Edges go through a zero-padded copy: a scalar conversion in a function
-                    // with AVX512-BF16 becomes a libcall the Rust runtime lacks, __truncsfbf2.)
-                    let v: [u16; 32] = if j < n && (t + 1) * TK <= k {
-                        cvt32(src[(r0 + j) * ld + c0 + t * TK..][..TK].try_into().expect("32"), 1.0)
-                    } else {
-                        let f: [f32; 32] = std::array::from_fn(|e| {
-                            let kk = t * TK + e;
-                            if j < n && kk < k {
-                                src[(r0 + j) * ld + c0 + kk]
-                            } else {
-                                0.0
-                            }
-                        });
-                        cvt32(&f, 1.0)
-                    };
+                    let v = cvt32(&src.run::<32>(p * TN + c, t * TK, n, k), 1.0);
                     for (r, line) in tile.iter_mut().enumerate() {
                         line.0[2 * c] = v[2 * r];
                         line.0[2 * c + 1] = v[2 * r + 1];
@@ -156,59 +160,16 @@ impl AmxWeight {
         }
     }
 
-    /// As [`AmxWeight::repack_rows`] for `W[j][kk] = src[(r0 + kk)·ld + c0 + j]` (attention's
-    /// values).
-    pub fn repack_cols(
-        &mut self,
-        n: usize,
-        k: usize,
-        src: &[f32],
-        ld: usize,
-        r0: usize,
-        c0: usize,
-    ) {
-        assert!(n == 0 || k == 0 || src.len() >= (r0 + k - 1) * ld + c0 + n, "repack_cols source");
-        let len = self.shape(n, k);
-        if self.tiles.len() < len {
-            self.tiles.resize(len, Line::default());
-        }
-        // SAFETY: as repack_rows.
-        unsafe { self.repack_cols_avx512(n, k, src, ld, r0, c0) }
-    }
-
     #[target_feature(enable = "avx512f,avx512bf16")]
-    fn repack_cols_avx512(
-        &mut self,
-        n: usize,
-        k: usize,
-        src: &[f32],
-        ld: usize,
-        r0: usize,
-        c0: usize,
-    ) {
+    fn repack_cols(&mut self, n: usize, k: usize, src: Strided) {
         let kt = self.kt;
-        let row = |kk: usize, j0: usize| -> [u16; 16] {
-            if kk < k && j0 + TN <= n {
-                cvt16(src[(r0 + kk) * ld + c0 + j0..][..TN].try_into().expect("16"))
-            } else {
-                let f: [f32; 16] = std::array::from_fn(|c| {
-                    let j = j0 + c;
-                    if kk < k && j < n {
-                        src[(r0 + kk) * ld + c0 + j]
-                    } else {
-                        0.0
-                    }
-                });
-                cvt16(&f)
-            }
-        };
         for (p, panel) in
             self.tiles.chunks_exact_mut(kt * TM).take(n.div_ceil(2 * TN) * 2).enumerate()
         {
             for (i, line) in panel.iter_mut().enumerate() {
                 // Line r of tile t interleaves features 2r', 2r'+1 (r' = 16t + r) of 16 columns.
-                let kk = 2 * i;
-                let (a, b) = (row(kk, p * TN), row(kk + 1, p * TN));
+                let a = cvt16(&src.run::<16>(2 * i, p * TN, k, n));
+                let b = cvt16(&src.run::<16>(2 * i + 1, p * TN, k, n));
                 for c in 0..TN {
                     line.0[2 * c] = a[c];
                     line.0[2 * c + 1] = b[c];
@@ -251,24 +212,27 @@ pub fn a_lines(rows: usize, k: usize) -> usize {
     rows.div_ceil(2 * TM) * 2 * TM * k.div_ceil(TK)
 }
 
-/// Packs `scale ·` rows `r0..r0+rows` of `a` (row stride `ld`), columns `c0..c0+k`, as bf16 `A`
-/// tiles: `dst[g][t]` is the tile of row group `g` (16 rows) and feature tile `t` (32
-/// features). Rows past `rows` (up to an even number of groups) and features past `k` are zero.
-#[allow(clippy::too_many_arguments)]
-pub fn pack_a(
-    a: &[f32],
-    ld: usize,
-    c0: usize,
-    k: usize,
-    r0: usize,
-    rows: usize,
-    scale: f32,
-    dst: &mut [Line],
-) {
-    assert!(rows == 0 || a.len() >= (r0 + rows - 1) * ld + c0 + k, "pack_a source");
+/// Packs `scale ·` rows `0..rows`, columns `0..k` of `src` as bf16 `A` tiles: `dst[g][t]` is the
+/// tile of row group `g` (16 rows) and feature tile `t` (32 features). Rows past `rows` (up to
+/// an even number of groups) and features past `k` are zero.
+pub fn pack_a(src: Strided, rows: usize, k: usize, scale: f32, dst: &mut [Line]) {
+    assert!(rows == 0 || k == 0 || src.fits(rows, k), "pack_a source");
     assert!(dst.len() >= a_lines(rows, k), "pack_a destination");
-    // SAFETY: AMX CPUs have AVX-512F and BW (this runs only where `available()` held).
-    unsafe { pack_a_avx512(a, ld, c0, k, r0, rows, scale, dst) }
+    // SAFETY: available() checked AVX512-BF16 (this runs only on the AMX path).
+    unsafe { pack_a_avx512(src, rows, k, scale, dst) }
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn pack_a_avx512(src: Strided, rows: usize, k: usize, scale: f32, dst: &mut [Line]) {
+    let (groups, kt) = (rows.div_ceil(2 * TM) * 2, k.div_ceil(TK));
+    for g in 0..groups {
+        for i in 0..TM {
+            for t in 0..kt {
+                let run = src.run::<32>(g * TM + i, t * TK, rows, k);
+                dst[(g * kt + t) * TM + i].0 = cvt32(&run, scale);
+            }
+        }
+    }
 }
 
 /// `scale · src` as bf16, rounded to nearest even by the CPU's own conversion (which, unlike
@@ -296,43 +260,6 @@ fn cvt16(src: &[f32; 16]) -> [u16; 16] {
         std::mem::transmute::<__m256bh, [u16; 16]>(_mm512_cvtneps_pbh(_mm512_loadu_ps(
             src.as_ptr(),
         )))
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-fn pack_a_avx512(
-    a: &[f32],
-    ld: usize,
-    c0: usize,
-    k: usize,
-    r0: usize,
-    rows: usize,
-    scale: f32,
-    dst: &mut [Line],
-) {
-    let (groups, kt) = (rows.div_ceil(2 * TM) * 2, k.div_ceil(TK));
-    for g in 0..groups {
-        for i in 0..TM {
-            let r = g * TM + i;
-            let src = (r < rows).then(|| &a[(r0 + r) * ld + c0..][..k]);
-            for t in 0..kt {
-                let line = &mut dst[(g * kt + t) * TM + i].0;
-                let f0 = t * TK;
-                match src {
-                    Some(row) if f0 + TK <= k => {
-                        let src: &[f32; 32] = row[f0..f0 + TK].try_into().expect("32");
-                        *line = cvt32(src, scale);
-                    }
-                    Some(row) => {
-                        let f: [f32; 32] =
-                            std::array::from_fn(|c| row.get(f0 + c).map_or(0.0, |&s| s));
-                        *line = cvt32(&f, scale);
-                    }
-                    None => *line = [0; 32],
-                }
-            }
-        }
     }
 }
 
@@ -371,8 +298,8 @@ pub unsafe fn release() {
 }
 
 /// One 32 × 32 block of `C` over `kt` feature tiles: `A` tiles of two row groups (`a0`, `a1`:
-/// `kt` consecutive tiles each), `B` tiles of two panels of `w` from feature tile `t0`. Adds to
-/// `C` when `accumulate`, else overwrites it. `rows` × `cols` (≤ 32 each) of `C` are written.
+/// `kt` consecutive tiles each), `B` tiles of panels `p`, `p + 1` of `w`. Overwrites `rows` ×
+/// `cols` (≤ 32 each) of `C`.
 ///
 /// # Safety
 /// [`configure`] ran on this thread; `c` is valid for `rows` rows of `cols` values at stride
@@ -381,57 +308,31 @@ pub unsafe fn release() {
 pub unsafe fn block(
     kt: usize,
     (a0, a1): (*const Line, *const Line),
-    (w, p, t0): (&AmxWeight, usize, usize),
+    (w, p): (&AmxWeight, usize),
     c: *mut f32,
     ldc: usize,
     rows: usize,
     cols: usize,
-    accumulate: bool,
 ) {
     let full = rows == 2 * TM && cols == 2 * TN;
-    // Clipped blocks go through a zeroed scratch block (only they: zeroing 4 KiB per block
-    // would cost ~5 %).
+    // Clipped blocks go through a scratch block (only they: zeroing 4 KiB per block would cost
+    // ~5 %).
     let mut scratch = if full { None } else { Some([[0f32; 2 * TN]; 2 * TM]) };
     let (cp, stride) = match &mut scratch {
         None => (c, ldc * 4),
-        Some(scratch) => {
-            if accumulate {
-                for (i, row) in scratch.iter_mut().enumerate().take(rows) {
-                    // SAFETY: row i of the valid part of C.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(c.add(i * ldc), row.as_mut_ptr(), cols)
-                    };
-                }
-            }
-            (scratch.as_mut_ptr() as *mut f32, 2 * TN * 4)
-        }
+        Some(scratch) => (scratch.as_mut_ptr() as *mut f32, 2 * TN * 4),
     };
     // C tiles: tmm0 rows 0–15 × cols 0–15, tmm1 × cols 16–31, tmm2/tmm3 rows 16–31.
     // SAFETY: configured tiles; cp points at 32 rows of 32 floats at `stride` bytes.
     unsafe {
-        if accumulate {
-            asm!(
-                "tileloadd tmm0, [{c} + {s}*1]",
-                "tileloadd tmm1, [{c1} + {s}*1]",
-                "tileloadd tmm2, [{c2} + {s}*1]",
-                "tileloadd tmm3, [{c3} + {s}*1]",
-                c = in(reg) cp,
-                c1 = in(reg) cp.add(TN),
-                c2 = in(reg) (cp as *mut u8).add(TM * stride),
-                c3 = in(reg) (cp as *mut u8).add(TM * stride + TN * 4),
-                s = in(reg) stride,
-                options(nostack, readonly),
-            );
-        } else {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
-        }
-        let (mut b0, mut b1) = (w.tile(p, t0), w.tile(p + 1, t0));
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+        let (mut b0, mut b1) = (w.tile(p, 0), w.tile(p + 1, 0));
         let (mut a0, mut a1) = (a0, a1);
         for _ in 0..kt {
             asm!(
