@@ -75,6 +75,13 @@ fn cpu_has_amx_bf16() -> bool {
     edx & (1 << 22) != 0 && edx & (1 << 24) != 0
 }
 
+/// Other systems: AMX is left alone (their permission models are not handled here).
+#[cfg(not(target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    false
+}
+
+#[cfg(target_os = "linux")]
 fn request_tile_permission() -> bool {
     const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
     const XFEATURE_XTILEDATA: libc::c_long = 18;
