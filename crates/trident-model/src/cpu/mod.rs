@@ -144,10 +144,7 @@ impl CpuBackend {
             .thread_name(|i| format!("trident-cpu-{i}"))
             .build()
             .expect("rayon thread pool");
-        let amx = cfg!(target_arch = "x86_64")
-            && precision == CpuPrecision::Bf16
-            && isa::isa() >= Isa::Amx;
-        // (kernels_for repeats this test for a backend not yet made.)
+        let amx = amx_for(precision);
         CpuBackend { pool: Arc::new(pool), threads, precision, amx, buffers: Arc::default() }
     }
 
@@ -195,7 +192,12 @@ impl CpuBackend {
 /// What runs a model loaded now at `precision`, e.g. `"f32, avx512 f32 12x32"` or `"bf16: amx
 /// bf16 32x32 (linear layers and attention), avx512 f32 12x32"` (for `/info` and `bench`).
 pub fn kernels_for(precision: CpuPrecision) -> String {
-    kernels(precision, precision == CpuPrecision::Bf16 && isa::isa() >= Isa::Amx)
+    kernels(precision, amx_for(precision))
+}
+
+/// Whether a backend made now at `precision` runs its linear layers and attention on AMX.
+fn amx_for(precision: CpuPrecision) -> bool {
+    cfg!(target_arch = "x86_64") && precision == CpuPrecision::Bf16 && isa::isa() >= Isa::Amx
 }
 
 fn kernels(precision: CpuPrecision, amx: bool) -> String {
