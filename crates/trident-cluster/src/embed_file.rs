@@ -72,13 +72,16 @@ fn error_msgpack(id: &DocId, reason: &str) -> Vec<u8> {
     out
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct EmbedSummary {
     #[serde(rename = "rows")]
     pub records: u64,
     pub failed: u64,
     /// Tokens encoded (cache hits and failures count none).
     pub tokens: u64,
+    /// CPU seconds spent splitting the input into lines and formatting and writing the output
+    /// records (each line's JSON is decoded by the coordinator, as for Kafka, and not counted).
+    pub format_seconds: f64,
 }
 
 /// Read one line of at most `max` bytes (the rest of a longer line is skipped). Returns the
@@ -137,6 +140,7 @@ struct OrderedState {
 
 impl OrderedState {
     fn drain(&mut self) {
+        let t0 = crate::cpu_clock::thread_seconds();
         while let Some((line, failed, tokens)) = self.pending.remove(&self.next) {
             if self.write_error.is_none() {
                 if let Err(e) = self.out.write_all(&line) {
@@ -152,9 +156,11 @@ impl OrderedState {
         if let Some(p) = &self.progress {
             p(self.summary.records);
         }
-        if self.end.as_ref().is_some_and(|(total, _)| self.summary.records >= *total) {
+        let done = self.end.as_ref().is_some_and(|(total, _)| self.summary.records >= *total);
+        let flushed = if done { self.out.flush().map_err(|e| e.to_string()) } else { Ok(()) };
+        self.summary.format_seconds += (crate::cpu_clock::thread_seconds() - t0).max(0.0);
+        if done {
             let (_, reply) = self.end.take().unwrap();
-            let flushed = self.out.flush().map_err(|e| e.to_string());
             *self.summary_out.lock().unwrap() = self.summary;
             let _ = reply.send(match self.write_error.take() {
                 Some(e) => Err(e),
@@ -183,7 +189,8 @@ impl Actor for OrderedSink {
         msg: SinkMsg,
         st: &mut OrderedState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
+        let mut spent = 0.0;
+        crate::cpu_clock::charge(&mut spent, || match msg {
             SinkMsg::Done { ticket, id, outcome, tokens } => {
                 let failed = outcome.is_err();
                 let bytes = output_record(st.format, st.encoding, &id, outcome);
@@ -195,7 +202,9 @@ impl Actor for OrderedSink {
             }
             SinkMsg::Delivered { .. } | SinkMsg::Decoded(_) | SinkMsg::Undeliverable { .. } => {}
             SinkMsg::End { total, reply } => st.end = Some((total, reply)),
-        }
+        });
+        st.summary.format_seconds += spent;
+        // Writing (and the final flush, which publishes the summary) is charged in `drain`.
         st.drain();
         Ok(())
     }
@@ -244,6 +253,9 @@ pub async fn embed_file(
     let max = opts.max_record_bytes;
     let reader = tokio::task::spawn_blocking(move || {
         let mut input = input;
+        // Returns its thread's CPU time: splitting lines is the input format's cost.
+        let t0 = crate::cpu_clock::thread_seconds();
+        let spent = || crate::cpu_clock::thread_seconds() - t0;
         loop {
             let mut chunk = Vec::with_capacity(CHUNK);
             let mut eof = false;
@@ -256,12 +268,12 @@ pub async fn embed_file(
                     }
                     Err(e) => {
                         let _ = tx.blocking_send(Err(e));
-                        return;
+                        return spent();
                     }
                 }
             }
             if (!chunk.is_empty() && tx.blocking_send(Ok(chunk)).is_err()) || eof {
-                return;
+                return spent();
             }
         }
     });
@@ -298,7 +310,7 @@ pub async fn embed_file(
         flight.add_records(recs.len());
         let _ = coord.send_message(CoordinatorMsg::Records(recs));
     }
-    let _ = reader.await;
+    let read_seconds = reader.await.unwrap_or(0.0);
     if result.is_ok() && line_no == 0 {
         result = Err(ClusterError::Input(format!(
             "{}: the input is empty (expected JSON Lines: one document per line)",
@@ -322,7 +334,8 @@ pub async fn embed_file(
         path: "output".into(),
         source: std::io::Error::other(e),
     })?;
-    let s = *summary_out.lock().unwrap();
+    let mut s = *summary_out.lock().unwrap();
+    s.format_seconds += read_seconds;
     Ok(s)
 }
 

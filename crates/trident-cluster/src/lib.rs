@@ -17,6 +17,7 @@ pub mod codec;
 pub mod config;
 pub mod coordinator;
 pub mod corpus;
+pub mod cpu_clock;
 pub mod dead_letter;
 pub mod deliver;
 pub mod embed_file;

@@ -122,6 +122,14 @@ impl Run {
             assert!(sum[k].is_u64(), "summary field {k}: {sum}");
         }
         assert_eq!(u(&sum["rows"]), u(&sum["embedded"]) + u(&sum["reused"]) + failed, "{sum}");
+        // The formats' CPU time is a part of the run (CPU time of several threads may exceed
+        // the wall time only by the thread count; this job's reader and writer are two).
+        let (fmt, secs) = (sum["format_seconds"].as_f64(), sum["seconds"].as_f64());
+        let (fmt, secs) = (fmt.expect("format_seconds"), secs.expect("seconds"));
+        assert!(fmt >= 0.0 && fmt <= 2.0 * secs + 0.01, "format_seconds vs seconds: {sum}");
+        if u(&sum["rows"]) > 0 {
+            assert!(fmt > 0.0, "rows were read and written in no CPU time: {sum}");
+        }
         sum
     }
 

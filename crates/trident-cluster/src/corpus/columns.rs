@@ -198,7 +198,8 @@ impl Layout {
                 Arc::new(b.finish())
             }
             enc => {
-                let flat: Vec<f32> = rows.iter().filter_map(cb).flatten().copied().collect();
+                let mut flat = Vec::with_capacity(total * dim);
+                rows.iter().filter_map(cb).for_each(|c| flat.extend_from_slice(c));
                 let (t, values) = match enc {
                     ColbertEncoding::F16 => {
                         (DataType::Float16, dense_values(DenseEncoding::F16, flat))

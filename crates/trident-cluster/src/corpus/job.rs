@@ -20,7 +20,8 @@ use arrow_schema::{Field, Schema, SchemaRef};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -30,6 +31,7 @@ use super::columns::{id_at, id_type_ok, text_at, text_hash, Layout};
 use super::manifest::{self, Manifest, Settings, UnitDone};
 use super::units::{discover, units, Shard, Unit};
 use crate::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, DocRecord, SinkMsg};
+use crate::cpu_clock;
 use crate::flight::{FlightLimits, InFlight};
 use crate::{ClusterError, Pipeline};
 
@@ -71,6 +73,10 @@ pub struct Summary {
     pub units_skipped: u64,
     pub seconds: f64,
     pub tokens_per_second: f64,
+    /// CPU seconds spent on the file formats: reading and decoding Parquet input (and the
+    /// `--previous` output), building the output's Arrow columns, encoding, compressing and
+    /// writing the parts. Measured per thread, so the encoder sharing the cores is not counted.
+    pub format_seconds: f64,
 }
 
 fn io_err(p: &Path) -> impl Fn(std::io::Error) -> ClusterError + '_ {
@@ -408,10 +414,7 @@ impl Writer {
             WriterMsg::Unit { index, key, part, schema } => {
                 let tmp = tmp_part(&part);
                 let f = File::create(&tmp).map_err(io_err(&tmp))?;
-                let props = WriterProperties::builder()
-                    .set_compression(Compression::SNAPPY)
-                    .set_max_row_group_row_count(Some(64 * 1024))
-                    .build();
+                let props = part_properties(&schema)?;
                 let writer = ArrowWriter::try_new(f, schema.clone(), Some(props))
                     .map_err(|e| ClusterError::Input(format!("{}: {e}", tmp.display())))?;
                 let part_name = part.file_name().unwrap().to_string_lossy().into_owned();
@@ -430,6 +433,44 @@ impl Writer {
         }
         self.drain()
     }
+}
+
+/// How a part is written. Embedding values are near-random floats: a dictionary never pays
+/// for them, snappy saves nothing, and per-page min/max say nothing a reader filters on, yet
+/// together these cost ~3× the write itself. So the vector columns (`dense`, `colbert`, and
+/// the sparse weights) are written plain and uncompressed, without statistics; the other
+/// columns keep snappy and dictionaries, and the id column keeps its min/max per row group.
+fn part_properties(schema: &Schema) -> Result<WriterProperties, ClusterError> {
+    let desc = parquet::arrow::ArrowSchemaConverter::new()
+        .convert(schema)
+        .map_err(|e| ClusterError::Input(format!("output schema: {e}")))?;
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(64 * 1024))
+        .set_statistics_enabled(EnabledStatistics::None);
+    for col in desc.columns() {
+        let path = col.path().clone();
+        match path.parts().first().map(String::as_str) {
+            Some("dense" | "colbert") => {
+                b = b
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_compression(path, Compression::UNCOMPRESSED)
+            }
+            Some("sparse") if path.parts().last().is_some_and(|p| p == "weight") => {
+                b = b
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_compression(path, Compression::UNCOMPRESSED)
+            }
+            _ => {}
+        }
+    }
+    if let Some(id) = schema.fields().first() {
+        b = b.set_column_statistics_enabled(
+            ColumnPath::from(id.name().as_str()),
+            EnabledStatistics::Chunk,
+        );
+    }
+    Ok(b.build())
 }
 
 /// Run the job on `pipeline`.
@@ -571,7 +612,10 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
                     return;
                 }
                 m if failure.is_none() => {
-                    if let Err(e) = writer.handle(m) {
+                    let mut spent = 0.0;
+                    let r = cpu_clock::charge(&mut spent, || writer.handle(m));
+                    writer.summary.format_seconds += spent;
+                    if let Err(e) = r {
                         failure = Some(e);
                         failed_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -600,7 +644,10 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
     let (coord, coord_join) =
         Actor::spawn(None, Coordinator, coord_args).await.map_err(actor_err)?;
 
-    let read = feed(&job, &layout, &todo, &previous, &tx, &coord, &flight, &writer_failed).await;
+    let mut read_seconds = 0.0;
+    let read = feed(&job, &layout, &todo, &previous, &tx, &coord, &flight, &writer_failed)
+        .await
+        .map(|spent| read_seconds = spent);
     let _ = coord.send_message(CoordinatorMsg::Flush);
     if read.is_ok() {
         // Wait until every submitted row is written (or the writer failed).
@@ -623,12 +670,14 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
         (Err(e), _) => return Err(e),
         (Ok(()), w) => w?,
     };
+    s.format_seconds += read_seconds;
     s.seconds = t0.elapsed().as_secs_f64();
     s.tokens_per_second = s.tokens as f64 / s.seconds.max(1e-9);
     Ok(s)
 }
 
-/// Read every unit to do, announce it to the writer, and submit its rows.
+/// Read every unit to do, announce it to the writer, and submit its rows. Returns the CPU
+/// seconds spent reading and decoding Parquet (see `Summary::format_seconds`).
 #[allow(clippy::too_many_arguments)]
 async fn feed(
     job: &CorpusJob,
@@ -639,14 +688,18 @@ async fn feed(
     coord: &ActorRef<CoordinatorMsg>,
     flight: &Arc<InFlight>,
     writer_failed: &std::sync::atomic::AtomicBool,
-) -> Result<(), ClusterError> {
+) -> Result<f64, ClusterError> {
     let stopped = || {
         writer_failed
             .load(std::sync::atomic::Ordering::Relaxed)
             .then(|| ClusterError::Actor("the output writer failed".into()))
     };
     let mut ticket: u64 = 1;
+    // CPU time of the synchronous reading sections (none of them awaits, so each runs on one
+    // thread from start to end).
+    let mut spent = 0.0;
     for unit in todo {
+        let t0 = cpu_clock::thread_seconds();
         let part = job.output.join(unit.part_name());
         // A part left by a killed run is redone whole.
         let _ = std::fs::remove_file(tmp_part(&part));
@@ -664,7 +717,9 @@ async fn feed(
         let reader = open_unit(unit, Some(&cols.roots))?;
         let mut batches = reader.peekable();
         let mut any = false;
+        spent += cpu_clock::thread_seconds() - t0;
         loop {
+            let t0 = cpu_clock::thread_seconds();
             let batch = match batches.next() {
                 Some(b) => b.map_err(|e| ClusterError::Input(format!("{}: {e}", unit.key())))?,
                 None if any => break,
@@ -739,6 +794,7 @@ async fn feed(
                 last_of_unit: last,
             };
             ticket += n.max(1) as u64;
+            spent += cpu_clock::thread_seconds() - t0;
             tx.send(WriterMsg::Chunk(Box::new(chunk)))
                 .map_err(|_| ClusterError::Actor("the writer stopped".into()))?;
             if docs.is_empty() {
@@ -763,7 +819,7 @@ async fn feed(
             let _ = coord.send_message(CoordinatorMsg::Docs(docs));
         }
     }
-    Ok(())
+    Ok(spent)
 }
 
 /// Where a part is written before it is complete: hidden (a leading `.`), so that readers of
