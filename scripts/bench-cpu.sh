@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU speed table, reproducible: FlagEmbedding's `encode` (torch_reference.py), ONNX Runtime
-# f32 and its dynamic int8 quantisation (ort_reference.py) and `trident bench` at f32 and bf16,
+# f32 and its dynamic int8 quantisation (ort_reference.py) and `trident bench` at f32, bf16 and
+# int8 (where the CPU has AMX-INT8),
 # on the same checkpoint, corpora and threads, run one after the other in this session, then a
 # markdown table with the ratios, headed by the CPU's model name and features.
 #
@@ -29,6 +30,9 @@ mkdir -p "$WORK"
 MODEL=$WORK/m3-l$LAYERS
 [ -f "$MODEL/model.safetensors" ] ||
     python3 "$SHARED/bench/make_random_m3.py" --out "$MODEL" --layers "$LAYERS" >&2
+# int8 runs where the CPU has AMX-INT8 (trident's int8 kernel); elsewhere its column says "—".
+MODES="f32 bf16"
+grep -qw amx_int8 /proc/cpuinfo && MODES="$MODES int8"
 declare -A DOCS=([short]=256 [mixed]=48 [long]=8)
 for mix in $MIXES; do
     corpus=$WORK/$mix.jsonl
@@ -51,7 +55,7 @@ for mix in $MIXES; do
         python3 "$ROOT/scripts/ort_reference.py" --model "$MODEL" --corpus "$corpus" --int8 \
             --threads "$THREADS" --repeat "$reps" --work "$WORK/onnx" >"$WORK/ort8-$mix.json" 2>"$WORK/ort8-$mix.err"
     fi
-    for p in f32 bf16; do
+    for p in $MODES; do
         echo "== trident $mix $p" >&2
         "$TRIDENT" bench --model "$MODEL" --corpus "$corpus" --threads "$THREADS" \
             --repeat "$REPEAT" --precision "$p" >"$WORK/trident-$mix-$p.json" 2>"$WORK/trident-$mix-$p.err"
@@ -69,16 +73,25 @@ def opt(n):
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 flags = set(next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), []))
 feats = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+def opt_run(n):
+    try:
+        return load(n)
+    except (OSError, ValueError):
+        return None
+i8 = opt_run(f"trident-{mixes[0]}-int8")
 print(f"CPU: {cpu} ({', '.join(feats)}); trident f32: {load(f'trident-{mixes[0]}-f32')['backend']}; "
-      f"bf16: {load(f'trident-{mixes[0]}-bf16')['backend']}\n")
+      f"bf16: {load(f'trident-{mixes[0]}-bf16')['backend']}; int8: {i8['backend'] if i8 else 'not run'}\n")
 r = lambda a, b: f"{a / b:.2f}" if a and b else "—"
 n = lambda v: f"{v:.0f}" if v else "—"
-print("| corpus | tokens | FlagEmbedding tok/s | ONNX Runtime f32 | ONNX Runtime int8 | trident f32 | × ORT f32 | trident bf16 | × ORT int8 | × FE (bf16) | peak RSS f32 / bf16 MiB |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("| corpus | tokens | FlagEmbedding tok/s | ONNX Runtime f32 | ONNX Runtime int8 | trident f32 | × ORT f32 | trident bf16 | × ORT int8 | trident int8 | × ORT int8 | × FE (bf16) | peak RSS f32 / bf16 / int8 MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in mixes:
     t, f, b = load(f"torch-{m}"), load(f"trident-{m}-f32"), load(f"trident-{m}-bf16")
+    q = opt_run(f"trident-{m}-int8")
     o, o8 = opt(f"ort-{m}"), opt(f"ort8-{m}")
     fe, tf, tb = t["tokens_per_s"], f["tokens_per_s"], b["tokens_per_s"]
+    tq = q["tokens_per_s"] if q else None
+    rss = lambda d: str(d["peak_rss_bytes"] >> 20) if d else "—"
     print(f"| {m} | {f['tokens']} | {fe:.0f} | {n(o)} | {n(o8)} | {tf:.0f} | {r(tf, o)} | {tb:.0f} | {r(tb, o8)} "
-          f"| {r(tb, fe)} | {f['peak_rss_bytes']>>20} / {b['peak_rss_bytes']>>20} |")
+          f"| {n(tq)} | {r(tq, o8)} | {r(tb, fe)} | {rss(f)} / {rss(b)} / {rss(q)} |")
 EOF

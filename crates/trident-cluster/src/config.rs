@@ -60,7 +60,7 @@ pub struct NodeConfig {
     pub workers: usize,
     /// CPU threads per worker (0 = all cores).
     pub threads: usize,
-    /// Precision of the linear layers: `f32` or `bf16` (unset: f32 on CPU, bf16 on CUDA).
+    /// Precision of the linear layers: `f32`, `bf16` or `int8` (CPU only; unset: f32 on CPU, bf16 on CUDA).
     pub precision: Option<String>,
     /// `cpu` or `cuda:N`.
     pub device: String,

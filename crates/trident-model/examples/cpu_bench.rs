@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release -p trident-model --example cpu_bench -- \
 //!         --model DIR --corpus FILE [--threads 2] [--batch-tokens 16384] [--repeat 3]
-//!         [--max-length 8192] [--precision f32|bf16]
+//!         [--max-length 8192] [--precision f32|bf16|int8]
 //!
 //! `--random-layers N` replaces `--model`'s weights with random ones of the same config but N
 //! layers (tokenizer still read from `--model`).

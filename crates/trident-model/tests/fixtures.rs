@@ -225,3 +225,32 @@ fn bf16_weights_stay_close_to_f32() {
     }
     force_isa(None);
 }
+
+/// int8 (AMX-INT8) on the tiny fixture stays close to f32; below AMX it is refused at load,
+/// naming the instructions it needs.
+#[test]
+fn int8_stays_close_to_f32_or_is_refused() {
+    use trident_model::cpu::{force_isa, CpuPrecision, Isa};
+    let ckpt = Checkpoint::open(&tiny()).unwrap();
+    force_isa(Some(Isa::Avx512));
+    let refused = Encoder::new(&ckpt, CpuBackend::with_precision(2, CpuPrecision::Int8));
+    force_isa(None);
+    let err = refused.err().expect("int8 below the AMX level must be refused").to_string();
+    assert!(err.contains("AMX-INT8"), "the refusal should name AMX-INT8: {err}");
+    let backend = CpuBackend::with_precision(2, CpuPrecision::Int8);
+    let desc = trident_model::Backend::describe(&backend);
+    if !desc.contains("amx int8") {
+        println!("skipped the int8 run: this CPU (or its kernel) gives no AMX-INT8 ({desc})");
+        return;
+    }
+    let tok = Tokenizer::from_dir(&tiny()).unwrap();
+    let docs: Vec<TokenizedDoc> = texts().iter().map(|t| tok.encode(t, 512).unwrap()).collect();
+    let a = Encoder::new(&ckpt, CpuBackend::new(2)).unwrap().encode(&docs, Modes::ALL).unwrap();
+    let b = Encoder::new(&ckpt, backend).unwrap().encode(&docs, Modes::ALL).unwrap();
+    let Closeness { dense_min, colbert_min, differ, total } = closeness(&a, &b);
+    eprintln!("int8 ({desc}) vs f32: dense cos ≥ {dense_min:.6}, colbert cos ≥ {colbert_min:.6}, {differ} of {total} lexical keys above 1e-2 differ");
+    // Random weights quantise worse than trained ones (scripts/fidelity-cpu.sh measures those).
+    assert!(dense_min > 0.99, "{desc}: dense cosine {dense_min}");
+    assert!(colbert_min > 0.97, "{desc}: colbert cosine {colbert_min}");
+    assert!(differ * 20 <= total, "{desc}: {differ} of {total} lexical keys above 1e-2 differ");
+}

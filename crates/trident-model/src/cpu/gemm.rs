@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::isa::{isa, Isa};
 use super::kernel::{block, pack_a, pack_b_rows_panel, Aligned, Element, MR, NR};
 #[cfg(target_arch = "x86_64")]
-use super::kernel_amx;
+use super::{kernel_amx, kernel_amx_int8};
 
 /// Input features per packed block. Each block reads and writes every tile of `C` once, so fewer,
 /// longer blocks mean less `C` traffic; 512 (a 32 KiB `B` micro-panel) measured ~6 % faster than
@@ -124,68 +124,135 @@ thread_local! {
     static A_TILES: RefCell<Vec<kernel_amx::Line>> = RefCell::default();
 }
 
-/// `c[m × w.n] = bf16(a[m × w.k]) · wᵀ` on AMX tiles (f32 sums), row stride `ldc`. Each work
-/// item packs its rows of `a` for all input features once (at most ~1 MiB, so it stays in L2)
-/// and keeps each 32 × 32 block of `C` in tile registers over the whole reduction.
-///
-/// # Safety
-/// As [`matmul_wt`]; and [`kernel_amx::available`] returned true.
+/// The AMX drivers' work split of `C[m × n]`: blocks of rows whose packed `A` (`row_bytes`
+/// each) is about 1 MiB or less (so it stays in L2), times chunks of 32-column pairs so every
+/// thread has work. Runs `item(r0, rows, pairs, a_tiles)` in parallel on the current pool, with
+/// a tile buffer of the thread's own (grown, never shrunk: refilling a shrunk buffer would zero
+/// it on every call; a fresh one when the thread's is in use further up the stack).
 #[cfg(target_arch = "x86_64")]
-pub unsafe fn matmul_amx(m: usize, a: &[f32], w: &kernel_amx::AmxWeight, c: *mut f32, ldc: usize) {
-    use kernel_amx::{Line, TK, TM, TN};
-    let (n, k) = (w.n, w.k);
-    assert!(a.len() >= m * k, "matmul_amx operand sizes");
-    if m == 0 || n == 0 {
-        return;
-    }
-    let kt = k.div_ceil(TK);
-    // Rows per item: a multiple of 32 whose packed bf16 block is about 1 MiB or less.
-    let mc = ((1 << 20) / (kt * TK * 2)).clamp(32, 256) / 32 * 32;
+fn amx_items(
+    m: usize,
+    n: usize,
+    row_bytes: usize,
+    item: impl Fn(usize, usize, std::ops::Range<usize>, &mut Vec<kernel_amx::Line>) + Sync,
+) {
+    use kernel_amx::{TM, TN};
+    let mc = ((1 << 20) / row_bytes.max(1)).clamp(2 * TM, 256) / (2 * TM) * (2 * TM);
     let pairs = n.div_ceil(2 * TN);
     let row_blocks = m.div_ceil(mc);
     let threads = rayon::current_num_threads();
     let col_chunks = (2 * threads).div_ceil(row_blocks).min(pairs).max(1);
     let chunk = pairs.div_ceil(col_chunks);
     let col_chunks = pairs.div_ceil(chunk);
+    (0..row_blocks * col_chunks).into_par_iter().for_each(|i| {
+        let (rb, cc) = (i / col_chunks, i % col_chunks);
+        let (r0, rows) = (rb * mc, mc.min(m - rb * mc));
+        let q = cc * chunk..((cc + 1) * chunk).min(pairs);
+        let done = A_TILES
+            .with(|cell| cell.try_borrow_mut().ok().map(|mut b| item(r0, rows, q.clone(), &mut b)));
+        if done.is_none() {
+            item(r0, rows, q, &mut Vec::new());
+        }
+    });
+}
+
+/// `c[m × w.n] = bf16(a[m × w.k]) · wᵀ` on AMX tiles (f32 sums), row stride `ldc`. Each work
+/// item packs its rows of `a` for all input features once and keeps each 32 × 32 block of `C`
+/// in tile registers over the whole reduction.
+///
+/// # Safety
+/// As [`matmul_wt`]; and [`kernel_amx::available`] returned true.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn matmul_amx(m: usize, a: &[f32], w: &kernel_amx::AmxWeight, c: *mut f32, ldc: usize) {
+    use kernel_amx::{Line, Strided, TK, TM, TN};
+    let (n, k) = (w.n, w.k);
+    assert!(a.len() >= m * k, "matmul_amx operand sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kt = k.div_ceil(TK);
     let out = Out(c);
     let out = &out;
-    (0..row_blocks * col_chunks).into_par_iter().for_each(|item| {
-        let (rb, cc) = (item / col_chunks, item % col_chunks);
-        let (r0, rows) = (rb * mc, mc.min(m - rb * mc));
-        let (q0, q1) = (cc * chunk, ((cc + 1) * chunk).min(pairs));
-        let groups = rows.div_ceil(2 * TM) * 2;
-        let run = |ap: &mut Vec<Line>| {
-            // Grown, never shrunk: refilling a shrunk buffer would zero it on every call.
-            let need = kernel_amx::a_lines(rows, k);
-            if ap.len() < need {
-                ap.resize(need, Line::default());
-            }
-            kernel_amx::pack_a(kernel_amx::Strided { data: a, ld: k, r0, c0: 0 }, rows, k, 1.0, ap);
-            // SAFETY: AMX is available (caller); blocks lie inside c (rows r0.., columns < n).
-            unsafe {
-                kernel_amx::configure();
-                for q in q0..q1 {
-                    let j = q * 2 * TN;
-                    for g in (0..groups).step_by(2) {
-                        let r = g * TM;
-                        kernel_amx::block(
-                            kt,
-                            (ap[g * kt * TM..].as_ptr(), ap[(g + 1) * kt * TM..].as_ptr()),
-                            (w, 2 * q),
-                            out.0.add((r0 + r) * ldc + j),
-                            ldc,
-                            (rows - r).min(2 * TM),
-                            (n - j).min(2 * TN),
-                        );
-                    }
+    amx_items(m, n, kt * TK * 2, |r0, rows, pairs, ap| {
+        let need = kernel_amx::a_lines(rows, k);
+        if ap.len() < need {
+            ap.resize(need, Line::default());
+        }
+        kernel_amx::pack_a(Strided { data: a, ld: k, r0, c0: 0 }, rows, k, 1.0, ap);
+        // SAFETY: AMX is available (caller); blocks lie inside c (rows r0.., columns < n).
+        unsafe {
+            kernel_amx::configure();
+            for q in pairs {
+                let j = q * 2 * TN;
+                for g in (0..rows.div_ceil(2 * TM) * 2).step_by(2) {
+                    let r = g * TM;
+                    kernel_amx::block(
+                        kt,
+                        (ap[g * kt * TM..].as_ptr(), ap[(g + 1) * kt * TM..].as_ptr()),
+                        (w, 2 * q),
+                        out.0.add((r0 + r) * ldc + j),
+                        ldc,
+                        (rows - r).min(2 * TM),
+                        (n - j).min(2 * TN),
+                    );
                 }
-                kernel_amx::release();
             }
-        };
-        // A fresh buffer when this thread's is in use further up the stack (see with_scratch).
-        let done = A_TILES.with(|cell| cell.try_borrow_mut().ok().map(|mut b| run(&mut b)));
-        if done.is_none() {
-            run(&mut Vec::new());
+            kernel_amx::release();
+        }
+    });
+}
+
+/// `c[m × w.n] = a[m × w.k] · wᵀ` on AMX-INT8 tiles: `a` quantised per row as it is packed,
+/// `w` per output channel at load, i32 sums scaled back to f32 (see `kernel_amx_int8.rs`).
+///
+/// # Safety
+/// As [`matmul_wt`]; and [`kernel_amx_int8::available`] returned true.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn matmul_amx_int8(
+    m: usize,
+    a: &[f32],
+    w: &kernel_amx_int8::AmxI8Weight,
+    c: *mut f32,
+    ldc: usize,
+) {
+    use kernel_amx::{Line, Strided, TM, TN};
+    let (n, k) = (w.n, w.k);
+    assert!(a.len() >= m * k, "matmul_amx_int8 operand sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kt = w.k_tiles();
+    let out = Out(c);
+    let out = &out;
+    amx_items(m, n, kt * kernel_amx_int8::TK, |r0, rows, pairs, ap| {
+        let need = kernel_amx_int8::a_lines(rows, k);
+        if ap.len() < need {
+            ap.resize(need, Line::default());
+        }
+        // Row blocks hold at most 256 rows (amx_items).
+        let mut scales = [0f32; 256];
+        let src = Strided { data: a, ld: k, r0, c0: 0 };
+        kernel_amx_int8::pack_a(src, rows, k, ap, &mut scales);
+        // SAFETY: AMX-INT8 is available (caller); blocks lie inside c (rows r0.., columns < n).
+        unsafe {
+            kernel_amx::configure();
+            for q in pairs {
+                let j = q * 2 * TN;
+                for g in (0..rows.div_ceil(2 * TM) * 2).step_by(2) {
+                    let r = g * TM;
+                    kernel_amx_int8::block(
+                        kt,
+                        (ap[g * kt * TM..].as_ptr(), ap[(g + 1) * kt * TM..].as_ptr()),
+                        (w, 2 * q),
+                        &scales[r..r + 2 * TM],
+                        out.0.add((r0 + r) * ldc + j),
+                        ldc,
+                        (rows - r).min(2 * TM),
+                        (n - j).min(2 * TN),
+                    );
+                }
+            }
+            kernel_amx::release();
         }
     });
 }
@@ -213,6 +280,74 @@ mod tests {
                 }
                 // Columns past n are not touched.
                 assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 9.0));
+            }
+        }
+    }
+
+    /// The int8 path against exact integer sums of the documented quantisation, on ragged shapes
+    /// (zero rows, features not a multiple of 64, odd panels, several row items).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_int8_matches_the_exact_sums_of_its_quantised_operands() {
+        use crate::cpu::kernel_amx_int8::{available, AmxI8Weight};
+        if !available() {
+            println!("skipped: this CPU (or its kernel) gives no AMX-INT8");
+            return;
+        }
+        // The reference quantises as documented (per row of `w` at load: q = round(w / s),
+        // s = max/127; per row of `a`: q = round(a · 127/max)), sums the int8 products exactly
+        // and scales back in f64.
+        let quant = |x: f32, inv: f32| (x * inv).round_ties_even().clamp(-127.0, 127.0) as i64;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let shapes = [(1, 1, 1), (16, 16, 64), (33, 17, 37), (300, 70, 1030), (5, 96, 129)];
+        for &(m, n, k) in &shapes {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0 * (1 + i / k % 3) as f32)
+                .collect();
+            let mut w: Vec<f32> =
+                (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            // A zero row of `w` and a zero row of `a` must give zeros, not NaN.
+            w[..k].iter_mut().for_each(|v| *v = 0.0);
+            let mut a = a;
+            if m > 2 {
+                a[k..2 * k].iter_mut().for_each(|v| *v = 0.0);
+            }
+            let q = AmxI8Weight::quantize(n, k, &w);
+            let ldc = n + 3;
+            let mut c = vec![9.0f32; m * ldc];
+            // SAFETY: c is [m × ldc], ldc ≥ n; AMX-INT8 is available.
+            pool.install(|| unsafe { matmul_amx_int8(m, &a, &q, c.as_mut_ptr(), ldc) });
+            let amax = |r: &[f32]| r.iter().fold(0f32, |x, v| x.max(v.abs()));
+            for i in 0..m {
+                let ra = &a[i * k..(i + 1) * k];
+                let ma = amax(ra);
+                let ia = if ma > 0.0 { 127.0 / ma } else { 0.0 };
+                for j in 0..n {
+                    let rw = &w[j * k..(j + 1) * k];
+                    let sw = amax(rw) / 127.0;
+                    let dot: i64 = (0..k)
+                        .map(|kk| {
+                            // w / s, as the packing divides (w · 1/s may round differently).
+                            let qw = if sw > 0.0 {
+                                (rw[kk] / sw).round_ties_even().clamp(-127.0, 127.0) as i64
+                            } else {
+                                0
+                            };
+                            quant(ra[kk], ia) * qw
+                        })
+                        .sum();
+                    let want = dot as f64 * (ma / 127.0) as f64 * sw as f64;
+                    let got = c[i * ldc + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                        "{m}x{n}x{k} ({i},{j}): {got} vs {want}"
+                    );
+                    // And the quantised product stays near the f32 one (a few % of its scale).
+                    let exact: f64 = (0..k).map(|kk| ra[kk] as f64 * rw[kk] as f64).sum();
+                    let scale = (ma as f64) * amax(rw) as f64 * (k as f64).sqrt();
+                    assert!((got - exact).abs() <= 0.02 * scale + 1e-12, "({i},{j}) far off");
+                }
+                assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 9.0), "row {i} overrun");
             }
         }
     }

@@ -35,7 +35,7 @@ pub struct Strided<'a> {
 }
 
 impl Strided<'_> {
-    fn fits(&self, rows: usize, cols: usize) -> bool {
+    pub(super) fn fits(&self, rows: usize, cols: usize) -> bool {
         self.data.len() >= (self.r0 + rows - 1) * self.ld + self.c0 + cols
     }
 
@@ -43,7 +43,13 @@ impl Strided<'_> {
     /// conversion of the edges instead would, in a function with AVX512-BF16, become a libcall
     /// the Rust runtime lacks, `__truncsfbf2`; so edges are padded in f32 and converted whole.)
     #[inline(always)]
-    fn run<const N: usize>(&self, r: usize, c: usize, rows: usize, cols: usize) -> [f32; N] {
+    pub(super) fn run<const N: usize>(
+        &self,
+        r: usize,
+        c: usize,
+        rows: usize,
+        cols: usize,
+    ) -> [f32; N] {
         let at = (self.r0 + r) * self.ld + self.c0 + c;
         if r < rows && c + N <= cols {
             self.data[at..at + N].try_into().expect("N")

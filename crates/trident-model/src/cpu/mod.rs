@@ -2,7 +2,8 @@
 //! AVX2 6 × 16, `kernel_avx512.rs`: AVX-512 12 × 32, chosen at run time by `isa.rs`) on a
 //! dedicated rayon pool, weights read in place (memory-mapped when the checkpoint is
 //! safetensors), element-wise work fused into one pass after each GEMM. At bf16 precision on a
-//! CPU with AMX the linear layers run on the tile unit (`kernel_amx.rs`).
+//! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`); at int8
+//! the linear layers run on AMX-INT8 (`kernel_amx_int8.rs`) and attention stays on AMX-BF16.
 
 mod attention;
 mod gemm;
@@ -10,6 +11,8 @@ mod isa;
 mod kernel;
 #[cfg(target_arch = "x86_64")]
 mod kernel_amx;
+#[cfg(target_arch = "x86_64")]
+mod kernel_amx_int8;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx512;
 mod ops;
@@ -34,8 +37,9 @@ pub use isa::{force_isa, kernel_name, Isa};
 #[doc(hidden)]
 #[cfg(target_arch = "x86_64")]
 pub mod amx {
-    pub use super::gemm::matmul_amx;
+    pub use super::gemm::{matmul_amx, matmul_amx_int8};
     pub use super::kernel_amx::{available, bf16_bits, AmxWeight};
+    pub use super::kernel_amx_int8::{available as int8_available, AmxI8Weight};
 }
 
 /// A `[rows × cols]` row-major activation (its buffer goes back to the backend's pool on drop).
@@ -61,6 +65,18 @@ pub enum CpuPrecision {
     /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); without it
     /// the weights are widened back and the arithmetic stays f32.
     Bf16,
+    /// Linear layers in int8 on AMX-INT8: weights quantised per output channel at load,
+    /// each token's activations per token as they are multiplied, exact i32 sums. Attention on
+    /// AMX-BF16; norms, softmax and the one-output sparse head f32. Needs AMX-INT8 (a load
+    /// elsewhere fails, naming the missing instructions).
+    Int8,
+}
+
+impl CpuPrecision {
+    /// Whether the linear layers' weights are stored below f32.
+    fn reduced(self) -> bool {
+        self != CpuPrecision::F32
+    }
 }
 
 impl std::str::FromStr for CpuPrecision {
@@ -69,7 +85,8 @@ impl std::str::FromStr for CpuPrecision {
         match s {
             "f32" | "fp32" => Ok(CpuPrecision::F32),
             "bf16" => Ok(CpuPrecision::Bf16),
-            other => Err(format!("precision {other:?}: expected f32 or bf16")),
+            "int8" => Ok(CpuPrecision::Int8),
+            other => Err(format!("precision {other:?}: expected f32, bf16 or int8")),
         }
     }
 }
@@ -81,6 +98,9 @@ enum PartWeight {
     /// bf16 in AMX tile order.
     #[cfg(target_arch = "x86_64")]
     Amx(kernel_amx::AmxWeight),
+    /// int8, per-channel scales, in AMX tile order.
+    #[cfg(target_arch = "x86_64")]
+    AmxI8(kernel_amx_int8::AmxI8Weight),
 }
 
 impl PartWeight {
@@ -90,6 +110,8 @@ impl PartWeight {
             PartWeight::Bf16(v) => v.len() / in_dim.max(1),
             #[cfg(target_arch = "x86_64")]
             PartWeight::Amx(w) => w.n,
+            #[cfg(target_arch = "x86_64")]
+            PartWeight::AmxI8(w) => w.n,
         }
     }
 }
@@ -120,8 +142,8 @@ pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     precision: CpuPrecision,
-    /// bf16 linear layers on AMX tiles (decided when the backend is made: the weights are
-    /// packed in the tile order at load).
+    /// Reduced-precision linear layers and attention on AMX tiles (decided when the backend is
+    /// made: the weights are packed in the tile order at load).
     amx: bool,
     buffers: Arc<BufferPool>,
 }
@@ -181,6 +203,8 @@ impl CpuBackend {
                     // (Packed only when kernel_amx::available().)
                     #[cfg(target_arch = "x86_64")]
                     PartWeight::Amx(p) => gemm::matmul_amx(m, x.data(), p, dst, n),
+                    #[cfg(target_arch = "x86_64")]
+                    PartWeight::AmxI8(p) => gemm::matmul_amx_int8(m, x.data(), p, dst, n),
                 }
             };
             col += out_i;
@@ -197,7 +221,17 @@ pub fn kernels_for(precision: CpuPrecision) -> String {
 
 /// Whether a backend made now at `precision` runs its linear layers and attention on AMX.
 fn amx_for(precision: CpuPrecision) -> bool {
-    cfg!(target_arch = "x86_64") && precision == CpuPrecision::Bf16 && isa::isa() >= Isa::Amx
+    #[cfg(target_arch = "x86_64")]
+    {
+        let amx = isa::isa() >= Isa::Amx;
+        match precision {
+            CpuPrecision::F32 => false,
+            CpuPrecision::Bf16 => amx,
+            CpuPrecision::Int8 => amx && kernel_amx_int8::available(),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 fn kernels(precision: CpuPrecision, amx: bool) -> String {
@@ -207,6 +241,12 @@ fn kernels(precision: CpuPrecision, amx: bool) -> String {
             format!("bf16: amx bf16 32x32 (linear layers and attention), {}", kernel_name())
         }
         CpuPrecision::Bf16 => format!("bf16 weights, f32 math, {}", kernel_name()),
+        CpuPrecision::Int8 if amx => format!(
+            "int8: amx int8 32x32 (linear layers, per-channel weights, per-token activations), \
+             amx bf16 attention, {}",
+            kernel_name()
+        ),
+        CpuPrecision::Int8 => "int8 unavailable: no AMX-INT8 (or capped by TRIDENT_CPU_ISA)".into(),
     }
 }
 
@@ -253,11 +293,29 @@ impl Backend for CpuBackend {
             bias.extend_from_slice(p.bias.data());
         }
         // The one-output sparse head stays f32: it is a dot product, not a GEMM.
-        let bf16 = self.precision == CpuPrecision::Bf16 && bias.len() > 1;
+        let reduced = self.precision.reduced() && bias.len() > 1;
+        let int8 = reduced && self.precision == CpuPrecision::Int8;
+        if int8 && !self.amx {
+            return Err(Self::err(
+                name,
+                "--precision int8 needs AMX-INT8 and AMX-BF16 (Intel Sapphire Rapids or later; \
+                 not granted here, or capped by TRIDENT_CPU_ISA); use bf16 or f32",
+            ));
+        }
+        let bf16 = reduced && !int8;
         let amx = bf16 && self.amx;
         let weights = parts
             .iter()
             .map(|p| {
+                #[cfg(target_arch = "x86_64")]
+                if int8 {
+                    let (n, src) = (p.weight.shape()[0], p.weight.data());
+                    let q = self
+                        .pool
+                        .install(|| kernel_amx_int8::AmxI8Weight::quantize(n, in_dim, src));
+                    p.weight.release_pages();
+                    return PartWeight::AmxI8(q);
+                }
                 #[cfg(target_arch = "x86_64")]
                 if amx {
                     let (n, src) = (p.weight.shape()[0], p.weight.data());
@@ -362,9 +420,7 @@ impl Backend for CpuBackend {
         self.pool.install(|| {
             y.data.par_chunks_mut(n).for_each(|row| match act {
                 Activation::None => ops::add_bias(row, &w.bias),
-                Activation::Gelu if self.precision == CpuPrecision::Bf16 => {
-                    ops::bias_gelu_f32(row, &w.bias)
-                }
+                Activation::Gelu if self.precision.reduced() => ops::bias_gelu_f32(row, &w.bias),
                 Activation::Gelu => ops::bias_gelu(row, &w.bias),
             })
         });

@@ -65,8 +65,8 @@ pub struct BenchArgs {
     /// Truncate documents to this many tokens (specials included).
     #[arg(long, default_value_t = 8192)]
     pub max_length: usize,
-    /// Precision of the CPU backend's linear layers: f32, or bf16 (bf16 weights; on a CPU with
-    /// AMX bf16 operands on the tile unit, elsewhere f32 arithmetic).
+    /// Precision of the CPU backend's linear layers: f32, bf16 (bf16 weights; on a CPU with
+    /// AMX bf16 operands on the tile unit, elsewhere f32 arithmetic) or int8 (AMX-INT8 only).
     #[arg(long, default_value = "f32", env = "TRIDENT_PRECISION")]
     pub precision: CpuPrecision,
 }

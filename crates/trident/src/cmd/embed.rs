@@ -79,9 +79,10 @@ pub struct EmbedArgs {
     /// CUDA device ordinals, one worker (or `--workers`) each: `--devices 0,1`.
     #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     pub devices: Vec<usize>,
-    /// Precision of the linear layers: f32 (the CPU's default), or bf16 (the GPU's default; on
-    /// a CPU with AMX the tile unit multiplies bf16 operands, elsewhere only the weights are
-    /// rounded and the arithmetic stays f32).
+    /// Precision of the linear layers: f32 (the CPU's default), bf16 (the GPU's default; on a
+    /// CPU with AMX the tile unit multiplies bf16 operands, elsewhere only the weights are
+    /// rounded and the arithmetic stays f32), or int8 (CPU with AMX-INT8 only: per-channel
+    /// weights, per-token activations).
     #[arg(long, env = "TRIDENT_PRECISION")]
     pub precision: Option<CpuPrecision>,
     /// Workers: CPU workers (each with `--threads` threads), or workers per CUDA device (each
@@ -184,6 +185,9 @@ fn cuda_workers(
     let precision = match precision {
         Some(CpuPrecision::F32) => Precision::F32,
         Some(CpuPrecision::Bf16) | None => Precision::Bf16,
+        Some(CpuPrecision::Int8) => {
+            anyhow::bail!("--precision int8 is a CPU mode; CUDA workers run f32 or bf16")
+        }
     };
     let mut specs = Vec::new();
     for &device in devices {
@@ -287,6 +291,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         serde_json::json!({
             "rows": summary.records, "failed": summary.failed, "tokens": summary.tokens,
             "seconds": seconds, "tokens_per_second": summary.tokens as f64 / seconds.max(1e-9),
+            "format_seconds": summary.format_seconds,
         })
     );
     if summary.failed > 0 {

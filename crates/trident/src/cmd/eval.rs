@@ -107,7 +107,8 @@ pub struct EvalArgs {
     /// CUDA device ordinals, one worker (or `--workers`) each.
     #[arg(long, value_delimiter = ',', conflicts_with = "device")]
     pub devices: Vec<usize>,
-    /// Precision of the linear layers: f32 (CPU default) or bf16 (CUDA default).
+    /// Precision of the linear layers: f32 (CPU default), bf16 (CUDA default) or int8 (CPUs
+    /// with AMX-INT8).
     #[arg(long, env = "TRIDENT_PRECISION")]
     pub precision: Option<CpuPrecision>,
     /// Workers (CPU workers, or workers per CUDA device).

@@ -81,8 +81,8 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
-    /// Precision of the linear layers: f32 (CPU default) or bf16 (CUDA default; AMX on CPUs
-    /// that have it).
+    /// Precision of the linear layers: f32 (CPU default), bf16 (CUDA default; AMX on CPUs
+    /// that have it) or int8 (CPUs with AMX-INT8).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,

@@ -57,8 +57,8 @@ pub struct ServeArgs {
     /// CPU threads per worker (0 = all cores).
     #[arg(long, env = "TRIDENT_THREADS", default_value_t = 0)]
     pub threads: usize,
-    /// Precision of the linear layers: f32 (CPU default) or bf16 (CUDA default; AMX on CPUs
-    /// that have it).
+    /// Precision of the linear layers: f32 (CPU default), bf16 (CUDA default; AMX on CPUs
+    /// that have it) or int8 (CPUs with AMX-INT8).
     #[arg(long, env = "TRIDENT_PRECISION")]
     pub precision: Option<trident_model::cpu::CpuPrecision>,
     /// Default and largest `max_length` of a request (tokens, specials included).
