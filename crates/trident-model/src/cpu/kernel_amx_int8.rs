@@ -107,7 +107,7 @@ pub fn pack_a(src: Strided, rows: usize, k: usize, dst: &mut [Line], scales: &mu
 fn pack_a_avx512(src: Strided, rows: usize, k: usize, dst: &mut [Line], scales: &mut [f32]) {
     use std::arch::x86_64::*;
     let (groups, kt) = (rows.div_ceil(2 * TM) * 2, k.div_ceil(TK));
-    for i in 0..groups * TM {
+    for (i, scale) in scales.iter_mut().enumerate().take(groups * TM) {
         let amax = if i < rows {
             (0..kt).fold(0f32, |m, t| {
                 let run = src.run::<64>(i, t * TK, rows, k);
@@ -128,7 +128,7 @@ fn pack_a_avx512(src: Strided, rows: usize, k: usize, dst: &mut [Line], scales: 
         } else {
             0.0
         };
-        scales[i] = amax / 127.0;
+        *scale = amax / 127.0;
         let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         let (g, r) = (i / TM, i % TM);
         for t in 0..kt {
@@ -241,13 +241,13 @@ unsafe fn dequantize(
         let sw = [_mm512_loadu_ps(sw.as_ptr()), _mm512_loadu_ps(sw.as_ptr().add(TN))];
         for (i, row) in acc.0.iter().enumerate().take(rows) {
             let s = _mm512_set1_ps(sa[i]);
-            for h in 0..2 {
+            for (h, sw) in sw.iter().enumerate() {
                 let n = cols.saturating_sub(h * TN).min(TN);
                 if n == 0 {
                     break;
                 }
                 let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(row.as_ptr().add(h * TN) as _));
-                let v = _mm512_mul_ps(_mm512_mul_ps(v, sw[h]), s);
+                let v = _mm512_mul_ps(_mm512_mul_ps(v, *sw), s);
                 _mm512_mask_storeu_ps(c.add(i * ldc + h * TN), ((1u32 << n) - 1) as u16, v);
             }
         }
