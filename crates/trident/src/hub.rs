@@ -17,6 +17,11 @@ const REQUIRED: [&str; 4] =
 const OPTIONAL: [&str; 2] = ["special_tokens_map.json", "tokenizer_config.json"];
 const WEIGHTS: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 
+/// As [`resolve_model`], for a `--model` parsed as a path.
+pub fn resolve_model_path(arg: &Path) -> anyhow::Result<PathBuf> {
+    resolve_model(&arg.to_string_lossy())
+}
+
 /// Returns the model directory for `--model`: the path itself when it exists, else the hub
 /// snapshot directory after downloading what is missing.
 pub fn resolve_model(arg: &str) -> anyhow::Result<PathBuf> {

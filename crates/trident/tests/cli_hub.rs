@@ -146,3 +146,33 @@ fn hub_repo_without_a_head_file_fails_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("colbert_linear.pt") && err.contains("test-org/tiny-m3"), "{err}");
 }
+
+/// `embed` resolves a hub id as `score` does, and gives the directory's output.
+#[test]
+fn embed_takes_a_hub_id() {
+    let (port, _log) = serve(tiny(), &["model.safetensors"]);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let home = tempfile::tempdir().unwrap();
+    let embed = |model: &str| {
+        let mut child = Command::new(TRIDENT)
+            .args(["embed", "--model", model, "--threads", "1"])
+            .env("HF_ENDPOINT", &endpoint)
+            .env("HF_HOME", home.path())
+            .env_remove("HF_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let docs =
+            b"{\"id\": \"a\", \"text\": \"apple banana\"}\n{\"id\": 7, \"text\": \"pear\"}\n";
+        child.stdin.take().unwrap().write_all(docs).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let local = embed(tiny().to_str().unwrap());
+    assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+    let hub = embed("test-org/tiny-m3");
+    assert!(hub.status.success(), "{}", String::from_utf8_lossy(&hub.stderr));
+    assert_eq!(String::from_utf8_lossy(&hub.stdout), String::from_utf8_lossy(&local.stdout));
+    assert_eq!(String::from_utf8_lossy(&local.stdout).lines().count(), 2);
+}

@@ -23,7 +23,8 @@ use trident_model::cpu::CpuPrecision;
 
 #[derive(clap::Args)]
 pub struct EmbedArgs {
-    /// Model directory (Hugging Face layout: config.json, weights, heads, tokenizer.json).
+    /// Model directory (Hugging Face layout: config.json, weights, heads, tokenizer.json), or
+    /// a hub id such as `BAAI/bge-m3` (optionally `@revision`), downloaded into the hub cache.
     #[arg(long)]
     pub model: PathBuf,
     /// Input: a JSON Lines file or `-` for stdin; or Parquet — a `.parquet` file, a directory
@@ -126,8 +127,10 @@ pub fn build_workers(spec: &PipelineSpec) -> anyhow::Result<(LoadedModel, Vec<Wo
     // The placement is checked before the (slow) model load so a typo fails at once.
     let placement = Placement::parse(spec.device, spec.devices)?;
     anyhow::ensure!(spec.workers > 0, "--workers must be positive");
-    let model = load_model(spec.model)
-        .with_context(|| format!("loading model {}", spec.model.display()))?;
+    // A hub id is downloaded (or found in the hub cache) after the placement check.
+    let dir = crate::hub::resolve_model_path(spec.model)?;
+    let model =
+        load_model(&dir).with_context(|| format!("loading model {}", spec.model.display()))?;
     let workers = match placement {
         Placement::Cpu => {
             cpu_workers(&model, spec.workers, spec.threads, spec.precision.unwrap_or_default())

@@ -36,7 +36,8 @@ use super::embed::{build_workers, policy, PipelineSpec};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// Model directory; needed unless both sides are given as embeddings.
+    /// Model directory or hub id (`BAAI/bge-m3`); needed unless both sides are given as
+    /// embeddings.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// BEIR corpus: JSON Lines of {"_id", "title"?, "text"}.

@@ -18,7 +18,7 @@ pub struct NodeArgs {
     #[arg(long, env = "TRIDENT_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Model directory.
+    /// Model directory, or a hub id such as `BAAI/bge-m3` (optionally `@revision`).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,

@@ -22,7 +22,8 @@ use super::embed::{build_workers, policy, PipelineSpec};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Model directory (Hugging Face layout: config.json, weights, heads, tokenizer.json).
+    /// Model directory (Hugging Face layout: config.json, weights, heads, tokenizer.json), or
+    /// a hub id such as `BAAI/bge-m3` (optionally `@revision`), downloaded into the hub cache.
     #[arg(long, env = "TRIDENT_MODEL")]
     pub model: PathBuf,
     /// Address to listen on.
@@ -102,7 +103,8 @@ pub struct ServeArgs {
     /// Seconds SIGTERM waits for open requests before closing their connections and exiting.
     #[arg(long, env = "TRIDENT_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
-    /// Model name reported by /info and /v1/embeddings (default: the directory name).
+    /// Model name reported by /info and /v1/embeddings (default: the directory name, or the
+    /// hub id).
     #[arg(long, env = "TRIDENT_MODEL_NAME")]
     pub model_name: Option<String>,
 }
@@ -150,11 +152,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(url) => Some(Arc::new(RedisStore::new(url, &args.key_prefix)?)),
         None => None,
     };
+    // Named as given: a directory by its last component, a hub id as the id.
     let model_name = args.model_name.clone().unwrap_or_else(|| {
-        args.model
-            .file_name()
-            .map_or_else(|| args.model.display().to_string(), |n| n.to_string_lossy().into_owned())
+        if args.model.is_dir() {
+            args.model.file_name().map_or_else(
+                || args.model.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        } else {
+            args.model.display().to_string()
+        }
     });
+    let mut args = args;
+    args.model = crate::hub::resolve_model_path(&args.model)?;
     let config = ServerConfig {
         model_name,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
