@@ -85,9 +85,10 @@ fn answer(
     conn.flush()
 }
 
-fn score(model: &str, endpoint: &str, home: &Path) -> Output {
+/// Runs trident with `args`, the hub at `endpoint` and its cache in `home`, `input` on stdin.
+fn with_hub(args: &[&str], endpoint: &str, home: &Path, input: &[u8]) -> Output {
     let mut child = Command::new(TRIDENT)
-        .args(["score", "--model", model, "--pairs", "-"])
+        .args(args)
         .env("HF_ENDPOINT", endpoint)
         .env("HF_HOME", home)
         .env_remove("HF_TOKEN")
@@ -96,12 +97,16 @@ fn score(model: &str, endpoint: &str, home: &Path) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pair = b"{\"query\": \"apple banana\", \"passage\": \"apple apple apple banana\"}\n";
     // A run that fails early (e.g. a failed download) may exit before reading its input.
-    if let Err(e) = child.stdin.take().unwrap().write_all(pair) {
+    if let Err(e) = child.stdin.take().unwrap().write_all(input) {
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
     }
     child.wait_with_output().unwrap()
+}
+
+fn score(model: &str, endpoint: &str, home: &Path) -> Output {
+    let pair = b"{\"query\": \"apple banana\", \"passage\": \"apple apple apple banana\"}\n";
+    with_hub(&["score", "--model", model, "--pairs", "-"], endpoint, home, pair)
 }
 
 #[test]
@@ -153,21 +158,9 @@ fn embed_takes_a_hub_id() {
     let (port, _log) = serve(tiny(), &["model.safetensors"]);
     let endpoint = format!("http://127.0.0.1:{port}");
     let home = tempfile::tempdir().unwrap();
+    let docs = b"{\"id\": \"a\", \"text\": \"apple banana\"}\n{\"id\": 7, \"text\": \"pear\"}\n";
     let embed = |model: &str| {
-        let mut child = Command::new(TRIDENT)
-            .args(["embed", "--model", model, "--threads", "1"])
-            .env("HF_ENDPOINT", &endpoint)
-            .env("HF_HOME", home.path())
-            .env_remove("HF_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let docs =
-            b"{\"id\": \"a\", \"text\": \"apple banana\"}\n{\"id\": 7, \"text\": \"pear\"}\n";
-        child.stdin.take().unwrap().write_all(docs).unwrap();
-        child.wait_with_output().unwrap()
+        with_hub(&["embed", "--model", model, "--threads", "1"], &endpoint, home.path(), docs)
     };
     let local = embed(tiny().to_str().unwrap());
     assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));

@@ -156,6 +156,43 @@ fn amx_items(
     });
 }
 
+/// Runs `block(a_tiles, panel, r, j, (rows, cols))` for every 32 × 32 block of a work item,
+/// with the tiles configured: `a_tiles` are the packed `A` tiles of the block's two row groups
+/// (`kt` each), `panel` its first `B` panel, `r` and `j` its first row (in the item) and column,
+/// and the clipped size.
+///
+/// # Safety
+/// The tile unit is available.
+#[cfg(target_arch = "x86_64")]
+unsafe fn for_blocks(
+    rows: usize,
+    n: usize,
+    kt: usize,
+    pairs: std::ops::Range<usize>,
+    ap: &[kernel_amx::Line],
+    mut block: impl FnMut(
+        (*const kernel_amx::Line, *const kernel_amx::Line),
+        usize,
+        usize,
+        usize,
+        (usize, usize),
+    ),
+) {
+    use kernel_amx::{TM, TN};
+    // SAFETY: the caller's.
+    unsafe { kernel_amx::configure() };
+    for q in pairs {
+        let j = q * 2 * TN;
+        for g in (0..rows.div_ceil(2 * TM) * 2).step_by(2) {
+            let r = g * TM;
+            let a = (ap[g * kt * TM..].as_ptr(), ap[(g + 1) * kt * TM..].as_ptr());
+            block(a, 2 * q, r, j, ((rows - r).min(2 * TM), (n - j).min(2 * TN)));
+        }
+    }
+    // SAFETY: as configure.
+    unsafe { kernel_amx::release() };
+}
+
 /// `c[m × w.n] = bf16(a[m × w.k]) · wᵀ` on AMX tiles (f32 sums), row stride `ldc`. Each work
 /// item packs its rows of `a` for all input features once and keeps each 32 × 32 block of `C`
 /// in tile registers over the whole reduction.
@@ -164,7 +201,7 @@ fn amx_items(
 /// As [`matmul_wt`]; and [`kernel_amx::available`] returned true.
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn matmul_amx(m: usize, a: &[f32], w: &kernel_amx::AmxWeight, c: *mut f32, ldc: usize) {
-    use kernel_amx::{Line, Strided, TK, TM, TN};
+    use kernel_amx::{Line, Strided, TK};
     let (n, k) = (w.n, w.k);
     assert!(a.len() >= m * k, "matmul_amx operand sizes");
     if m == 0 || n == 0 {
@@ -181,23 +218,9 @@ pub unsafe fn matmul_amx(m: usize, a: &[f32], w: &kernel_amx::AmxWeight, c: *mut
         kernel_amx::pack_a(Strided { data: a, ld: k, r0, c0: 0 }, rows, k, 1.0, ap);
         // SAFETY: AMX is available (caller); blocks lie inside c (rows r0.., columns < n).
         unsafe {
-            kernel_amx::configure();
-            for q in pairs {
-                let j = q * 2 * TN;
-                for g in (0..rows.div_ceil(2 * TM) * 2).step_by(2) {
-                    let r = g * TM;
-                    kernel_amx::block(
-                        kt,
-                        (ap[g * kt * TM..].as_ptr(), ap[(g + 1) * kt * TM..].as_ptr()),
-                        (w, 2 * q),
-                        out.0.add((r0 + r) * ldc + j),
-                        ldc,
-                        (rows - r).min(2 * TM),
-                        (n - j).min(2 * TN),
-                    );
-                }
-            }
-            kernel_amx::release();
+            for_blocks(rows, n, kt, pairs, ap, |a, p, r, j, (h, wd)| {
+                kernel_amx::block(kt, a, (w, p), out.0.add((r0 + r) * ldc + j), ldc, h, wd)
+            })
         }
     });
 }
@@ -215,7 +238,7 @@ pub unsafe fn matmul_amx_int8(
     c: *mut f32,
     ldc: usize,
 ) {
-    use kernel_amx::{Line, Strided, TM, TN};
+    use kernel_amx::{Line, Strided, TM};
     let (n, k) = (w.n, w.k);
     assert!(a.len() >= m * k, "matmul_amx_int8 operand sizes");
     if m == 0 || n == 0 {
@@ -235,24 +258,10 @@ pub unsafe fn matmul_amx_int8(
         kernel_amx_int8::pack_a(src, rows, k, ap, &mut scales);
         // SAFETY: AMX-INT8 is available (caller); blocks lie inside c (rows r0.., columns < n).
         unsafe {
-            kernel_amx::configure();
-            for q in pairs {
-                let j = q * 2 * TN;
-                for g in (0..rows.div_ceil(2 * TM) * 2).step_by(2) {
-                    let r = g * TM;
-                    kernel_amx_int8::block(
-                        kt,
-                        (ap[g * kt * TM..].as_ptr(), ap[(g + 1) * kt * TM..].as_ptr()),
-                        (w, 2 * q),
-                        &scales[r..r + 2 * TM],
-                        out.0.add((r0 + r) * ldc + j),
-                        ldc,
-                        (rows - r).min(2 * TM),
-                        (n - j).min(2 * TN),
-                    );
-                }
-            }
-            kernel_amx::release();
+            for_blocks(rows, n, kt, pairs, ap, |a, p, r, j, (h, wd)| {
+                let (sa, c) = (&scales[r..r + 2 * TM], out.0.add((r0 + r) * ldc + j));
+                kernel_amx_int8::block(kt, a, (w, p), sa, c, ldc, h, wd)
+            })
         }
     });
 }

@@ -292,6 +292,61 @@ const CONFIG: TileConfig = {
     TileConfig(c)
 };
 
+/// The 2 × 2-tile block loop of both AMX kernels (`$op`: `tdpbf16ps` or `tdpbssd`): zero the C
+/// tiles (tmm0 rows 0–15 × cols 0–15, tmm1 × cols 16–31, tmm2/tmm3 rows 16–31), then `kt`
+/// steps of two `A` tile loads (row groups `a0`, `a1`), two `B` tile loads (panels `b0`, `b1`)
+/// and four products, then store the C tiles at `cp`, `stride` bytes a row. Each operand is a
+/// pointer to `kt` consecutive tiles (`Line`s, 16 a tile). Expands to unsafe operations: the
+/// caller has configured the tiles and owns the memory.
+macro_rules! tile_block {
+    ($op:literal, $kt:expr, ($a0:expr, $a1:expr), ($b0:expr, $b1:expr), $cp:expr, $stride:expr) => {{
+        ::std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+        let (mut a0, mut a1, mut b0, mut b1) = ($a0, $a1, $b0, $b1);
+        for _ in 0..$kt {
+            ::std::arch::asm!(
+                "tileloadd tmm4, [{a0} + {s}*1]",
+                "tileloadd tmm6, [{b0} + {s}*1]",
+                "tileloadd tmm5, [{a1} + {s}*1]",
+                concat!($op, " tmm0, tmm4, tmm6"),
+                "tileloadd tmm7, [{b1} + {s}*1]",
+                concat!($op, " tmm2, tmm5, tmm6"),
+                concat!($op, " tmm1, tmm4, tmm7"),
+                concat!($op, " tmm3, tmm5, tmm7"),
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                b0 = in(reg) b0,
+                b1 = in(reg) b1,
+                s = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+            a0 = a0.add(TM);
+            a1 = a1.add(TM);
+            b0 = b0.add(TM);
+            b1 = b1.add(TM);
+        }
+        let (cp, stride): (*mut u8, usize) = ($cp as *mut u8, $stride);
+        ::std::arch::asm!(
+            "tilestored [{c} + {s}*1], tmm0",
+            "tilestored [{c1} + {s}*1], tmm1",
+            "tilestored [{c2} + {s}*1], tmm2",
+            "tilestored [{c3} + {s}*1], tmm3",
+            c = in(reg) cp,
+            c1 = in(reg) cp.add(TN * 4),
+            c2 = in(reg) cp.add(TM * stride),
+            c3 = in(reg) cp.add(TM * stride + TN * 4),
+            s = in(reg) stride,
+            options(nostack),
+        );
+    }};
+}
+pub(super) use tile_block;
+
 /// Loads the tile configuration on this thread; pair with [`release`].
 ///
 /// # Safety
@@ -335,52 +390,9 @@ pub unsafe fn block(
         None => (c, ldc * 4),
         Some(scratch) => (scratch.as_mut_ptr() as *mut f32, 2 * TN * 4),
     };
-    // C tiles: tmm0 rows 0–15 × cols 0–15, tmm1 × cols 16–31, tmm2/tmm3 rows 16–31.
     // SAFETY: configured tiles; cp points at 32 rows of 32 floats at `stride` bytes.
     unsafe {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
-        let (mut b0, mut b1) = (w.tile(p, 0), w.tile(p + 1, 0));
-        let (mut a0, mut a1) = (a0, a1);
-        for _ in 0..kt {
-            asm!(
-                "tileloadd tmm4, [{a0} + {s}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tileloadd tmm5, [{a1} + {s}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {s}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                b0 = in(reg) b0,
-                b1 = in(reg) b1,
-                s = in(reg) 64usize,
-                options(nostack, readonly),
-            );
-            a0 = a0.add(TM);
-            a1 = a1.add(TM);
-            b0 = b0.add(TM);
-            b1 = b1.add(TM);
-        }
-        asm!(
-            "tilestored [{c} + {s}*1], tmm0",
-            "tilestored [{c1} + {s}*1], tmm1",
-            "tilestored [{c2} + {s}*1], tmm2",
-            "tilestored [{c3} + {s}*1], tmm3",
-            c = in(reg) cp,
-            c1 = in(reg) cp.add(TN),
-            c2 = in(reg) (cp as *mut u8).add(TM * stride),
-            c3 = in(reg) (cp as *mut u8).add(TM * stride + TN * 4),
-            s = in(reg) stride,
-            options(nostack),
-        );
+        tile_block!("tdpbf16ps", kt, (a0, a1), (w.tile(p, 0), w.tile(p + 1, 0)), cp, stride);
         if let Some(scratch) = &scratch {
             for (i, row) in scratch.iter().enumerate().take(rows) {
                 std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(i * ldc), cols);

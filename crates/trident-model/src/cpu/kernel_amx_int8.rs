@@ -9,9 +9,7 @@
 //! holds 64 int8 features and a `B` tile row holds 16 column *quads* (row `r`, column `c`:
 //! `W[j][4r..4r + 4]`).
 
-use std::arch::asm;
-
-use super::kernel_amx::{Line, Strided, TM, TN};
+use super::kernel_amx::{tile_block, Line, Strided, TM, TN};
 
 /// Input features per tile row (64 bytes of int8).
 pub const TK: usize = 64;
@@ -175,49 +173,7 @@ pub unsafe fn block(
     let stride = 2 * TN * 4;
     // SAFETY: configured tiles; cp points at 32 rows of 32 i32 at `stride` bytes.
     unsafe {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
-        let (mut b0, mut b1) = (w.tile(p, 0), w.tile(p + 1, 0));
-        let (mut a0, mut a1) = (a0, a1);
-        for _ in 0..kt {
-            asm!(
-                "tileloadd tmm4, [{a0} + {s}*1]",
-                "tileloadd tmm6, [{b0} + {s}*1]",
-                "tileloadd tmm5, [{a1} + {s}*1]",
-                "tdpbssd tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {s}*1]",
-                "tdpbssd tmm2, tmm5, tmm6",
-                "tdpbssd tmm1, tmm4, tmm7",
-                "tdpbssd tmm3, tmm5, tmm7",
-                a0 = in(reg) a0,
-                a1 = in(reg) a1,
-                b0 = in(reg) b0,
-                b1 = in(reg) b1,
-                s = in(reg) 64usize,
-                options(nostack, readonly),
-            );
-            a0 = a0.add(TM);
-            a1 = a1.add(TM);
-            b0 = b0.add(TM);
-            b1 = b1.add(TM);
-        }
-        asm!(
-            "tilestored [{c} + {s}*1], tmm0",
-            "tilestored [{c1} + {s}*1], tmm1",
-            "tilestored [{c2} + {s}*1], tmm2",
-            "tilestored [{c3} + {s}*1], tmm3",
-            c = in(reg) cp,
-            c1 = in(reg) cp.add(TN),
-            c2 = in(reg) (cp as *mut u8).add(TM * stride),
-            c3 = in(reg) (cp as *mut u8).add(TM * stride + TN * 4),
-            s = in(reg) stride,
-            options(nostack),
-        );
+        tile_block!("tdpbssd", kt, (a0, a1), (w.tile(p, 0), w.tile(p + 1, 0)), cp, stride);
         let acc = acc.assume_init_ref();
         dequantize(acc, sa, &w.scale[p * TN..p * TN + 2 * TN], c, ldc, rows, cols);
     }
