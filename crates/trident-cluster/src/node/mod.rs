@@ -83,6 +83,7 @@ impl ConsumerContext for NodeContext {
             for p in parts {
                 t.assign(p);
             }
+            self.shared.assigned.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -132,6 +133,7 @@ pub async fn run_node(
         topic: topic.clone(),
         revoke_drain: Duration::from_millis(cfg.revoke_drain_ms),
         closing: std::sync::atomic::AtomicBool::new(false),
+        assigned: std::sync::atomic::AtomicBool::new(false),
     });
 
     // The client's prefetch scales with the bytes limit (an eighth queued, a quarter per fetch;
@@ -261,6 +263,14 @@ pub async fn run_node(
                 let _ = consumer.resume(&a);
             }
             tracing::info!("resuming input");
+        }
+        // librdkafka keeps a partition's pause across a rebalance: one paused before its revoke
+        // comes back paused, and the resume that ran while nothing was assigned never reached
+        // it — a stall. So newly assigned partitions are resumed whenever the node is not paused.
+        if !paused && shared.assigned.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(a) = consumer.assignment() {
+                let _ = consumer.resume(&a);
+            }
         }
         if paused && last_pause.elapsed() > Duration::from_millis(100) {
             if let Ok(a) = consumer.assignment() {

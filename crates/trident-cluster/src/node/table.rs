@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     pub revoke_drain: Duration,
     /// Set at shutdown, after the drain: the final revoke commits without waiting again.
     pub closing: std::sync::atomic::AtomicBool,
+    /// Set when partitions are assigned; the consume loop then settles their pause state.
+    pub assigned: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
