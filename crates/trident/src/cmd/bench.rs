@@ -80,9 +80,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.batch_tokens == 0 {
         bail!("--batch-tokens must be at least 1");
     }
-    if args.max_length < 2 {
-        bail!("--max-length {} cannot hold <s> and </s>; expected at least 2", args.max_length);
-    }
+    super::check_max_length("--max-length", args.max_length)?;
     let texts = read_corpus(&args.corpus, args.limit)?;
     let threads = if args.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -224,11 +224,7 @@ pub fn policy(batch_tokens: usize, max_wait_ms: u64) -> BatchPolicy {
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        args.max_length >= 2,
-        "--max-length {} is too small (at least 2: <s> and </s>)",
-        args.max_length
-    );
+    super::check_max_length("--max-length", args.max_length)?;
     anyhow::ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
     if trident_cluster::corpus::is_parquet_input(&args.input) {
         return run_corpus(args);

@@ -522,7 +522,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             "--model is needed to encode the texts (or give --corpus-embeddings and \
              --query-embeddings)",
         )?;
-        ensure!(args.max_length >= 2 && args.query_max_length >= 2, "--max-length must be ≥ 2");
+        super::check_max_length("--max-length", args.max_length)?;
+        super::check_max_length("--query-max-length", args.query_max_length)?;
         ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
         let enc = Encoder::start(&args, dir)?;
         if queries.embeddings.is_none() {

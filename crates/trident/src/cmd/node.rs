@@ -125,15 +125,8 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIDENT_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-}
-
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
+    super::init_logging();
     let cfg = NodeConfig::load(args.config.as_deref(), &args)?;
     let model_dir = cfg.model.clone().expect("validated");
     let spec = PipelineSpec {

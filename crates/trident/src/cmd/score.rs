@@ -93,12 +93,7 @@ struct Dims {
 }
 
 pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
-    if args.max_length < 2 {
-        anyhow::bail!(
-            "--max-length {} cannot hold <s> and </s>; expected at least 2",
-            args.max_length
-        );
-    }
+    super::check_max_length("--max-length", args.max_length)?;
     let input: Box<dyn Read> = if args.pairs.as_os_str() == "-" {
         Box::new(io::stdin())
     } else {

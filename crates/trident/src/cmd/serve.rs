@@ -109,20 +109,9 @@ pub struct ServeArgs {
     pub model_name: Option<String>,
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TRIDENT_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-}
-
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
-    anyhow::ensure!(
-        args.max_length >= 2,
-        "--max-length {} is too small (at least 2: <s> and </s>)",
-        args.max_length
-    );
+    super::init_logging();
+    super::check_max_length("--max-length", args.max_length)?;
     anyhow::ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
     anyhow::ensure!(
         args.max_inputs > 0 && args.max_in_flight > 0 && args.max_connections > 0,
