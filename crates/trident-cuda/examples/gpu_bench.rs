@@ -2,12 +2,15 @@
 //! utilisation for documents of 128, 512, 2048 and 8192 tokens with all three heads, next to the
 //! raw cuBLAS bf16 GEMM rate measured in the same run (the practical ceiling). Prints a table last;
 //! `TRIDENT_BENCH_TABLE=<file>` also writes it there. Peak: `TRIDENT_PEAK_TFLOPS` (default 989,
-//! H100/H200 SXM dense bf16).
+//! H100/H200 SXM dense bf16). Attention kernel: `TRIDENT_CUDA_ATTENTION` (`tensor-core`, the
+//! default, or `generic`).
 
 use std::time::{Duration, Instant};
 
 use trident_core::{Modes, TokenizedDoc};
-use trident_cuda::{cuda_available, CudaBackend, CudaError, Precision};
+use trident_cuda::{
+    cuda_available, AttentionKernel, CudaBackend, CudaError, CudaOptions, Precision,
+};
 use trident_model::{Checkpoint, Encoder};
 
 fn gemm_tflops(be: &CudaBackend, m: usize, k: usize, n: usize) -> Result<f64, CudaError> {
@@ -84,7 +87,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(989.0)
         * 1e12;
-    let be = CudaBackend::new(0, Precision::Bf16)?;
+    let attention = match std::env::var("TRIDENT_CUDA_ATTENTION") {
+        Ok(v) => v.parse::<AttentionKernel>()?,
+        Err(_) => AttentionKernel::default(),
+    };
+    let options = CudaOptions { precision: Precision::Bf16, attention };
+    let be = CudaBackend::new(0, options)?;
     let device = be.device_name().to_string();
     eprintln!(
         "gpu_bench: {}; NVRTC {:?}",
@@ -117,7 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layers = ckpt.config.num_hidden_layers;
     let enc = Encoder::new(&ckpt, be)?;
     // A second worker on the same device (`--workers 2`): its own backend, stream and weights.
-    let enc2 = CudaBackend::new(0, Precision::Bf16)
+    let enc2 = CudaBackend::new(0, options)
         .map_err(|e| e.to_string())
         .and_then(|b| Encoder::new(&ckpt, b).map_err(|e| e.to_string()));
     drop(ckpt);

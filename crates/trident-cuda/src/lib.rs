@@ -12,5 +12,5 @@ pub mod error;
 pub mod plan;
 pub mod pool;
 
-pub use backend::{cuda_available, AttentionKernel, CudaAct, CudaBackend, Precision};
+pub use backend::{cuda_available, AttentionKernel, CudaAct, CudaBackend, CudaOptions, Precision};
 pub use error::CudaError;

@@ -14,9 +14,16 @@ use std::path::PathBuf;
 use closeness::{closeness, Closeness};
 use serde_json::Value;
 use trident_core::{Embedding, Modes, TokenizedDoc};
-use trident_cuda::{cuda_available, AttentionKernel, CudaAct, CudaBackend, CudaError, Precision};
+use trident_cuda::{
+    cuda_available, AttentionKernel, CudaAct, CudaBackend, CudaError, CudaOptions, Precision,
+};
 use trident_model::cpu::CpuBackend;
 use trident_model::{Backend, Checkpoint, Encoder, ModelConfig, PackedBatch};
+
+/// The backend's options at `precision`, tensor-core attention in bf16.
+fn opts(precision: Precision) -> CudaOptions {
+    CudaOptions { precision, ..CudaOptions::default() }
+}
 
 fn gpu_or_skip(test: &str) -> bool {
     if cuda_available() {
@@ -112,7 +119,7 @@ fn no_gpu_gives_a_typed_error_not_a_panic() {
         eprintln!("SKIP no_gpu_gives_a_typed_error: a GPU is present");
         return;
     }
-    match CudaBackend::new(0, Precision::Bf16) {
+    match CudaBackend::new(0, opts(Precision::Bf16)) {
         Ok(_) => panic!("CudaBackend::new succeeded although cuda_available() is false"),
         Err(e) => {
             let msg = e.to_string();
@@ -122,7 +129,7 @@ fn no_gpu_gives_a_typed_error_not_a_panic() {
             eprintln!("no GPU: {msg}");
         }
     }
-    let e = CudaBackend::new(usize::MAX, Precision::F32).err().expect("no such device");
+    let e = CudaBackend::new(usize::MAX, opts(Precision::F32)).err().expect("no such device");
     assert!(
         matches!(
             e,
@@ -139,7 +146,7 @@ fn fixture_parity_f32() {
     }
     let exp = expected();
     let ckpt = Checkpoint::open(&fixture_dir()).expect("open tiny-m3");
-    let be = CudaBackend::new(0, Precision::F32).expect("CUDA backend");
+    let be = CudaBackend::new(0, opts(Precision::F32)).expect("CUDA backend");
     eprintln!("{}", be.describe());
     let enc = Encoder::new(&ckpt, be).expect("load tiny-m3 on the GPU");
     let tol = &exp["tolerance"];
@@ -292,7 +299,8 @@ fn fixture_bf16_matches_cpu() {
     let exp = expected();
     let ckpt = Checkpoint::open(&fixture_dir()).expect("open tiny-m3");
     let gpu =
-        Encoder::new(&ckpt, CudaBackend::new(0, Precision::Bf16).expect("CUDA backend")).unwrap();
+        Encoder::new(&ckpt, CudaBackend::new(0, opts(Precision::Bf16)).expect("CUDA backend"))
+            .unwrap();
     let cpu = Encoder::new(&ckpt, CpuBackend::new(0)).unwrap();
     let (go, gp) = encode_fixture(&gpu, &exp);
     let (co, cp) = encode_fixture(&cpu, &exp);
@@ -349,10 +357,10 @@ fn real_shape_bf16_matches_cpu() {
     let tc = t.elapsed();
     drop(cpu);
     // The fp32 mode first: it separates arithmetic bugs from bf16 rounding.
-    let f32enc = Encoder::new(&ckpt, CudaBackend::new(0, Precision::F32).unwrap()).unwrap();
+    let f32enc = Encoder::new(&ckpt, CudaBackend::new(0, opts(Precision::F32)).unwrap()).unwrap();
     let f = f32enc.encode(&docs, Modes::ALL).unwrap();
     drop(f32enc);
-    let gpu = Encoder::new(&ckpt, CudaBackend::new(0, Precision::Bf16).unwrap()).unwrap();
+    let gpu = Encoder::new(&ckpt, CudaBackend::new(0, opts(Precision::Bf16)).unwrap()).unwrap();
     gpu.encode(&docs, Modes::ALL).unwrap();
     let t = std::time::Instant::now();
     let g = gpu.encode(&docs, Modes::ALL).unwrap();
@@ -452,13 +460,13 @@ fn attention_kernels_match_reference() {
     for (h, heads) in [(128usize, 2usize), (64, 8), (128, 4)] {
         let qkv = random_values(batch.n_tokens() * 3 * h, 3 + h as u64, 2.0);
         let want = attention_ref(&qkv, &batch, h, heads);
-        let f = CudaBackend::new(0, Precision::F32).unwrap();
+        let f = CudaBackend::new(0, opts(Precision::F32)).unwrap();
         let w = worst(&run_attention(&f, &qkv, &batch, h, heads), &want, "f32 attention");
         assert!(w < 1e-5, "f32 generic attention (h {h}, {heads} heads): {w:.2e}");
         // bf16 inputs: compare against the reference on the bf16-rounded inputs.
         let qkv_b: Vec<f32> = qkv.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect();
         let want_b = attention_ref(&qkv_b, &batch, h, heads);
-        let mut b = CudaBackend::new(0, Precision::Bf16).unwrap();
+        let mut b = CudaBackend::new(0, opts(Precision::Bf16)).unwrap();
         for k in [AttentionKernel::TensorCore, AttentionKernel::Generic] {
             b.set_attention_kernel(k);
             let w = worst(&run_attention(&b, &qkv, &batch, h, heads), &want_b, "bf16 attention");
@@ -481,7 +489,7 @@ fn attention_tensor_core_8192_tokens() {
     let (h, heads) = (1024usize, 16usize);
     let batch = PackedBatch::new(&[vec![5u32; 33], vec![5u32; 8192]], 1);
     let qkv = random_values(batch.n_tokens() * 3 * h, 99, 3.0);
-    let mut b = CudaBackend::new(0, Precision::Bf16).unwrap();
+    let mut b = CudaBackend::new(0, opts(Precision::Bf16)).unwrap();
     b.set_attention_kernel(AttentionKernel::TensorCore);
     let tc = run_attention(&b, &qkv, &batch, h, heads);
     b.set_attention_kernel(AttentionKernel::Generic);
@@ -504,7 +512,7 @@ fn buffers_are_reused_across_batches() {
         return;
     }
     let ckpt = Checkpoint::open(&fixture_dir()).expect("open tiny-m3");
-    let enc = Encoder::new(&ckpt, CudaBackend::new(0, Precision::Bf16).unwrap()).unwrap();
+    let enc = Encoder::new(&ckpt, CudaBackend::new(0, opts(Precision::Bf16)).unwrap()).unwrap();
     let docs = random_docs(&[30, 200, 7], ckpt.config.vocab_size as u32, 5);
     let a = enc.encode(&docs, Modes::ALL).unwrap();
     let pooled = enc.backend().pooled_bytes();
@@ -523,7 +531,8 @@ fn two_workers_share_one_device() {
         return;
     }
     let ckpt = Checkpoint::open(&fixture_dir()).expect("open tiny-m3");
-    let enc = |_| Encoder::new(&ckpt, CudaBackend::new(0, Precision::F32).expect("CUDA backend"));
+    let enc =
+        |_| Encoder::new(&ckpt, CudaBackend::new(0, opts(Precision::F32)).expect("CUDA backend"));
     let (a, b) = (enc(0).expect("worker 0"), enc(1).expect("worker 1"));
     let exp = expected();
     let items = exp["encode"]["8192"].as_array().unwrap();

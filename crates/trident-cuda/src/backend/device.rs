@@ -8,7 +8,7 @@ use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaStream};
 
 use super::kernels::load_kernels;
-use super::{AttentionKernel, CudaBackend, Precision};
+use super::{CudaBackend, CudaOptions, Precision};
 use crate::error::{CResult, CudaError};
 use crate::pool::Pool;
 
@@ -38,8 +38,10 @@ fn libraries_present() -> CResult<()> {
 
 impl CudaBackend {
     /// Opens device `device` (a typed error, never a panic, when there is no driver or GPU),
-    /// compiles the kernels for its architecture with NVRTC and creates the cuBLAS handle.
-    pub fn new(device: usize, precision: Precision) -> Result<Self, CudaError> {
+    /// compiles the kernels for its architecture with NVRTC and creates the cuBLAS handle, set
+    /// up as `options` says (precision, bf16 attention kernel).
+    pub fn new(device: usize, options: CudaOptions) -> Result<Self, CudaError> {
+        let CudaOptions { precision, attention } = options;
         libraries_present()?;
         let available =
             CudaContext::device_count().map_err(CudaError::driver("cuDeviceGetCount"))? as usize;
@@ -78,10 +80,6 @@ impl CudaBackend {
         unsafe { blas_sys::cublasSetMathMode(*blas.handle(), math) }
             .result()
             .map_err(CudaError::cublas("cublasSetMathMode"))?;
-        let attention = match std::env::var("TRIDENT_CUDA_ATTENTION").as_deref() {
-            Ok("generic") => AttentionKernel::Generic,
-            _ => AttentionKernel::TensorCore,
-        };
         Ok(CudaBackend {
             ordinal: device,
             name,

@@ -3,7 +3,7 @@
 //! on one stream with pooled device buffers and pinned staging for copies.
 //!
 //! This module holds the backend's types; each concern has its own file:
-//! `options.rs` (precision and attention-kernel choice), `device.rs` (driver probing, context,
+//! `options.rs` (`CudaOptions`: precision and attention kernel), `device.rs` (driver probing, context,
 //! stream and cuBLAS set-up), `kernels.rs` (the NVRTC kernel table), `gemm.rs` (cuBLAS GEMMs),
 //! `staging.rs` (pinned host buffers for batch uploads and head downloads), `act.rs`
 //! (activations and host ↔ device value copies), `ops/` (one file per op family) and
@@ -41,7 +41,7 @@ use kernels::Kernels;
 use staging::Staging;
 
 pub use device::cuda_available;
-pub use options::{AttentionKernel, Precision};
+pub use options::{AttentionKernel, CudaOptions, Precision};
 
 pub struct CudaBackend {
     ordinal: usize,
@@ -114,7 +114,7 @@ impl CudaBackend {
         self.precision
     }
 
-    /// Chooses the bf16 attention kernel (the `TRIDENT_CUDA_ATTENTION=generic` variable does too).
+    /// Changes the bf16 attention kernel (chosen at construction by `CudaOptions::attention`).
     pub fn set_attention_kernel(&mut self, k: AttentionKernel) {
         self.attention = k;
     }
