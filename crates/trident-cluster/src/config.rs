@@ -24,10 +24,8 @@
 //! upper case with the `TRIDENT_` prefix).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 use crate::ClusterError;
@@ -62,6 +60,10 @@ pub struct NodeConfig {
     pub threads: usize,
     /// Precision of the linear layers: `f32`, `bf16` or `int8` (CPU only; unset: f32 on CPU, bf16 on CUDA).
     pub precision: Option<String>,
+    /// Cap of the CPU kernels' instruction set: generic, avx2, avx512, amx (unset: the CPU's best).
+    pub cpu_isa: Option<String>,
+    /// CUDA bf16 attention kernel: `tensor-core` or `generic`.
+    pub cuda_attention: String,
     /// `cpu` or `cuda:N`.
     pub device: String,
     /// CUDA device ordinals, `workers` workers each (empty: `device` decides).
@@ -133,6 +135,8 @@ impl Default for NodeConfig {
             workers: 1,
             threads: 0,
             precision: None,
+            cpu_isa: None,
+            cuda_attention: "tensor-core".into(),
             device: "cpu".into(),
             devices: Vec::new(),
             metrics_addr: None,
@@ -160,28 +164,8 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
-    /// Layer the sources. `flags` serialises only the flags given on the command line.
-    pub fn load(file: Option<&Path>, flags: &impl Serialize) -> Result<NodeConfig, ClusterError> {
-        let mut fig = Figment::from(Serialized::defaults(NodeConfig::default()));
-        if let Some(path) = file {
-            if !path.is_file() {
-                return Err(ClusterError::config(
-                    "config",
-                    format!("file {} does not exist", path.display()),
-                ));
-            }
-            fig = fig.merge(Toml::file(path));
-        }
-        let fig = fig
-            .merge(Env::prefixed("TRIDENT_").ignore(&["config", "fault_inject", "log"]))
-            .merge(Serialized::defaults(flags));
-        let cfg: NodeConfig =
-            fig.extract().map_err(|e| ClusterError::config(e.path.join("."), e))?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    fn validate(&self) -> Result<(), ClusterError> {
+    /// Checks the settings together (each names the setting at fault).
+    pub fn validate(&self) -> Result<(), ClusterError> {
         let need = |v: &Option<String>, name: &str| match v {
             Some(s) if !s.is_empty() => Ok(()),
             _ => Err(ClusterError::config(name, "is required (flag, TRIDENT_ env or config file)")),
@@ -321,43 +305,5 @@ pub fn kafka_value(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Serialize)]
-    struct Flags {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        group: Option<String>,
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
-    fn flag_over_env_over_file_over_default() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "n.toml",
-                "model = \"m\"\ninput_topic = \"in\"\noutput_topic = \"out\"\ngroup = \"file\"\nbatch_tokens = 99\nworkers = 3\n[kafka]\n\"fetch.max.bytes\" = 1024\n",
-            )?;
-            jail.set_env("TRIDENT_GROUP", "env");
-            jail.set_env("TRIDENT_WORKERS", "2");
-            let c =
-                NodeConfig::load(Some(Path::new("n.toml")), &Flags { group: Some("flag".into()) })
-                    .unwrap();
-            assert_eq!(c.group, "flag");
-            assert_eq!(c.workers, 2);
-            assert_eq!(c.batch_tokens, 99);
-            assert_eq!(c.max_length, 8192);
-            assert_eq!(kafka_value(&c.kafka["fetch.max.bytes"]), "1024");
-            let c = NodeConfig::load(Some(Path::new("n.toml")), &Flags { group: None }).unwrap();
-            assert_eq!(c.group, "env");
-            assert!(
-                NodeConfig::load(Some(Path::new("missing.toml")), &Flags { group: None }).is_err()
-            );
-            Ok(())
-        });
     }
 }

@@ -1,35 +1,17 @@
-//! Errors of the cluster crate; each names the setting, server or record at fault.
+//! Errors of the Kafka node: the engine's, plus the broker's.
+
+pub use trident_engine::EngineError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("invalid setting `{setting}`: {msg}")]
-    Config { setting: String, msg: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     #[error("kafka ({context}): {source}")]
     Kafka {
         context: String,
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    #[error("redis at {url}: {msg}")]
-    Redis { url: String, msg: String },
-    #[error("worker {worker}: {msg}")]
-    Worker { worker: String, msg: String },
-    #[error("{0}")]
-    Input(String),
-    #[error(transparent)]
-    Model(#[from] trident_model::ModelError),
-    #[error("actor system: {0}")]
-    Actor(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("stored value of {key} is not a valid trident record: {msg}")]
-    Codec { key: String, msg: String },
-    #[error("metrics endpoint {addr}: {msg}")]
-    Metrics { addr: String, msg: String },
 }
 
 impl ClusterError {
@@ -38,6 +20,6 @@ impl ClusterError {
     }
 
     pub fn config(setting: impl Into<String>, msg: impl std::fmt::Display) -> Self {
-        ClusterError::Config { setting: setting.into(), msg: msg.to_string() }
+        EngineError::config(setting, msg).into()
     }
 }

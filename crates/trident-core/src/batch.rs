@@ -253,9 +253,39 @@ pub fn split_batch<T>(
     [mk(items), mk(right)]
 }
 
+/// Offline packing (a benchmark's, or any job that holds its whole input): document indices
+/// sorted longest first and packed greedily; a batch closes when the next document would take
+/// it past `budget` real tokens (a longer document gets a batch alone).
+pub fn pack_by_length(lens: &[usize], budget: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut used = 0;
+    for i in order {
+        match batches.last_mut() {
+            Some(b) if used + lens[i] <= budget => b.push(i),
+            _ => {
+                batches.push(vec![i]);
+                used = 0;
+            }
+        }
+        used += lens[i];
+    }
+    batches
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offline_packing_sorts_by_length_and_respects_the_budget() {
+        let b = pack_by_length(&[3, 10, 4, 8, 1], 12);
+        assert_eq!(b, vec![vec![1], vec![3, 2], vec![0, 4]]);
+        // A document over the budget is alone in its batch.
+        assert_eq!(pack_by_length(&[20, 2], 10), vec![vec![0], vec![1]]);
+        assert_eq!(b.iter().map(Vec::len).sum::<usize>(), 5);
+    }
     use proptest::prelude::*;
 
     fn policy(padded: bool) -> BatchPolicy {

@@ -62,6 +62,16 @@ impl Tokenizer {
     }
 
     /// Vocabulary size including added tokens.
+    /// The piece of every id (`pieces()[id]`), specials included.
+    pub fn pieces(&self) -> Vec<String> {
+        let vocab = self.inner.get_vocab(true);
+        let mut pieces = vec![String::new(); vocab.values().max().map_or(0, |&m| m as usize + 1)];
+        for (piece, id) in vocab {
+            pieces[id as usize] = piece;
+        }
+        pieces
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

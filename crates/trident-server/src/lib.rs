@@ -2,7 +2,7 @@
 //!
 //! `POST /embed`, `POST /v1/embeddings` (OpenAI-compatible), `POST /score`, `GET|POST /lookup`,
 //! `POST /tokenize`, `GET /info`, `GET /health`, `GET /metrics`, `GET /openapi.json`.
-//! Requests go through `trident_cluster::Pipeline` — the cache, tokenizer, batcher and encoder
+//! Requests go through `trident_engine::Pipeline` — the cache, tokenizer, batcher and encoder
 //! workers a node uses for its Kafka stream — at online priority, so concurrent requests are
 //! batched together and share the devices with bulk ingestion.
 
@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::sync::Semaphore;
-use trident_cluster::Pipeline;
+use trident_engine::Pipeline;
 use trident_model::Tokenizer;
 
 pub use conn::Deadlines;
@@ -130,18 +130,6 @@ pub struct LoadedModel {
     pub workers: usize,
     /// Piece of every token id (for `/tokenize`).
     pub pieces: Vec<String>,
-}
-
-/// The piece (`▁hello`) of every id in a `tokenizer.json`, indexed by id.
-pub fn piece_table(tokenizer_json: &std::path::Path) -> Result<Vec<String>, String> {
-    let t = tokenizers::Tokenizer::from_file(tokenizer_json)
-        .map_err(|e| format!("{}: {e}", tokenizer_json.display()))?;
-    let vocab = t.get_vocab(true);
-    let mut pieces = vec![String::new(); vocab.values().max().map_or(0, |&m| m as usize + 1)];
-    for (piece, id) in vocab {
-        pieces[id as usize] = piece;
-    }
-    Ok(pieces)
 }
 
 /// Shared by every handler.

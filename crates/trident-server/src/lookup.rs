@@ -1,11 +1,11 @@
 //! The Redis result store as seen by `/lookup`: results that nodes stored by document id, in
-//! the key layout and binary format of `trident_cluster::codec`.
+//! the key layout and binary format of `trident_engine::codec`.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use redis::aio::ConnectionManager;
-use trident_cluster::cache::redis_connection;
+use trident_engine::cache::redis_connection;
 use trident_core::DocId;
 
 pub type LookupFuture = Pin<Box<dyn Future<Output = Result<Vec<Option<String>>, String>> + Send>>;
@@ -25,7 +25,7 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects lazily: a Redis that is down makes lookups fail (503), not the server.
-    pub fn new(url: &str, prefix: &str) -> Result<RedisStore, trident_cluster::ClusterError> {
+    pub fn new(url: &str, prefix: &str) -> Result<RedisStore, trident_engine::EngineError> {
         Ok(RedisStore {
             conn: redis_connection(url)?,
             prefix: prefix.to_string(),
@@ -39,7 +39,7 @@ impl ResultStore for RedisStore {
         let mut conn = self.conn.clone();
         let (url, prefix) = (self.url.clone(), self.prefix.clone());
         Box::pin(async move {
-            let found = trident_cluster::store::lookup_on(&mut conn, &url, &prefix, &ids)
+            let found = trident_engine::store::lookup_on(&mut conn, &url, &prefix, &ids)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(found)

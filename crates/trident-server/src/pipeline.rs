@@ -1,8 +1,8 @@
-//! HTTP requests through the shared pipeline (`trident_cluster::Pipeline`): the same cache,
+//! HTTP requests through the shared pipeline (`trident_engine::Pipeline`): the same cache,
 //! tokenizer, batcher and workers as the Kafka stream, at online priority.
 
-use trident_cluster::pipeline::Prepared;
-use trident_cluster::{Pipeline, Priority};
+use trident_engine::pipeline::Prepared;
+use trident_engine::{JobError, Pipeline, Priority};
 use trident_core::{Embedding, Modes};
 
 use crate::error::ApiError;
@@ -47,38 +47,21 @@ pub async fn embed(
         })
         .collect();
     size.check(field, &tokens)?;
-    let mut out: Vec<Result<Embedding, tokio::sync::oneshot::Receiver<Result<Embedding, String>>>> =
-        Vec::with_capacity(prepared.len());
-    let mut jobs = Vec::new();
-    for p in prepared {
-        match p {
-            Prepared::Hit(e) => out.push(Ok(e)),
-            Prepared::Miss { doc, cache_key } => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                jobs.push(pipeline.job(doc, modes, Priority::Online, false, cache_key, move |o| {
-                    let _ = tx.send(o);
-                }));
-                out.push(Err(rx));
-            }
-            Prepared::Failed(_) => unreachable!("rejected above"),
-        }
-    }
-    pipeline.submit(jobs);
-    let mut results = Vec::with_capacity(out.len());
-    for (i, slot) in out.into_iter().enumerate() {
-        match slot {
+    let outcomes = pipeline.encode_prepared(prepared, modes, Priority::Online).await;
+    let mut results = Vec::with_capacity(outcomes.len());
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
             Ok(e) => results.push(e),
-            Err(rx) => match rx.await {
-                Ok(Ok(e)) => results.push(e),
-                Ok(Err(reason)) => {
-                    let field = format!("{field}[{i}]");
-                    return Err(ApiError {
-                        field: Some(field.clone()),
-                        ..ApiError::internal(format!("{field}: encoder failed: {reason}"))
-                    });
-                }
-                Err(_) => return Err(ApiError::unavailable("the encoder pipeline shut down")),
-            },
+            Err(JobError::Shutdown) => {
+                return Err(ApiError::unavailable("the encoder pipeline shut down"))
+            }
+            Err(reason) => {
+                let field = format!("{field}[{i}]");
+                return Err(ApiError {
+                    field: Some(field.clone()),
+                    ..ApiError::internal(format!("{field}: encoder failed: {reason}"))
+                });
+            }
         }
     }
     Ok(results)

@@ -1,9 +1,9 @@
 //! `trident`: the one binary. Each subcommand lives in its own module under `cmd/`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
-mod hub;
+mod root;
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +37,15 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // Flags, `TRIDENT_*` variables and the `--config` file, layered (root::layered).
+    let matches = match root::layered::parse(Cli::command(), std::env::args_os().collect()) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("trident: error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Embed(a) => cmd::embed::run(a),
         Command::Score(a) => cmd::score::run(a),

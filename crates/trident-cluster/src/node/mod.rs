@@ -38,10 +38,11 @@ use rdkafka::ClientContext;
 use trident_core::DocId;
 
 use crate::config::{kafka_value, NodeConfig};
-use crate::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, RawRecord, SinkMsg};
-use crate::flight::{estimate_tokens, FlightLimits, InFlight};
-use crate::store::start_writer;
-use crate::{ClusterError, Pipeline};
+use trident_engine::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, RawRecord, SinkMsg};
+use trident_engine::flight::{estimate_tokens, FlightLimits, InFlight};
+use trident_engine::store::start_writer;
+use crate::ClusterError;
+use trident_engine::Pipeline;
 use sink::{KafkaSink, SinkState};
 use table::{Shared, Table};
 
@@ -195,7 +196,7 @@ pub async fn run_node(
         placement: cfg.placement()?,
         qdrant_collection: cfg.qdrant_collection.clone(),
     };
-    let actor_err = |e: ractor::SpawnErr| ClusterError::Actor(e.to_string());
+    let actor_err = |e: ractor::SpawnErr| ClusterError::from(trident_engine::EngineError::Actor(e.to_string()));
     let (sink, sink_join) = Actor::spawn(None, KafkaSink, sink_state).await.map_err(actor_err)?;
     let coord_args = CoordinatorArgs {
         pipeline: pipeline.clone(),

@@ -18,13 +18,13 @@ use trident_core::{ColbertNote, DocId, Embedding, Encoding, Format, Record};
 
 use super::table::Shared;
 use super::NodeConsumer;
-use crate::codec::store_key;
+use trident_engine::codec::store_key;
 use crate::config::ColbertPlacement;
-use crate::coordinator::SinkMsg;
+use trident_engine::coordinator::SinkMsg;
 use crate::dead_letter::{self, Source};
 use crate::deliver::{deliver, Message, RateLimited};
 use crate::key_order::Verdict;
-use crate::store::StoreWrite;
+use trident_engine::store::StoreWrite;
 
 /// Room left in a message for the record's framing and headers.
 const MESSAGE_OVERHEAD: usize = 512;
@@ -449,7 +449,7 @@ impl Actor for KafkaSink {
                         Next::Finish(vec![ticket])
                     }
                     Ok(e) => Self::ready(st, ticket, id, e),
-                    Err(reason) => Next::DeadLetter(ticket, id, reason),
+                    Err(reason) => Next::DeadLetter(ticket, id, reason.to_string()),
                 }
             }
             SinkMsg::Bad { ticket, id, reason } => Next::DeadLetter(ticket, id, reason),

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use trident_core::{DocId, Embedding};
 
-use crate::flight::InFlight;
+use trident_engine::flight::InFlight;
 use crate::key_order::KeyOrder;
 use crate::offsets::PartitionTracker;
-use crate::Metrics;
+use trident_engine::Metrics;
 
 pub(crate) struct Meta {
     pub partition: i32,

@@ -1,5 +1,5 @@
-//! Which GEMM micro-kernels run: the best the CPU supports, capped by `TRIDENT_CPU_ISA`
-//! (`generic`, `avx2`, `avx512`, `amx`; read once) and by [`force_isa`] (tests, comparisons).
+//! Which GEMM micro-kernels run: the best the CPU supports, capped by [`force_isa`] (the
+//! binary's `--cpu-isa` / `TRIDENT_CPU_ISA`, tests, comparisons).
 //! Every f32 path computes each output as the same FMA chain in the same order, so their results
 //! are bit-for-bit equal and switching between them mid-run is harmless. The bf16 precision's
 //! kernel (AMX tiles, or f32 arithmetic on bf16 weights below that level) is chosen when a model
@@ -36,13 +36,17 @@ impl Isa {
         [Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Amx].into_iter().find(|&i| i as u8 == v)
     }
 
-    fn parse(s: &str) -> Option<Isa> {
+}
+
+impl std::str::FromStr for Isa {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Isa, String> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "generic" | "scalar" => Some(Isa::Generic),
-            "avx2" => Some(Isa::Avx2),
-            "avx512" | "avx-512" => Some(Isa::Avx512),
-            "amx" => Some(Isa::Amx),
-            _ => None,
+            "generic" | "scalar" => Ok(Isa::Generic),
+            "avx2" => Ok(Isa::Avx2),
+            "avx512" | "avx-512" => Ok(Isa::Avx512),
+            "amx" => Ok(Isa::Amx),
+            _ => Err(format!("{s:?}: expected generic, avx2, avx512 or amx")),
         }
     }
 }
@@ -67,24 +71,10 @@ pub fn detected() -> Isa {
     })
 }
 
-/// The cap from `TRIDENT_CPU_ISA`, if set (an unknown value is reported once and ignored).
-fn env_cap() -> Option<Isa> {
-    static CAP: OnceLock<Option<Isa>> = OnceLock::new();
-    *CAP.get_or_init(|| {
-        let v = std::env::var("TRIDENT_CPU_ISA").ok()?;
-        let isa = Isa::parse(&v);
-        if isa.is_none() {
-            eprintln!("TRIDENT_CPU_ISA={v:?} not understood (generic, avx2, avx512, amx); ignored");
-        }
-        isa
-    })
-}
-
 /// 0: no programmatic cap.
 static FORCED: AtomicU8 = AtomicU8::new(0);
 
-/// Caps the kernel level for the whole process (`None` lifts the cap; `TRIDENT_CPU_ISA` still
-/// applies). A level above the CPU's is capped to the CPU's.
+/// Caps the kernel level for the whole process (`None` lifts the cap). A level above the CPU's is capped to the CPU's.
 pub fn force_isa(isa: Option<Isa>) {
     FORCED.store(isa.map_or(0, |i| i as u8), Ordering::Relaxed);
 }
@@ -92,9 +82,6 @@ pub fn force_isa(isa: Option<Isa>) {
 /// The level the GEMMs run at now.
 pub fn isa() -> Isa {
     let mut isa = detected();
-    if let Some(cap) = env_cap() {
-        isa = isa.min(cap);
-    }
     if let Some(cap) = Isa::from_u8(FORCED.load(Ordering::Relaxed)) {
         isa = isa.min(cap);
     }

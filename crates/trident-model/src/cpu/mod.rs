@@ -246,7 +246,7 @@ fn kernels(precision: CpuPrecision, amx: bool) -> String {
              amx bf16 attention, {}",
             kernel_name()
         ),
-        CpuPrecision::Int8 => "int8 unavailable: no AMX-INT8 (or capped by TRIDENT_CPU_ISA)".into(),
+        CpuPrecision::Int8 => "int8 unavailable: no AMX-INT8 (or capped by --cpu-isa)".into(),
     }
 }
 
@@ -299,7 +299,7 @@ impl Backend for CpuBackend {
             return Err(Self::err(
                 name,
                 "--precision int8 needs AMX-INT8 and AMX-BF16 (Intel Sapphire Rapids or later; \
-                 not granted here, or capped by TRIDENT_CPU_ISA); use bf16 or f32",
+                 not granted here, or capped by --cpu-isa); use bf16 or f32",
             ));
         }
         let bf16 = reduced && !int8;

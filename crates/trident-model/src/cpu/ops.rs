@@ -3,7 +3,7 @@
 //! each entry point a second time for AVX2+FMA and picks that copy at run time.
 
 /// Defines `pub fn $name(args)` that runs `$body` compiled for AVX-512 or AVX2+FMA, the best the
-/// CPU has within the kernel level of `isa.rs` (so `TRIDENT_CPU_ISA=avx2` slows these too).
+/// CPU has within the kernel level of `isa.rs` (so `--cpu-isa avx2` slows these too).
 /// Reductions are written over fixed lanes and nothing is contracted into FMAs, so every copy
 /// gives the same bits.
 macro_rules! simd {

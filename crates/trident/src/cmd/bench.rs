@@ -12,9 +12,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde_json::json;
+use trident_core::batch::pack_by_length;
 use trident_core::{Modes, TokenizedDoc};
-use trident_model::cpu::{CpuBackend, CpuPrecision};
-use trident_model::{Checkpoint, Embedder, Encoder, ModelConfig, Tokenizer};
+use trident_model::{Checkpoint, Embedder, ModelConfig, Tokenizer};
+
+use crate::root::layered::ConfigFile;
+use crate::root::placement::{build_workers, first_embedder, workers, PlacementArgs};
 
 /// Where `--random` looks for the real XLM-R tokenizer when `--tokenizer` is not given:
 /// relative to the working directory, then to the source tree the binary was built from.
@@ -30,7 +33,7 @@ pub enum RandomShape {
 pub struct BenchArgs {
     /// Model directory (or hub id) to benchmark.
     #[arg(long, required_unless_present = "random", conflicts_with = "random")]
-    pub model: Option<String>,
+    pub model: Option<PathBuf>,
     /// Benchmark random weights of this shape, built in memory (no checkpoint needed).
     #[arg(long, value_enum)]
     pub random: Option<RandomShape>,
@@ -53,9 +56,6 @@ pub struct BenchArgs {
     /// Real (unpadded) tokens per forward pass.
     #[arg(long, default_value_t = 16384)]
     pub batch_tokens: usize,
-    /// Compute threads for tokenization and encoding (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
     /// Outputs to compute, comma-separated.
     #[arg(long, default_value = "dense,sparse,colbert")]
     pub modes: String,
@@ -65,10 +65,11 @@ pub struct BenchArgs {
     /// Truncate documents to this many tokens (specials included).
     #[arg(long, default_value_t = 8192)]
     pub max_length: usize,
-    /// Precision of the CPU backend's linear layers: f32, bf16 (bf16 weights; on a CPU with
-    /// AMX bf16 operands on the tile unit, elsewhere f32 arithmetic) or int8 (AMX-INT8 only).
-    #[arg(long, default_value = "f32", env = "TRIDENT_PRECISION")]
-    pub precision: CpuPrecision,
+    /// `--threads` also sets the tokenizer's threads (0 = all cores); one worker is timed.
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    #[command(flatten)]
+    pub config: ConfigFile,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -80,16 +81,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.batch_tokens == 0 {
         bail!("--batch-tokens must be at least 1");
     }
-    super::check_max_length("--max-length", args.max_length)?;
+    crate::root::check_max_length("--max-length", args.max_length)?;
     let texts = read_corpus(&args.corpus, args.limit)?;
-    let threads = if args.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        args.threads
+    let threads = match args.placement.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
 
-    let (tokenizer, embedder, model) = load(&args, threads)?;
+    let (tokenizer, embedder, model) = load(&args)?;
     let load_seconds = started.elapsed().as_secs_f64();
 
     // Cold start: from process start to the first document's embedding.
@@ -100,7 +100,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let docs = pool.install(|| tokenizer.encode_batch(&refs, args.max_length))?;
     let tokens: usize = docs.iter().map(|d| d.ids.len()).sum();
-    let batches = plan_batches(&docs, args.batch_tokens);
+    let batches = pack_by_length(&lens(&docs), args.batch_tokens);
     // Warm-up (not timed): the largest batch, so buffers reach their working size.
     let warm: Vec<TokenizedDoc> = batches[0].iter().map(|&i| docs[i].clone()).collect();
     embedder.encode(&warm, modes)?;
@@ -111,7 +111,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let t0 = Instant::now();
         let docs = pool.install(|| tokenizer.encode_batch(&refs, args.max_length))?;
         tokenize_runs.push(t0.elapsed().as_secs_f64());
-        let plan = plan_batches(&docs, args.batch_tokens);
+        let plan = pack_by_length(&lens(&docs), args.batch_tokens);
         let mut docs: Vec<Option<TokenizedDoc>> = docs.into_iter().map(Some).collect();
         let mut embedded = 0;
         for batch in plan {
@@ -154,16 +154,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn load(
-    args: &BenchArgs,
-    threads: usize,
-) -> anyhow::Result<(Tokenizer, Box<dyn Embedder>, String)> {
+/// The tokenizer, the first worker's encoder (the same factory as every command's) and a
+/// description of the model.
+fn load(args: &BenchArgs) -> anyhow::Result<(Tokenizer, Box<dyn Embedder>, String)> {
     if let Some(model) = &args.model {
-        let dir = crate::hub::resolve_model(model)?;
-        let (tok, emb) = trident_model::load_cpu_with(&dir, threads, args.precision)
-            .with_context(|| format!("loading model {}", dir.display()))?;
-        return Ok((tok, emb, dir.display().to_string()));
+        let (loaded, workers) = build_workers(model, &args.placement)?;
+        let name = model.display().to_string();
+        return Ok((loaded.tokenizer, first_embedder(&workers)?, name));
     }
+    let placement = args.placement.check()?;
     let tok_path = match &args.tokenizer {
         Some(p) => p.clone(),
         None => bundled_tokenizer()?,
@@ -178,11 +177,10 @@ fn load(
         config.num_hidden_layers = n;
     }
     let layers = config.num_hidden_layers;
-    let ckpt = Checkpoint::random(config, args.seed);
-    let mut enc = Encoder::new(&ckpt, CpuBackend::with_precision(threads, args.precision))?;
-    enc.set_special_ids(tokenizer.special_ids());
+    let ckpt = std::sync::Arc::new(Checkpoint::random(config, args.seed));
+    let specs = workers(&placement, &args.placement, ckpt, tokenizer.special_ids())?;
     let model = format!("random xlmr-large (layers={layers}, seed={})", args.seed);
-    Ok((tokenizer, Box::new(enc), model))
+    Ok((tokenizer, first_embedder(&specs)?, model))
 }
 
 fn bundled_tokenizer() -> anyhow::Result<PathBuf> {
@@ -250,28 +248,8 @@ fn mode_names(m: Modes) -> Vec<&'static str> {
         .collect()
 }
 
-/// Document indices sorted longest first and packed greedily: a batch closes when the next
-/// document would take it past `budget` real tokens (a longer document gets a batch alone).
-fn plan_batches(docs: &[TokenizedDoc], budget: usize) -> Vec<Vec<usize>> {
-    pack(docs.iter().map(|d| d.ids.len()).collect(), budget)
-}
-
-fn pack(lens: Vec<usize>, budget: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lens.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    let mut used = 0;
-    for i in order {
-        match batches.last_mut() {
-            Some(b) if used + lens[i] <= budget => b.push(i),
-            _ => {
-                batches.push(vec![i]);
-                used = 0;
-            }
-        }
-        used += lens[i];
-    }
-    batches
+fn lens(docs: &[TokenizedDoc]) -> Vec<usize> {
+    docs.iter().map(|d| d.ids.len()).collect()
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -296,16 +274,6 @@ fn peak_rss_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn packing_sorts_by_length_and_respects_the_budget() {
-        let b = pack(vec![3, 10, 4, 8, 1], 12);
-        assert_eq!(b, vec![vec![1], vec![3, 2], vec![0, 4]]);
-        // A document over the budget is alone in its batch.
-        assert_eq!(pack(vec![20, 2], 10), vec![vec![0], vec![1]]);
-        let total: usize = b.iter().map(Vec::len).sum();
-        assert_eq!(total, 5);
-    }
 
     #[test]
     fn modes_parse() {

@@ -11,21 +11,22 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use trident_cluster::embed_file::{embed_file, EmbedFileOptions};
-use trident_cluster::flight::FlightLimits;
-use trident_cluster::model::{cpu_workers, load_model, LoadedModel};
-use trident_cluster::{BatchPolicy, Cache, Metrics, Pipeline, PipelineConfig, WorkerSpec};
+use trident_files::embed_file::{embed_file, EmbedFileOptions};
+use trident_engine::flight::FlightLimits;
 use trident_core::{ColbertEncoding, DenseEncoding, Encoding, Format, Modes};
-use trident_model::cpu::CpuPrecision;
+use trident_engine::model::LoadedModel;
+use trident_engine::{Cache, Metrics, Pipeline, PipelineConfig, WorkerSpec};
+
+use crate::root::layered::ConfigFile;
+use crate::root::placement::{build_workers, PlacementArgs};
 
 #[derive(clap::Args)]
 pub struct EmbedArgs {
     /// Model directory (Hugging Face layout: config.json, weights, heads, tokenizer.json), or
     /// a hub id such as `BAAI/bge-m3` (optionally `@revision`), downloaded into the hub cache.
-    #[arg(long)]
+    #[arg(long, env = "TRIDENT_MODEL")]
     pub model: PathBuf,
     /// Input: a JSON Lines file or `-` for stdin; or Parquet — a `.parquet` file, a directory
     /// of them, or a glob (`'corpus/*.parquet'`) — which makes this a resumable re-embedding job
@@ -47,7 +48,7 @@ pub struct EmbedArgs {
     /// Parquet input: this run's share of the input's row groups, `I/N` (0 ≤ I < N): N runs
     /// with I = 0..N-1 (a Kubernetes Indexed Job's JOB_COMPLETION_INDEX) split the corpus.
     #[arg(long, default_value = "0/1")]
-    pub shard: trident_cluster::corpus::Shard,
+    pub shard: trident_files::corpus::Shard,
     /// Parquet input: finish an interrupted job in `--output` (units already written are kept;
     /// refused when the settings or the model differ).
     #[arg(long)]
@@ -71,25 +72,6 @@ pub struct EmbedArgs {
     /// Token budget of one batch.
     #[arg(long, default_value_t = 16384)]
     pub batch_tokens: usize,
-    /// CPU threads per worker (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// CUDA device ordinals, one worker (or `--workers`) each: `--devices 0,1`.
-    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
-    pub devices: Vec<usize>,
-    /// Precision of the linear layers: f32 (the CPU's default), bf16 (the GPU's default; on a
-    /// CPU with AMX the tile unit multiplies bf16 operands, elsewhere only the weights are
-    /// rounded and the arithmetic stays f32), or int8 (CPU with AMX-INT8 only: per-channel
-    /// weights, per-token activations).
-    #[arg(long, env = "TRIDENT_PRECISION")]
-    pub precision: Option<CpuPrecision>,
-    /// Workers: CPU workers (each with `--threads` threads), or workers per CUDA device (each
-    /// on its own stream, so one batch's copies and host work overlap another's kernels).
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
     /// Longest wait (ms) for a partial batch to fill.
     #[arg(long, default_value_t = 20)]
     pub max_wait_ms: u64,
@@ -108,125 +90,16 @@ pub struct EmbedArgs {
     /// dimension, 1024 dims → 128 bytes a token).
     #[arg(long, default_value = "f32", env = "TRIDENT_COLBERT_ENCODING")]
     pub colbert_encoding: ColbertEncoding,
-}
-
-/// Everything a pipeline needs from the command line, shared with `trident node`.
-pub struct PipelineSpec<'a> {
-    pub model: &'a std::path::Path,
-    pub device: &'a str,
-    /// `--devices`: CUDA ordinals (empty: `device` decides).
-    pub devices: &'a [usize],
-    pub workers: usize,
-    pub threads: usize,
-    /// Precision of the linear layers (None: the backend's default, f32 on CPU, bf16 on CUDA).
-    pub precision: Option<CpuPrecision>,
-}
-
-/// Load the model and build the worker specs for `--device` / `--devices`.
-pub fn build_workers(spec: &PipelineSpec) -> anyhow::Result<(LoadedModel, Vec<WorkerSpec>)> {
-    // The placement is checked before the (slow) model load so a typo fails at once.
-    let placement = Placement::parse(spec.device, spec.devices)?;
-    anyhow::ensure!(spec.workers > 0, "--workers must be positive");
-    // A hub id is downloaded (or found in the hub cache) after the placement check.
-    let dir = crate::hub::resolve_model_path(spec.model)?;
-    let model =
-        load_model(&dir).with_context(|| format!("loading model {}", spec.model.display()))?;
-    let workers = match placement {
-        Placement::Cpu => {
-            cpu_workers(&model, spec.workers, spec.threads, spec.precision.unwrap_or_default())
-        }
-        Placement::Cuda(devices) => cuda_workers(&model, &devices, spec.workers, spec.precision)?,
-    };
-    Ok((model, workers))
-}
-
-/// Where the encoder runs: the CPU, or a list of CUDA devices.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Placement {
-    Cpu,
-    Cuda(Vec<usize>),
-}
-
-impl Placement {
-    /// `--device cpu|cuda:N`, or `--devices 0,1,…` (which wins over the default `cpu`).
-    pub fn parse(device: &str, devices: &[usize]) -> anyhow::Result<Placement> {
-        if !devices.is_empty() {
-            anyhow::ensure!(
-                device == "cpu",
-                "give either --device {device} or --devices {devices:?}, not both"
-            );
-            let mut seen = std::collections::BTreeSet::new();
-            if let Some(d) = devices.iter().find(|d| !seen.insert(**d)) {
-                anyhow::bail!("--devices lists CUDA device {d} twice");
-            }
-            return Ok(Placement::Cuda(devices.to_vec()));
-        }
-        match device {
-            "cpu" => Ok(Placement::Cpu),
-            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(d)) => Ok(Placement::Cuda(vec![d])),
-                _ => anyhow::bail!("--device {other}: expected `cpu` or `cuda:N`"),
-            },
-        }
-    }
-}
-
-/// `per_device` workers on each CUDA device, each with its own backend (stream, weights,
-/// buffers). Precision `bf16` (default: bf16 GEMM inputs, fp32 accumulation) or `f32` (parity
-/// with the CPU backend).
-fn cuda_workers(
-    model: &LoadedModel,
-    devices: &[usize],
-    per_device: usize,
-    precision: Option<CpuPrecision>,
-) -> anyhow::Result<Vec<WorkerSpec>> {
-    use trident_cuda::{cuda_available, CudaBackend, Precision};
-    anyhow::ensure!(
-        cuda_available(),
-        "--devices {devices:?}: no CUDA driver or device found (use --device cpu)"
-    );
-    let precision = match precision {
-        Some(CpuPrecision::F32) => Precision::F32,
-        Some(CpuPrecision::Bf16) | None => Precision::Bf16,
-        Some(CpuPrecision::Int8) => {
-            anyhow::bail!("--precision int8 is a CPU mode; CUDA workers run f32 or bf16")
-        }
-    };
-    let mut specs = Vec::new();
-    for &device in devices {
-        for i in 0..per_device {
-            let ckpt = model.checkpoint.clone();
-            let special = model.tokenizer.special_ids();
-            let factory = move || -> Result<Box<dyn trident_model::Embedder>, String> {
-                let backend = CudaBackend::new(device, precision).map_err(|e| e.to_string())?;
-                let mut enc =
-                    trident_model::Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
-                enc.set_special_ids(special);
-                Ok(Box::new(enc))
-            };
-            let name = if per_device == 1 {
-                format!("cuda:{device}")
-            } else {
-                format!("cuda:{device}/{i}")
-            };
-            specs.push(WorkerSpec { name, factory: Arc::new(factory) });
-        }
-    }
-    Ok(specs)
-}
-
-pub fn policy(batch_tokens: usize, max_wait_ms: u64) -> BatchPolicy {
-    BatchPolicy {
-        batch_tokens,
-        max_wait: Duration::from_millis(max_wait_ms),
-        ..BatchPolicy::default()
-    }
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    #[command(flatten)]
+    pub config: ConfigFile,
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
-    super::check_max_length("--max-length", args.max_length)?;
+    crate::root::check_max_length("--max-length", args.max_length)?;
     anyhow::ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
-    if trident_cluster::corpus::is_parquet_input(&args.input) {
+    if trident_files::corpus::is_parquet_input(&args.input) {
         return run_corpus(args);
     }
     let t0 = std::time::Instant::now();
@@ -249,9 +122,9 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("creating output {}", args.output))?;
         Box::new(f)
     };
-    let (model, workers) = build_workers(&args.pipeline_spec())?;
+    let (model, workers) = build_workers(&args.model, &args.placement)?;
     let modes = Modes::from_flags(args.dense, args.sparse, args.colbert);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = crate::root::runtime()?;
     let summary = rt.block_on(async {
         let pipeline = start_pipeline(&args, model, workers).await?;
         let bar = std::io::stderr().is_terminal().then(|| {
@@ -304,23 +177,12 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
 }
 
 impl EmbedArgs {
-    fn pipeline_spec(&self) -> PipelineSpec<'_> {
-        PipelineSpec {
-            model: &self.model,
-            device: &self.device,
-            devices: &self.devices,
-            workers: self.workers,
-            threads: self.threads,
-            precision: self.precision,
-        }
-    }
-
     /// Memory bound: at most this many records / tokens between reading and writing (records
     /// are lines read under `max_record_bytes` or Parquet rows; the records bound covers them).
     fn flight_limits(&self) -> FlightLimits {
         FlightLimits {
-            high_tokens: 4 * self.batch_tokens * self.workers.max(1),
-            low_tokens: 2 * self.batch_tokens * self.workers.max(1),
+            high_tokens: 4 * self.batch_tokens * self.placement.workers.max(1),
+            low_tokens: 2 * self.batch_tokens * self.placement.workers.max(1),
             max_records: 8192,
             max_bytes: usize::MAX,
         }
@@ -332,9 +194,9 @@ async fn start_pipeline(
     args: &EmbedArgs,
     model: LoadedModel,
     workers: Vec<WorkerSpec>,
-) -> Result<Pipeline, trident_cluster::ClusterError> {
+) -> Result<Pipeline, trident_engine::EngineError> {
     let cfg = PipelineConfig {
-        policy: policy(args.batch_tokens, args.max_wait_ms),
+        policy: crate::root::batch_policy(args.batch_tokens, args.max_wait_ms),
         key_prefix: "trident".into(),
         model_fingerprint: model.fingerprint.clone(),
     };
@@ -342,9 +204,9 @@ async fn start_pipeline(
         .await
 }
 
-/// Parquet in, Parquet parts out (`trident_cluster::corpus`); prints the summary as JSON.
+/// Parquet in, Parquet parts out (`trident_files::corpus`); prints the summary as JSON.
 fn run_corpus(args: EmbedArgs) -> anyhow::Result<ExitCode> {
-    use trident_cluster::corpus::{run, CorpusJob};
+    use trident_files::corpus::{run, CorpusJob};
     anyhow::ensure!(
         args.output != "-",
         "--input {} is Parquet: give --output DIR for the Parquet parts and the manifest",
@@ -355,11 +217,11 @@ fn run_corpus(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         "--format {} is for JSON Lines output; Parquet input writes Parquet parts",
         args.format
     );
-    let (model, workers) = build_workers(&args.pipeline_spec())?;
+    let (model, workers) = build_workers(&args.model, &args.placement)?;
     let modes = Modes::from_flags(args.dense, args.sparse, args.colbert);
     let hidden = model.checkpoint.config.hidden_size;
     let fingerprint = model.fingerprint.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = crate::root::runtime()?;
     let summary = rt.block_on(async {
         let pipeline = start_pipeline(&args, model, workers).await?;
         let bar = std::io::stderr().is_terminal().then(|| {
@@ -412,22 +274,4 @@ fn run_corpus(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Placement;
-
-    #[test]
-    fn placement_from_flags() {
-        assert_eq!(Placement::parse("cpu", &[]).unwrap(), Placement::Cpu);
-        assert_eq!(Placement::parse("cuda:3", &[]).unwrap(), Placement::Cuda(vec![3]));
-        assert_eq!(Placement::parse("cpu", &[0, 1]).unwrap(), Placement::Cuda(vec![0, 1]));
-        let e = Placement::parse("gpu", &[]).unwrap_err().to_string();
-        assert!(e.contains("--device gpu"), "{e}");
-        let e = Placement::parse("cuda:0", &[1]).unwrap_err().to_string();
-        assert!(e.contains("not both"), "{e}");
-        let e = Placement::parse("cpu", &[0, 1, 0]).unwrap_err().to_string();
-        assert!(e.contains("device 0 twice"), "{e}");
-    }
 }

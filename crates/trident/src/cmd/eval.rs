@@ -24,15 +24,15 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use rayon::prelude::*;
 use serde_json::{json, Value};
-use trident_cluster::model::LoadedModel;
-use trident_cluster::{Metrics, Pipeline, PipelineConfig, Priority, WorkerSpec};
+use trident_engine::model::LoadedModel;
+use trident_engine::{Metrics, Pipeline, PipelineConfig, Priority, WorkerSpec};
 use trident_core::eval::{evaluate, random_expectation, Metric, Qrels};
 use trident_core::retrieve::{default_depth, Index, Method, Preset, RunSpec};
 use trident_core::score::Weights;
 use trident_core::{DocId, Embedding, Modes};
-use trident_model::cpu::CpuPrecision;
 
-use super::embed::{build_workers, policy, PipelineSpec};
+use crate::root::layered::ConfigFile;
+use crate::root::placement::{build_workers, PlacementArgs};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -99,28 +99,17 @@ pub struct EvalArgs {
     /// Token budget of one batch.
     #[arg(long, default_value_t = 16384)]
     pub batch_tokens: usize,
-    /// CPU threads per worker (0 = all cores); retrieval uses all cores.
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// CUDA device ordinals, one worker (or `--workers`) each.
-    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
-    pub devices: Vec<usize>,
-    /// Precision of the linear layers: f32 (CPU default), bf16 (CUDA default) or int8 (CPUs
-    /// with AMX-INT8).
-    #[arg(long, env = "TRIDENT_PRECISION")]
-    pub precision: Option<CpuPrecision>,
-    /// Workers (CPU workers, or workers per CUDA device).
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
     /// MCLS (the BGE-M3 paper's "multiple CLS"): insert a CLS token every N tokens and take the dense vector
     /// as the normalised mean of all CLS positions' final states (sparse and ColBERT leave the
     /// inserted positions out). For long documents on models without long-document training.
     /// Off by default.
     #[arg(long)]
     pub mcls_every: Option<usize>,
+    /// Retrieval (scoring) uses all cores whatever `--threads` says.
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    #[command(flatten)]
+    pub config: ConfigFile,
 }
 
 /// A document to encode or its embedding, by id.
@@ -189,7 +178,7 @@ fn read_embeddings(path: &Path) -> anyhow::Result<Vec<(String, Embedding)>> {
 /// directory of them such as an `--output` directory, or a glob), else JSON Lines.
 fn read_any_embeddings(path: &Path) -> anyhow::Result<Vec<(String, Embedding)>> {
     let s = path.to_string_lossy();
-    if trident_cluster::corpus::is_parquet_input(&s) || path.is_dir() {
+    if trident_files::corpus::is_parquet_input(&s) || path.is_dir() {
         read_parquet_embeddings(&s)
     } else {
         read_embeddings(path)
@@ -218,7 +207,7 @@ fn read_parquet_embeddings(input: &str) -> anyhow::Result<Vec<(String, Embedding
         let Field::ListInternal(l) = f else { bail!("{what} is not a list") };
         l.elements().iter().map(|x| float(x).with_context(|| format!("{what}: {x}"))).collect()
     };
-    let (_, files) = trident_cluster::corpus::units::discover(input)?;
+    let (_, files) = trident_files::corpus::units::discover(input)?;
     let mut out = Vec::new();
     for file in files {
         let at = file.display().to_string();
@@ -340,15 +329,8 @@ struct Encoder {
 
 impl Encoder {
     fn start(args: &EvalArgs, model_dir: &Path) -> anyhow::Result<Encoder> {
-        let spec = PipelineSpec {
-            model: model_dir,
-            device: &args.device,
-            devices: &args.devices,
-            workers: args.workers,
-            threads: args.threads,
-            precision: args.precision,
-        };
-        let (model, mut workers): (LoadedModel, Vec<WorkerSpec>) = build_workers(&spec)?;
+        let (model, mut workers): (LoadedModel, Vec<WorkerSpec>) =
+            build_workers(model_dir, &args.placement)?;
         if let Some(every) = args.mcls_every {
             ensure!(every > 0, "--mcls-every must be at least 1");
             for w in &mut workers {
@@ -360,9 +342,9 @@ impl Encoder {
                 });
             }
         }
-        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let rt = crate::root::runtime()?;
         let cfg = PipelineConfig {
-            policy: policy(args.batch_tokens, 5),
+            policy: crate::root::batch_policy(args.batch_tokens, 5),
             key_prefix: "trident".into(),
             model_fingerprint: model.fingerprint.clone(),
         };
@@ -522,8 +504,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             "--model is needed to encode the texts (or give --corpus-embeddings and \
              --query-embeddings)",
         )?;
-        super::check_max_length("--max-length", args.max_length)?;
-        super::check_max_length("--query-max-length", args.query_max_length)?;
+        crate::root::check_max_length("--max-length", args.max_length)?;
+        crate::root::check_max_length("--query-max-length", args.query_max_length)?;
         ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
         let enc = Encoder::start(&args, dir)?;
         if queries.embeddings.is_none() {

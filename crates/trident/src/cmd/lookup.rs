@@ -23,7 +23,7 @@ pub struct LookupArgs {
 pub fn run(args: LookupArgs) -> anyhow::Result<ExitCode> {
     let ids: Vec<DocId> = args.ids.iter().map(|s| DocId::Str(s.clone())).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let found = rt.block_on(trident_cluster::store::lookup(&args.redis, &args.key_prefix, &ids))?;
+    let found = rt.block_on(trident_engine::store::lookup(&args.redis, &args.key_prefix, &ids))?;
     let mut missing = false;
     for (id, hit) in ids.iter().zip(found) {
         match hit {

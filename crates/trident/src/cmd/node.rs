@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::Serialize;
 use trident_cluster::node::run_node;
-use trident_cluster::{Cache, Metrics, NodeConfig, Pipeline, PipelineConfig};
+use trident_engine::{Cache, Metrics, Pipeline, PipelineConfig};
 
-use super::embed::{build_workers, policy, PipelineSpec};
+use crate::root::placement::{build_workers, PlacementArgs};
 
 #[derive(clap::Args, Serialize)]
 pub struct NodeArgs {
@@ -86,6 +86,14 @@ pub struct NodeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
+    /// Cap the CPU kernels at this instruction set: generic, avx2, avx512 or amx.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_isa: Option<String>,
+    /// CUDA bf16 attention kernel: tensor-core (default) or generic.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuda_attention: Option<String>,
     /// `cpu` or `cuda:N` (default cpu).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,24 +134,21 @@ fn is_false(b: &bool) -> bool {
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
-    super::init_logging();
-    let cfg = NodeConfig::load(args.config.as_deref(), &args)?;
+    crate::root::init_logging();
+    let cfg = crate::root::layered::node_config(args.config.as_deref(), &args)?;
     let model_dir = cfg.model.clone().expect("validated");
-    let spec = PipelineSpec {
-        model: &model_dir,
-        device: &cfg.device,
-        devices: &cfg.devices,
+    let setting = |name: &'static str| move |e: String| anyhow::anyhow!("{name}: {e}");
+    let placement = PlacementArgs {
+        device: cfg.device.clone(),
+        devices: cfg.devices.clone(),
         workers: cfg.workers,
         threads: cfg.threads,
-        precision: cfg
-            .precision
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e: String| anyhow::anyhow!("precision: {e}"))?,
+        precision: cfg.precision.as_deref().map(str::parse).transpose().map_err(setting("precision"))?,
+        cpu_isa: cfg.cpu_isa.as_deref().map(str::parse).transpose().map_err(setting("cpu_isa"))?,
+        cuda_attention: cfg.cuda_attention.clone(),
     };
-    let (model, workers) = build_workers(&spec)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (model, workers) = build_workers(&model_dir, &placement)?;
+    let rt = crate::root::runtime()?;
     let report = rt.block_on(async {
         let metrics = Metrics::new();
         if let Some(addr) = &cfg.metrics_addr {
@@ -160,20 +165,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
             None
         };
         let pcfg = PipelineConfig {
-            policy: policy(cfg.batch_tokens, cfg.max_wait_ms),
+            policy: crate::root::batch_policy(cfg.batch_tokens, cfg.max_wait_ms),
             key_prefix: cfg.key_prefix.clone(),
             model_fingerprint: model.fingerprint.clone(),
         };
         let pipeline = Pipeline::start(pcfg, model.tokenizer, workers, cache, metrics).await?;
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-            }
-        };
-        let report = run_node(cfg.clone(), pipeline.clone(), shutdown).await;
+        let report = run_node(cfg.clone(), pipeline.clone(), crate::root::shutdown_signal()).await;
         pipeline.stop().await;
         report.context("node failed")
     })?;

@@ -23,11 +23,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode as Code;
-use trident_cluster::corpus::columns::{id_at, id_type_ok, text_at};
-use trident_cluster::corpus::units::{discover, units, Shard};
+use trident_files::corpus::columns::{id_at, id_type_ok, text_at};
+use trident_files::corpus::units::{discover, units, Shard};
 use trident_cluster::deliver::{is_permanent, DEFAULT_MESSAGE_MAX_BYTES};
-use trident_cluster::embed_file::read_capped_line;
-use trident_cluster::record::{decode_record, is_blank, MAX_ID_BYTES};
+use trident_files::embed_file::read_capped_line;
+use trident_engine::record::{decode_record, is_blank, MAX_ID_BYTES};
 use trident_core::{DocId, Modes};
 
 #[derive(clap::Args)]
@@ -276,7 +276,7 @@ impl Sender {
 pub fn run(args: ProduceArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.max_in_flight > 0, "--max-in-flight must be positive");
     anyhow::ensure!(args.retry_ms > 0, "--retry-ms must be positive");
-    let parquet = trident_cluster::corpus::is_parquet_input(&args.input);
+    let parquet = trident_files::corpus::is_parquet_input(&args.input);
     // Parquet: the units (row groups) of this shard, found before any connection.
     let units = if parquet {
         let (root, files) = discover(&args.input)?;
@@ -423,7 +423,7 @@ impl From<Fatal> for anyhow::Error {
 /// Every row of this shard's row groups: id and text columns only.
 fn read_parquet(
     args: &ProduceArgs,
-    units: &[trident_cluster::corpus::units::Unit],
+    units: &[trident_files::corpus::units::Unit],
     s: &mut Sender,
 ) -> anyhow::Result<()> {
     for unit in units {

@@ -17,15 +17,19 @@ use serde_json::Value;
 use trident_core::score::{read_stored, score_encoded, Weights};
 use trident_core::types::error_json;
 use trident_core::{DocId, Embedding, Encoding, Modes, TokenizedDoc};
-use trident_model::cpu::CpuBackend;
-use trident_model::{Embedder, Encoder, Tokenizer};
+use trident_engine::pipeline::Prepared;
+use trident_engine::{Metrics, Pipeline, PipelineConfig, Priority};
+use trident_model::Tokenizer;
+
+use crate::root::layered::ConfigFile;
+use crate::root::placement::{build_workers, PlacementArgs};
 
 #[derive(clap::Args)]
 pub struct ScoreArgs {
     /// Model directory (config.json, weights, colbert_linear.pt, sparse_linear.pt, tokenizer.json)
     /// or a Hugging Face hub id such as BAAI/bge-m3.
-    #[arg(long)]
-    pub model: String,
+    #[arg(long, env = "TRIDENT_MODEL")]
+    pub model: PathBuf,
     /// JSON Lines file of {"query": "...", "passage": "..."} objects; `-` reads stdin. Either
     /// side may instead be a stored result, `"query_embedding"` / `"passage_embedding"`: the
     /// JSON object `trident embed` writes, in any --dense-encoding / --colbert-encoding.
@@ -37,12 +41,13 @@ pub struct ScoreArgs {
     /// Longest token sequence per query or passage (specials included); longer ones are truncated.
     #[arg(long, default_value_t = 8192)]
     pub max_length: usize,
-    /// Compute threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
     /// Token budget of one forward pass (queries and passages of several pairs are encoded together).
     #[arg(long, default_value_t = 16384)]
     pub batch_tokens: usize,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    #[command(flatten)]
+    pub config: ConfigFile,
 }
 
 /// Bounds the queue when a run of lines holds few tokens (or is all errors).
@@ -93,7 +98,7 @@ struct Dims {
 }
 
 pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
-    super::check_max_length("--max-length", args.max_length)?;
+    crate::root::check_max_length("--max-length", args.max_length)?;
     let input: Box<dyn Read> = if args.pairs.as_os_str() == "-" {
         Box::new(io::stdin())
     } else {
@@ -102,16 +107,22 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("opening --pairs {}", args.pairs.display()))?,
         )
     };
-    let dir = crate::hub::resolve_model(&args.model)?;
-    // `trident_model::load_cpu`, keeping the ColBERT head's width for checking stored sides.
-    let (tokenizer, embedder) = (|| {
-        let (tokenizer, ckpt) = trident_model::open_dir(&dir)?;
-        let mut enc = Encoder::new(&ckpt, CpuBackend::new(args.threads))?;
-        enc.set_special_ids(tokenizer.special_ids());
-        anyhow::Ok((tokenizer, enc))
-    })()
-    .with_context(|| format!("loading model {}", dir.display()))?;
-    let dims = Dims { dense: embedder.hidden_size(), colbert: embedder.colbert_dim() };
+    // Texts go through the engine like `/score`'s: its batcher and workers, on any placement.
+    let (model, workers) = build_workers(&args.model, &args.placement)?;
+    let dims = Dims {
+        dense: model.checkpoint.config.hidden_size,
+        colbert: model.checkpoint.colbert_dim(),
+    };
+    let rt = crate::root::runtime()?;
+    let cfg = PipelineConfig {
+        policy: crate::root::batch_policy(args.batch_tokens, 1),
+        key_prefix: "trident".into(),
+        model_fingerprint: model.fingerprint.clone(),
+    };
+    let pipeline =
+        rt.block_on(Pipeline::start(cfg, model.tokenizer, workers, None, Metrics::new()))?;
+    let tokenizer = pipeline.tokenizer();
+    let encoder = Texts { rt: &rt, pipeline: &pipeline };
 
     let mut out = BufWriter::new(io::stdout().lock());
     let mut reader = BufReader::new(input);
@@ -139,12 +150,13 @@ pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
         pending.push((lines, line));
         pairs += 1;
         if pending_tokens >= args.batch_tokens || pending.len() >= MAX_QUEUED_LINES {
-            failed += flush(&mut pending, &embedder, &args.weights, &mut out)?;
+            failed += flush(&mut pending, &encoder, &args.weights, &mut out)?;
             pending_tokens = 0;
         }
     }
-    failed += flush(&mut pending, &embedder, &args.weights, &mut out)?;
+    failed += flush(&mut pending, &encoder, &args.weights, &mut out)?;
     out.flush()?;
+    rt.block_on(pipeline.stop());
     if pairs == 0 {
         anyhow::bail!("--pairs {}: no pairs (the input is empty)", args.pairs.display());
     }
@@ -192,11 +204,27 @@ fn parse_line(raw: &[u8], tokenizer: &Tokenizer, max_length: usize, dims: Dims) 
     }
 }
 
+/// The engine, for the texts of a flush.
+struct Texts<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    pipeline: &'a Pipeline,
+}
+
+impl Texts<'_> {
+    /// All of `docs`' embeddings, in order; an encoder failure fails the run.
+    fn encode(&self, docs: Vec<TokenizedDoc>) -> anyhow::Result<Vec<Embedding>> {
+        let prepared = docs.into_iter().map(|doc| Prepared::Miss { doc, cache_key: None }).collect();
+        let outcomes =
+            self.rt.block_on(self.pipeline.encode_prepared(prepared, Modes::ALL, Priority::Online));
+        outcomes.into_iter().map(|o| o.map_err(|e| anyhow::anyhow!("encoder: {e}"))).collect()
+    }
+}
+
 /// Encodes the queued pairs' texts in one pass, writes one line per input line in order, and
 /// returns how many were errors.
 fn flush(
     pending: &mut Vec<(usize, Line)>,
-    embedder: &dyn Embedder,
+    encoder: &Texts,
     weights: &Weights,
     out: &mut impl Write,
 ) -> anyhow::Result<usize> {
@@ -210,14 +238,7 @@ fn flush(
         .flatten()
         .cloned()
         .collect();
-    let embs = if docs.is_empty() { Vec::new() } else { embedder.encode(&docs, Modes::ALL)? };
-    anyhow::ensure!(
-        embs.len() == docs.len(),
-        "encoder returned {} embeddings for {} documents",
-        embs.len(),
-        docs.len()
-    );
-    let mut embs = embs.into_iter();
+    let mut embs = encoder.encode(docs)?.into_iter();
     let f32 = Encoding::default();
     let mut failed = 0;
     for (number, line) in pending.drain(..) {

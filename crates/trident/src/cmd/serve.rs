@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use trident_cluster::{Cache, Metrics, Pipeline, PipelineConfig};
+use trident_engine::{Cache, Metrics, Pipeline, PipelineConfig};
 use trident_server::lookup::RedisStore;
 use trident_server::{AppState, LoadedModel, ModelInfo, ResultStore, ServerConfig};
 
-use super::embed::{build_workers, policy, PipelineSpec};
+use crate::root::layered::ConfigFile;
+use crate::root::placement::{build_workers, PlacementArgs};
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -46,22 +47,6 @@ pub struct ServeArgs {
     /// Content-cache entry lifetime in Redis (seconds).
     #[arg(long, env = "TRIDENT_CACHE_TTL_SECS", default_value_t = 7 * 24 * 3600)]
     pub cache_ttl_secs: u64,
-    /// `cpu` or `cuda:N`.
-    #[arg(long, env = "TRIDENT_DEVICE", default_value = "cpu")]
-    pub device: String,
-    /// CUDA device ordinals, one worker (or `--workers`) each: `--devices 0,1`.
-    #[arg(long, env = "TRIDENT_DEVICES", value_delimiter = ',', conflicts_with = "device")]
-    pub devices: Vec<usize>,
-    /// Encoder workers: CPU workers (each with --threads threads) or workers per CUDA device.
-    #[arg(long, env = "TRIDENT_WORKERS", default_value_t = 1)]
-    pub workers: usize,
-    /// CPU threads per worker (0 = all cores).
-    #[arg(long, env = "TRIDENT_THREADS", default_value_t = 0)]
-    pub threads: usize,
-    /// Precision of the linear layers: f32 (CPU default), bf16 (CUDA default; AMX on CPUs
-    /// that have it) or int8 (CPUs with AMX-INT8).
-    #[arg(long, env = "TRIDENT_PRECISION")]
-    pub precision: Option<trident_model::cpu::CpuPrecision>,
     /// Default and largest `max_length` of a request (tokens, specials included).
     #[arg(long, env = "TRIDENT_MAX_LENGTH", default_value_t = 8192)]
     pub max_length: usize,
@@ -107,11 +92,15 @@ pub struct ServeArgs {
     /// hub id).
     #[arg(long, env = "TRIDENT_MODEL_NAME")]
     pub model_name: Option<String>,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
+    #[command(flatten)]
+    pub config: ConfigFile,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    super::init_logging();
-    super::check_max_length("--max-length", args.max_length)?;
+    crate::root::init_logging();
+    crate::root::check_max_length("--max-length", args.max_length)?;
     anyhow::ensure!(args.batch_tokens > 0, "--batch-tokens must be positive");
     anyhow::ensure!(
         args.max_inputs > 0 && args.max_in_flight > 0 && args.max_connections > 0,
@@ -126,7 +115,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(secs > 0, "{flag} must be positive");
     }
     anyhow::ensure!(!args.cache || args.redis.is_some(), "--cache needs --redis URL");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = crate::root::runtime()?;
     rt.block_on(serve(args))?;
     // Blocking tasks (an encoder batch) are not waited for past this.
     rt.shutdown_timeout(Duration::from_secs(1));
@@ -153,7 +142,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let mut args = args;
-    args.model = crate::hub::resolve_model_path(&args.model)?;
+    args.model = crate::root::hub::resolve_model_path(&args.model)?;
     let config = ServerConfig {
         model_name,
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
@@ -198,7 +187,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
-    shutdown_signal().await;
+    crate::root::shutdown_signal().await;
     let stop_by = tokio::time::Instant::now() + state.config.shutdown_timeout;
     let _ = stop_tx.send(());
     server.await.context("HTTP server task")?.context("HTTP server")?;
@@ -212,36 +201,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Loads the model, starts the pipeline's workers and describes the result for `/info`.
 async fn load(args: &ServeArgs, metrics: Metrics) -> anyhow::Result<LoadedModel> {
-    let (device, workers, threads) = (args.device.clone(), args.workers, args.threads);
-    let precision = args.precision;
-    let devices = args.devices.clone();
-    let dir = args.model.clone();
-    let (model, specs, tokenizer, pieces) = tokio::task::spawn_blocking(move || {
-        let spec = PipelineSpec {
-            model: &dir,
-            device: &device,
-            devices: &devices,
-            workers,
-            threads,
-            precision,
-        };
-        let (model, specs) = build_workers(&spec)?;
-        // The pipeline owns its tokenizer; /tokenize gets its own copy and the piece of every id.
-        let tokenizer = trident_model::Tokenizer::from_dir(&dir)?;
-        let pieces = trident_server::piece_table(tokenizer.path()).map_err(anyhow::Error::msg)?;
-        anyhow::Ok((model, specs, tokenizer, pieces))
-    })
-    .await??;
+    let (placement, dir) = (args.placement.clone(), args.model.clone());
+    let (threads, precision) = (placement.threads, placement.precision);
+    let (model, specs) =
+        tokio::task::spawn_blocking(move || build_workers(&dir, &placement)).await??;
+    let pieces = model.tokenizer.pieces();
     let config = &model.checkpoint.config;
     let info = ModelInfo {
         model: String::new(),
         model_dir: args.model.clone(),
         dense_dim: config.hidden_size,
         colbert_dim: model.checkpoint.colbert_dim(),
-        vocab_size: tokenizer.vocab_size(),
+        vocab_size: model.tokenizer.vocab_size(),
         max_length: config.max_sequence_length(),
-        backend: match args.device.as_str() {
-            "cpu" if args.devices.is_empty() => format!(
+        backend: match args.placement.device.as_str() {
+            "cpu" if args.placement.devices.is_empty() => format!(
                 "cpu ({} threads per worker, {}) · {} layers × {} hidden, {} heads",
                 if threads == 0 { "all".to_string() } else { threads.to_string() },
                 trident_model::cpu::kernels_for(precision.unwrap_or_default()),
@@ -264,23 +238,15 @@ async fn load(args: &ServeArgs, metrics: Metrics) -> anyhow::Result<LoadedModel>
     };
     let pcfg = PipelineConfig {
         // Every HTTP record is online: its wait is `online_max_wait`.
-        policy: trident_cluster::BatchPolicy {
+        policy: trident_engine::BatchPolicy {
             online_max_wait: Duration::from_millis(args.max_wait_ms),
-            ..policy(args.batch_tokens, args.max_wait_ms)
+            ..crate::root::batch_policy(args.batch_tokens, args.max_wait_ms)
         },
         key_prefix: args.key_prefix.clone(),
         model_fingerprint: model.fingerprint.clone(),
     };
     let workers = specs.len();
     let pipeline = Pipeline::start(pcfg, model.tokenizer, specs, cache, metrics).await?;
-    Ok(LoadedModel { pipeline, tokenizer: Arc::new(tokenizer), info, workers, pieces })
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
-    }
+    let tokenizer = pipeline.tokenizer();
+    Ok(LoadedModel { pipeline, tokenizer, info, workers, pieces })
 }

@@ -15,7 +15,7 @@ use trident_core::{DocId, Format, Record};
 
 use crate::cache::redis_connection;
 use crate::codec::{decode_stored, store_key};
-use crate::{ClusterError, Metrics};
+use crate::{EngineError, Metrics};
 
 /// A pending write: the key, the value, and what to call once it is stored.
 pub struct StoreWrite {
@@ -57,7 +57,7 @@ return 1
 pub fn start_writer(
     url: &str,
     metrics: Metrics,
-) -> Result<mpsc::UnboundedSender<StoreWrite>, ClusterError> {
+) -> Result<mpsc::UnboundedSender<StoreWrite>, EngineError> {
     let conn = redis_connection(url)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<StoreWrite>();
     let url = url.to_string();
@@ -107,13 +107,13 @@ pub async fn lookup(
     url: &str,
     prefix: &str,
     ids: &[DocId],
-) -> Result<Vec<Option<String>>, ClusterError> {
+) -> Result<Vec<Option<String>>, EngineError> {
     let client = redis::Client::open(url)
-        .map_err(|e| ClusterError::Redis { url: url.into(), msg: e.to_string() })?;
+        .map_err(|e| EngineError::Redis { url: url.into(), msg: e.to_string() })?;
     let mut conn: ConnectionManager = client
         .get_connection_manager()
         .await
-        .map_err(|e| ClusterError::Redis { url: url.into(), msg: e.to_string() })?;
+        .map_err(|e| EngineError::Redis { url: url.into(), msg: e.to_string() })?;
     lookup_on(&mut conn, url, prefix, ids).await
 }
 
@@ -123,7 +123,7 @@ pub async fn lookup_on(
     url: &str,
     prefix: &str,
     ids: &[DocId],
-) -> Result<Vec<Option<String>>, ClusterError> {
+) -> Result<Vec<Option<String>>, EngineError> {
     let keys: Vec<String> = ids.iter().map(|id| store_key(prefix, id)).collect();
     let mut cmd = redis::cmd("MGET");
     keys.iter().for_each(|k| {
@@ -134,7 +134,7 @@ pub async fn lookup_on(
     } else {
         cmd.query_async(conn)
             .await
-            .map_err(|e| ClusterError::Redis { url: url.into(), msg: e.to_string() })?
+            .map_err(|e| EngineError::Redis { url: url.into(), msg: e.to_string() })?
     };
     values
         .into_iter()
@@ -143,7 +143,7 @@ pub async fn lookup_on(
             None => Ok(None),
             Some(bytes) => {
                 let d = decode_stored(&bytes)
-                    .map_err(|msg| ClusterError::Codec { key: key.clone(), msg })?;
+                    .map_err(|msg| EngineError::Codec { key: key.clone(), msg })?;
                 let id = d.id.as_ref().unwrap_or(id);
                 let r = Record { id, e: &d.e, enc: d.enc, note: None, version: None };
                 Ok(Some(String::from_utf8(r.write(Format::Json)).expect("JSON is UTF-8")))

@@ -30,10 +30,10 @@ use trident_core::{DocId, Embedding, Encoding, Modes};
 use super::columns::{id_at, id_type_ok, text_at, text_hash, Layout};
 use super::manifest::{self, Manifest, Settings, UnitDone};
 use super::units::{discover, units, Shard, Unit};
-use crate::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, DocRecord, SinkMsg};
+use trident_engine::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, DocRecord, SinkMsg};
 use crate::cpu_clock;
-use crate::flight::{FlightLimits, InFlight};
-use crate::{ClusterError, Pipeline};
+use trident_engine::flight::{FlightLimits, InFlight};
+use trident_engine::{EngineError, Pipeline};
 
 /// Rows read, submitted and written together.
 const BATCH_ROWS: usize = 2048;
@@ -79,12 +79,12 @@ pub struct Summary {
     pub format_seconds: f64,
 }
 
-fn io_err(p: &Path) -> impl Fn(std::io::Error) -> ClusterError + '_ {
-    move |e| ClusterError::Io { path: p.display().to_string(), source: e }
+fn io_err(p: &Path) -> impl Fn(std::io::Error) -> EngineError + '_ {
+    move |e| EngineError::Io { path: p.display().to_string(), source: e }
 }
 
-fn pq_err(what: impl std::fmt::Display) -> impl Fn(parquet::errors::ParquetError) -> ClusterError {
-    move |e| ClusterError::Input(format!("{what}: {e}"))
+fn pq_err(what: impl std::fmt::Display) -> impl Fn(parquet::errors::ParquetError) -> EngineError {
+    move |e| EngineError::Input(format!("{what}: {e}"))
 }
 
 /// Names of the columns a job reads, and their fields in one input file.
@@ -99,11 +99,11 @@ fn input_columns(
     job: &CorpusJob,
     schema: &Schema,
     file: &Path,
-) -> Result<InputColumns, ClusterError> {
+) -> Result<InputColumns, EngineError> {
     let find = |name: &str| {
         schema.index_of(name).map_err(|_| {
             let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            ClusterError::Input(format!(
+            EngineError::Input(format!(
                 "{}: no column {name:?} (columns: {})",
                 file.display(),
                 names.join(", ")
@@ -114,7 +114,7 @@ fn input_columns(
     let text = find(&job.text_column)?;
     let id_field = schema.field(id).clone();
     if !id_type_ok(id_field.data_type()) {
-        return Err(ClusterError::Input(format!(
+        return Err(EngineError::Input(format!(
             "{}: id column {:?} is {}, expected a string or an integer",
             file.display(),
             job.id_column,
@@ -127,7 +127,7 @@ fn input_columns(
             | arrow_schema::DataType::LargeUtf8
             | arrow_schema::DataType::Utf8View
     ) {
-        return Err(ClusterError::Input(format!(
+        return Err(EngineError::Input(format!(
             "{}: text column {:?} is {}, expected a string",
             file.display(),
             job.text_column,
@@ -139,7 +139,7 @@ fn input_columns(
     for k in &job.keep_columns {
         let i = find(k)?;
         if k == &job.id_column || super::columns::RESULT_COLUMNS.contains(&k.as_str()) {
-            return Err(ClusterError::Input(format!(
+            return Err(EngineError::Input(format!(
                 "--keep-columns {k}: that name is an output column already"
             )));
         }
@@ -154,7 +154,7 @@ fn input_columns(
 fn open_unit(
     unit: &Unit,
     roots: Option<&[usize]>,
-) -> Result<ParquetRecordBatchReader, ClusterError> {
+) -> Result<ParquetRecordBatchReader, EngineError> {
     let f = File::open(&unit.file).map_err(io_err(&unit.file))?;
     let what = unit.file.display().to_string();
     let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq_err(&what))?;
@@ -179,7 +179,7 @@ struct PrevRows {
 }
 
 impl PrevRows {
-    fn open(path: PathBuf) -> Result<PrevRows, ClusterError> {
+    fn open(path: PathBuf) -> Result<PrevRows, EngineError> {
         let f = File::open(&path).map_err(io_err(&path))?;
         let what = path.display().to_string();
         let reader = ParquetRecordBatchReaderBuilder::try_new(f)
@@ -189,13 +189,13 @@ impl PrevRows {
     }
 
     /// The next `n` rows (fewer at the end of the part).
-    fn take(&mut self, n: usize) -> Result<Option<RecordBatch>, ClusterError> {
+    fn take(&mut self, n: usize) -> Result<Option<RecordBatch>, EngineError> {
         let mut have: usize = self.buf.iter().map(|b| b.num_rows()).sum();
         while have < n {
             match self.reader.next() {
                 Some(b) => {
                     let b = b.map_err(|e| {
-                        ClusterError::Input(format!("{}: {e}", self.path.display()))
+                        EngineError::Input(format!("{}: {e}", self.path.display()))
                     })?;
                     have += b.num_rows();
                     self.buf.push_back(b);
@@ -219,7 +219,7 @@ impl PrevRows {
         }
         arrow_select::concat::concat_batches(&schema, &parts)
             .map(Some)
-            .map_err(|e| ClusterError::Input(format!("{}: {e}", self.path.display())))
+            .map_err(|e| EngineError::Input(format!("{}: {e}", self.path.display())))
     }
 }
 
@@ -248,7 +248,7 @@ enum WriterMsg {
     },
     Chunk(Box<Chunk>),
     Sink(SinkMsg),
-    End(tokio::sync::oneshot::Sender<Result<Summary, ClusterError>>),
+    End(tokio::sync::oneshot::Sender<Result<Summary, EngineError>>),
 }
 
 /// Forwards the coordinator's results to the writer task.
@@ -319,7 +319,7 @@ impl Writer {
     }
 
     /// Write every complete chunk at the front, and close the parts they complete.
-    fn drain(&mut self) -> Result<(), ClusterError> {
+    fn drain(&mut self) -> Result<(), EngineError> {
         while self.chunks.front().is_some_and(|c| c.remaining == 0) {
             let c = self.chunks.pop_front().expect("front");
             self.write_chunk(c)?;
@@ -327,7 +327,7 @@ impl Writer {
         Ok(())
     }
 
-    fn write_chunk(&mut self, c: Chunk) -> Result<(), ClusterError> {
+    fn write_chunk(&mut self, c: Chunk) -> Result<(), EngineError> {
         let part = self.open.get_mut(&c.unit).expect("unit announced before its chunks");
         let n = c.hashes.len();
         let results: Vec<Result<Embedding, String>> =
@@ -357,12 +357,12 @@ impl Writer {
                 .collect();
             for (j, f) in self.layout.fields().iter().enumerate().skip(1) {
                 let p = prev.column_by_name(f.name()).ok_or_else(|| {
-                    ClusterError::Input(format!("the previous output has no column {}", f.name()))
+                    EngineError::Input(format!("the previous output has no column {}", f.name()))
                 })?;
                 cols[j] =
                     arrow_select::interleave::interleave(&[p.as_ref(), cols[j].as_ref()], &idx)
                         .map_err(|e| {
-                            ClusterError::Input(format!("reusing column {}: {e}", f.name()))
+                            EngineError::Input(format!("reusing column {}: {e}", f.name()))
                         })?;
             }
         }
@@ -371,12 +371,12 @@ impl Writer {
         all.extend(c.keep);
         let schema = part.schema.clone();
         let batch = RecordBatch::try_new(schema, all)
-            .map_err(|e| ClusterError::Input(format!("building the output rows: {e}")))?;
+            .map_err(|e| EngineError::Input(format!("building the output rows: {e}")))?;
         part.writer
             .write(&batch)
-            .map_err(|e| ClusterError::Input(format!("{}: {e}", part.tmp.display())))?;
+            .map_err(|e| EngineError::Input(format!("{}: {e}", part.tmp.display())))?;
         if part.writer.in_progress_size() > ROW_GROUP_BYTES {
-            part.writer.flush().map_err(|e| ClusterError::Input(format!("{e}")))?;
+            part.writer.flush().map_err(|e| EngineError::Input(format!("{e}")))?;
         }
         part.done.rows += n as u64;
         part.done.failed += failed;
@@ -391,12 +391,12 @@ impl Writer {
         Ok(())
     }
 
-    fn close(&mut self, unit: usize) -> Result<(), ClusterError> {
+    fn close(&mut self, unit: usize) -> Result<(), EngineError> {
         let p = self.open.remove(&unit).expect("open");
         let file = p
             .writer
             .into_inner()
-            .map_err(|e| ClusterError::Input(format!("{}: {e}", p.tmp.display())))?;
+            .map_err(|e| EngineError::Input(format!("{}: {e}", p.tmp.display())))?;
         file.sync_all().map_err(io_err(&p.tmp))?;
         drop(file);
         std::fs::rename(&p.tmp, &p.part).map_err(io_err(&p.part))?;
@@ -409,21 +409,21 @@ impl Writer {
         Ok(())
     }
 
-    fn handle(&mut self, msg: WriterMsg) -> Result<(), ClusterError> {
+    fn handle(&mut self, msg: WriterMsg) -> Result<(), EngineError> {
         match msg {
             WriterMsg::Unit { index, key, part, schema } => {
                 let tmp = tmp_part(&part);
                 let f = File::create(&tmp).map_err(io_err(&tmp))?;
                 let props = part_properties(&schema)?;
                 let writer = ArrowWriter::try_new(f, schema.clone(), Some(props))
-                    .map_err(|e| ClusterError::Input(format!("{}: {e}", tmp.display())))?;
+                    .map_err(|e| EngineError::Input(format!("{}: {e}", tmp.display())))?;
                 let part_name = part.file_name().unwrap().to_string_lossy().into_owned();
                 let done = UnitDone { part: part_name, rows: 0, failed: 0, reused: 0 };
                 self.open.insert(index, OpenPart { key, tmp, part, writer, schema, done });
             }
             WriterMsg::Chunk(c) => self.chunks.push_back(*c),
             WriterMsg::Sink(SinkMsg::Done { ticket, outcome, tokens, .. }) => {
-                self.result(ticket, outcome, tokens)
+                self.result(ticket, outcome.map_err(|e| e.to_string()), tokens)
             }
             WriterMsg::Sink(SinkMsg::Bad { ticket, reason, .. }) => {
                 self.result(ticket, Err(reason), 0)
@@ -440,10 +440,10 @@ impl Writer {
 /// together these cost ~3× the write itself. So the vector columns (`dense`, `colbert`, and
 /// the sparse weights) are written plain and uncompressed, without statistics; the other
 /// columns keep snappy and dictionaries, and the id column keeps its min/max per row group.
-fn part_properties(schema: &Schema) -> Result<WriterProperties, ClusterError> {
+fn part_properties(schema: &Schema) -> Result<WriterProperties, EngineError> {
     let desc = parquet::arrow::ArrowSchemaConverter::new()
         .convert(schema)
-        .map_err(|e| ClusterError::Input(format!("output schema: {e}")))?;
+        .map_err(|e| EngineError::Input(format!("output schema: {e}")))?;
     let mut b = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(64 * 1024))
@@ -474,7 +474,7 @@ fn part_properties(schema: &Schema) -> Result<WriterProperties, ClusterError> {
 }
 
 /// Run the job on `pipeline`.
-pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, ClusterError> {
+pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, EngineError> {
     let t0 = Instant::now();
     let (root, files) = discover(&job.input)?;
     let all = units(&root, &files)?;
@@ -493,13 +493,13 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
     if manifest::dir(&job.output).is_dir() {
         for m in Manifest::load_all(&job.output)? {
             if let Some(d) = settings.difference(&m.settings) {
-                return Err(ClusterError::Input(format!(
+                return Err(EngineError::Input(format!(
                     "{} holds a job made with other settings ({d}): choose another --output",
                     job.output.display()
                 )));
             }
             if m.shard.count != job.shard.count {
-                return Err(ClusterError::Input(format!(
+                return Err(EngineError::Input(format!(
                     "{} holds shard {}/{} of a job split {} ways, not {}: choose another --output",
                     job.output.display(),
                     m.shard.index,
@@ -513,7 +513,7 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
     let mpath = manifest::path(&job.output, job.shard);
     let manifest = if mpath.exists() {
         if !job.resume {
-            return Err(ClusterError::Input(format!(
+            return Err(EngineError::Input(format!(
                 "{} already holds a job's output ({}): add --resume to finish it, or choose \
                  another --output",
                 job.output.display(),
@@ -522,7 +522,7 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
         }
         let m = Manifest::load(&mpath)?;
         if let Some(d) = settings.difference(&m.settings) {
-            return Err(ClusterError::Input(format!(
+            return Err(EngineError::Input(format!(
                 "--resume refused: {} was made with other settings ({d})",
                 job.output.display()
             )));
@@ -532,13 +532,13 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
             match mine.iter().find(|u| &u.key() == key) {
                 Some(u) if u.rows as u64 == done.rows => {}
                 Some(u) => {
-                    return Err(ClusterError::Input(format!(
+                    return Err(EngineError::Input(format!(
                         "--resume refused: input unit {key} has {} rows, {} when it was written",
                         u.rows, done.rows
                     )))
                 }
                 None => {
-                    return Err(ClusterError::Input(format!(
+                    return Err(EngineError::Input(format!(
                         "--resume refused: input unit {key} (written as {}) is no longer in \
                          this shard of the input",
                         done.part
@@ -558,7 +558,7 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
             theirs.id_column = settings.id_column.clone();
             theirs.keep_columns = settings.keep_columns.clone();
             if let Some(d) = settings.difference(&theirs) {
-                return Err(ClusterError::Input(format!(
+                return Err(EngineError::Input(format!(
                     "--previous {}: made with other settings ({d}); its rows cannot be reused",
                     prev.display()
                 )));
@@ -597,14 +597,14 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
     let writer_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let failed_flag = writer_failed.clone();
     let writer_task = tokio::spawn(async move {
-        let mut failure: Option<ClusterError> = None;
+        let mut failure: Option<EngineError> = None;
         while let Some(msg) = rx.recv().await {
             match msg {
                 WriterMsg::End(reply) => {
                     let r = match failure.take() {
                         Some(e) => Err(e),
                         None if !writer.chunks.is_empty() || !writer.open.is_empty() => {
-                            Err(ClusterError::Actor("the job ended with rows unwritten".into()))
+                            Err(EngineError::Actor("the job ended with rows unwritten".into()))
                         }
                         None => Ok(writer.summary.clone()),
                     };
@@ -630,7 +630,7 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
             }
         }
     });
-    let actor_err = |e: ractor::SpawnErr| ClusterError::Actor(e.to_string());
+    let actor_err = |e: ractor::SpawnErr| EngineError::Actor(e.to_string());
     let (sink, sink_join) = Actor::spawn(None, Forward, tx.clone()).await.map_err(actor_err)?;
     let coord_args = CoordinatorArgs {
         pipeline: pipeline.clone(),
@@ -658,7 +658,7 @@ pub async fn run(pipeline: &Pipeline, job: CorpusJob) -> Result<Summary, Cluster
     let (reply, done) = tokio::sync::oneshot::channel();
     let _ = tx.send(WriterMsg::End(reply));
     let written =
-        done.await.unwrap_or_else(|_| Err(ClusterError::Actor("the writer stopped".into())));
+        done.await.unwrap_or_else(|_| Err(EngineError::Actor("the writer stopped".into())));
     coord.stop(None);
     sink.stop(None);
     let _ = coord_join.await;
@@ -688,11 +688,11 @@ async fn feed(
     coord: &ActorRef<CoordinatorMsg>,
     flight: &Arc<InFlight>,
     writer_failed: &std::sync::atomic::AtomicBool,
-) -> Result<f64, ClusterError> {
+) -> Result<f64, EngineError> {
     let stopped = || {
         writer_failed
             .load(std::sync::atomic::Ordering::Relaxed)
-            .then(|| ClusterError::Actor("the output writer failed".into()))
+            .then(|| EngineError::Actor("the output writer failed".into()))
     };
     let mut ticket: u64 = 1;
     // CPU time of the synchronous reading sections (none of them awaits, so each runs on one
@@ -709,7 +709,7 @@ async fn feed(
         drop(b);
         let schema = Arc::new(layout.schema(&cols.id, &cols.keep));
         let msg = WriterMsg::Unit { index: unit.index, key: unit.key(), part, schema };
-        tx.send(msg).map_err(|_| ClusterError::Actor("the writer stopped".into()))?;
+        tx.send(msg).map_err(|_| EngineError::Actor("the writer stopped".into()))?;
         let mut prev = match previous.get(&unit.key()) {
             Some(p) if p.exists() => Some(PrevRows::open(p.clone())?),
             _ => None,
@@ -721,7 +721,7 @@ async fn feed(
         loop {
             let t0 = cpu_clock::thread_seconds();
             let batch = match batches.next() {
-                Some(b) => b.map_err(|e| ClusterError::Input(format!("{}: {e}", unit.key())))?,
+                Some(b) => b.map_err(|e| EngineError::Input(format!("{}: {e}", unit.key())))?,
                 None if any => break,
                 // An empty unit still gets its (empty) part.
                 None => RecordBatch::new_empty(Arc::new(Schema::new(vec![
@@ -796,11 +796,11 @@ async fn feed(
             ticket += n.max(1) as u64;
             spent += cpu_clock::thread_seconds() - t0;
             tx.send(WriterMsg::Chunk(Box::new(chunk)))
-                .map_err(|_| ClusterError::Actor("the writer stopped".into()))?;
+                .map_err(|_| EngineError::Actor("the writer stopped".into()))?;
             if docs.is_empty() {
                 // Nothing to wait for: let the writer see the chunk as complete.
                 tx.send(WriterMsg::Sink(SinkMsg::Delivered { ticket: 0, ok: true }))
-                    .map_err(|_| ClusterError::Actor("the writer stopped".into()))?;
+                    .map_err(|_| EngineError::Actor("the writer stopped".into()))?;
                 continue;
             }
             while flight.above_high(&job.limits) {

@@ -8,8 +8,8 @@ use trident_model::cpu::{CpuBackend, CpuPrecision};
 use trident_model::{Checkpoint, Encoder, Tokenizer};
 
 use crate::codec::model_fingerprint;
-use crate::pipeline::WorkerSpec;
-use crate::ClusterError;
+use crate::job::WorkerSpec;
+use crate::EngineError;
 
 pub struct LoadedModel {
     pub tokenizer: Tokenizer,
@@ -18,11 +18,11 @@ pub struct LoadedModel {
     pub fingerprint: String,
 }
 
-pub fn load_model(dir: &Path) -> Result<LoadedModel, ClusterError> {
+pub fn load_model(dir: &Path) -> Result<LoadedModel, EngineError> {
     let (tokenizer, checkpoint) = trident_model::open_dir(dir)?;
     let checkpoint = Arc::new(checkpoint);
     let fingerprint = model_fingerprint(dir)
-        .map_err(|e| ClusterError::Io { path: dir.display().to_string(), source: e })?;
+        .map_err(|e| EngineError::Io { path: dir.display().to_string(), source: e })?;
     Ok(LoadedModel { tokenizer, checkpoint, fingerprint })
 }
 

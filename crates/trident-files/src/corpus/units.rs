@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use parquet::file::reader::{FileReader, SerializedFileReader};
 
-use crate::ClusterError;
+use trident_engine::EngineError;
 
 /// One row group of one input file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,8 +44,8 @@ fn is_glob(s: &str) -> bool {
 }
 
 /// The input files, sorted, with the root their relative names start from.
-pub fn discover(input: &str) -> Result<(PathBuf, Vec<PathBuf>), ClusterError> {
-    let err = |msg: String| ClusterError::Input(format!("--input {input}: {msg}"));
+pub fn discover(input: &str) -> Result<(PathBuf, Vec<PathBuf>), EngineError> {
+    let err = |msg: String| EngineError::Input(format!("--input {input}: {msg}"));
     let path = Path::new(input);
     let (root, mut files) = if path.is_dir() {
         let mut files = Vec::new();
@@ -87,13 +87,13 @@ pub fn discover(input: &str) -> Result<(PathBuf, Vec<PathBuf>), ClusterError> {
 }
 
 /// Every row group of `files`, in order (file, then row group).
-pub fn units(root: &Path, files: &[PathBuf]) -> Result<Vec<Unit>, ClusterError> {
+pub fn units(root: &Path, files: &[PathBuf]) -> Result<Vec<Unit>, EngineError> {
     let mut out = Vec::new();
     for file in files {
         let f = std::fs::File::open(file)
-            .map_err(|e| ClusterError::Io { path: file.display().to_string(), source: e })?;
+            .map_err(|e| EngineError::Io { path: file.display().to_string(), source: e })?;
         let reader = SerializedFileReader::new(f).map_err(|e| {
-            ClusterError::Input(format!("{}: not a Parquet file: {e}", file.display()))
+            EngineError::Input(format!("{}: not a Parquet file: {e}", file.display()))
         })?;
         let rel = file.strip_prefix(root).unwrap_or(file).to_string_lossy().replace('\\', "/");
         for (rg, meta) in reader.metadata().row_groups().iter().enumerate() {

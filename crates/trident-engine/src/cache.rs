@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use trident_core::Embedding;
 
 use crate::codec::{decode_value, encode_value};
-use crate::{ClusterError, Metrics};
+use crate::{EngineError, Metrics};
 
 #[derive(Clone)]
 pub enum Cache {
@@ -46,9 +46,9 @@ pub struct RedisCache {
 }
 
 /// A Redis connection that reconnects by itself and fails fast while the server is down.
-pub fn redis_connection(url: &str) -> Result<ConnectionManager, ClusterError> {
+pub fn redis_connection(url: &str) -> Result<ConnectionManager, EngineError> {
     let err =
-        |e: redis::RedisError| ClusterError::Redis { url: url.to_string(), msg: e.to_string() };
+        |e: redis::RedisError| EngineError::Redis { url: url.to_string(), msg: e.to_string() };
     let client = redis::Client::open(url).map_err(err)?;
     let cfg = redis::aio::ConnectionManagerConfig::new()
         .set_number_of_retries(1)
@@ -69,7 +69,7 @@ impl Cache {
         }))
     }
 
-    pub fn redis(url: &str, ttl_secs: u64, metrics: Metrics) -> Result<Cache, ClusterError> {
+    pub fn redis(url: &str, ttl_secs: u64, metrics: Metrics) -> Result<Cache, EngineError> {
         Ok(Cache::Redis(Arc::new(RedisCache { conn: redis_connection(url)?, ttl_secs, metrics })))
     }
 

@@ -7,15 +7,7 @@
 
 use std::time::Duration;
 
-/// The retry bookkeeping a job carries through the batcher and the workers.
-#[derive(Clone, Debug, Default)]
-pub struct RetryState {
-    /// Slots whose worker failed this job's batch since the batch was last split (a record
-    /// alone in its batch: the workers it failed alone on). Retries avoid them.
-    pub failed_on: Vec<usize>,
-    /// The batch came from a split (a poison record is suspected): one more failure splits it.
-    pub split: bool,
-}
+use crate::job::RetryState;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -70,7 +62,7 @@ mod tests {
     use super::*;
 
     fn r(failed_on: &[usize], split: bool) -> RetryState {
-        RetryState { failed_on: failed_on.to_vec(), split }
+        RetryState { failed_on: failed_on.to_vec(), split, ..Default::default() }
     }
 
     #[test]

@@ -8,8 +8,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use trident_core::batch::Priority;
 use trident_core::{DocId, Modes};
 
-use crate::batcher::Outcome;
 use crate::flight::InFlight;
+use crate::job::{JobError, Outcome};
 use crate::pipeline::Prepared;
 use crate::record::{decode_record, is_blank, BadRecord, InputDoc};
 use crate::Pipeline;
@@ -147,12 +147,11 @@ impl Actor for Coordinator {
                     let _ = st.sink.send_message(SinkMsg::Bad { ticket, id: doc.id, reason });
                 }
                 Ok(doc) => {
-                    let poison = crate::fault::is_poison(&doc.text);
                     let modes = doc.modes.unwrap_or(st.modes);
                     let max_length = doc.max_length.unwrap_or(st.max_length).min(st.max_length);
                     decoded.push((ticket, doc.id.as_key()));
                     reqs.push((doc.text, modes, max_length));
-                    metas.push((ticket, doc.id, poison, est_tokens));
+                    metas.push((ticket, doc.id, est_tokens));
                 }
             }
         }
@@ -161,9 +160,7 @@ impl Actor for Coordinator {
         }
         let prepared = st.pipeline.prepare(&reqs).await;
         let mut jobs = Vec::new();
-        for (((ticket, id, poison, est), p), (_, modes, _)) in
-            metas.into_iter().zip(prepared).zip(&reqs)
-        {
+        for (((ticket, id, est), p), (_, modes, _)) in metas.into_iter().zip(prepared).zip(&reqs) {
             let actual = match &p {
                 Prepared::Miss { doc, .. } => doc.ids.len(),
                 _ => 0,
@@ -182,7 +179,7 @@ impl Actor for Coordinator {
                     let _ = st.sink.send_message(SinkMsg::Done {
                         ticket,
                         id,
-                        outcome: Err(reason),
+                        outcome: Err(JobError::Tokenizer(reason)),
                         tokens: 0,
                     });
                 }
@@ -193,7 +190,6 @@ impl Actor for Coordinator {
                         doc,
                         *modes,
                         Priority::Stream,
-                        poison,
                         cache_key,
                         move |outcome| {
                             let _ =

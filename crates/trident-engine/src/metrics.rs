@@ -8,7 +8,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::ClusterError;
+use crate::EngineError;
 
 /// Every metric of the pipeline; cheap to clone (shared handles).
 #[derive(Clone)]
@@ -244,7 +244,7 @@ impl Metrics {
     /// within 10 s of opening or of its last response (hyper restarts the timer then, so idle
     /// keep-alive connections close too) and lives at most 120 s; past 64 open connections new
     /// ones are closed at once. A stuck scraper or a port scan cannot pile up sockets.
-    pub async fn serve(&self, addr: &str) -> Result<tokio::task::JoinHandle<()>, ClusterError> {
+    pub async fn serve(&self, addr: &str) -> Result<tokio::task::JoinHandle<()>, EngineError> {
         use hyper_util::rt::{TokioIo, TokioTimer};
         use hyper_util::service::TowerToHyperService;
         use std::time::Duration;
@@ -253,7 +253,7 @@ impl Metrics {
         const MAX_CONNECTIONS: usize = 64;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| ClusterError::Metrics { addr: addr.to_string(), msg: e.to_string() })?;
+            .map_err(|e| EngineError::Metrics { addr: addr.to_string(), msg: e.to_string() })?;
         let me = self.clone();
         let app = axum::Router::new().route(
             "/metrics",

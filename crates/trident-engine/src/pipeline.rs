@@ -3,8 +3,8 @@
 //! supervised workers.
 //!
 //! ```no_run
-//! # async fn f(p: trident_cluster::Pipeline) {
-//! use trident_cluster::Priority;
+//! # async fn f(p: trident_engine::Pipeline) {
+//! use trident_engine::Priority;
 //! use trident_core::Modes;
 //! // An HTTP handler: online priority, so its records leave the batcher before stream records.
 //! let results = p.embed(vec!["hello".into()], Modes::ALL, 8192, Priority::Online).await;
@@ -22,22 +22,12 @@ use std::sync::Arc;
 use ractor::{Actor, ActorRef};
 use trident_core::batch::{BatchPolicy, Priority};
 use trident_core::{Embedding, Modes, TokenizedDoc};
-use trident_model::{Embedder, Tokenizer};
+use trident_model::Tokenizer;
 
-use crate::batcher::{BatcherActor, BatcherArgs, BatcherMsg, Job, Outcome};
+use crate::batcher::{BatcherActor, BatcherArgs, BatcherMsg};
 use crate::codec::cache_key;
-use crate::{Cache, ClusterError, Metrics};
-
-/// Builds a fresh embedder for a worker: at start and after every worker failure.
-pub type EmbedderFactory = Arc<dyn Fn() -> Result<Box<dyn Embedder>, String> + Send + Sync>;
-
-/// One worker: a name for logs and the factory of its embedder (one per device, or N CPU
-/// workers sharing the cores).
-#[derive(Clone)]
-pub struct WorkerSpec {
-    pub name: String,
-    pub factory: EmbedderFactory,
-}
+use crate::job::{Job, JobError, Outcome, WorkerSpec};
+use crate::{Cache, EngineError, Metrics};
 
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
@@ -80,14 +70,19 @@ impl Pipeline {
         workers: Vec<WorkerSpec>,
         cache: Option<Cache>,
         metrics: Metrics,
-    ) -> Result<Pipeline, ClusterError> {
+    ) -> Result<Pipeline, EngineError> {
         let args = BatcherArgs { policy: cfg.policy.clone(), workers, metrics: metrics.clone() };
         let (batcher, _) = Actor::spawn(None, BatcherActor, args)
             .await
-            .map_err(|e| ClusterError::Actor(format!("starting the batcher: {e}")))?;
+            .map_err(|e| EngineError::Actor(format!("starting the batcher: {e}")))?;
         Ok(Pipeline {
             inner: Arc::new(Inner { tokenizer: Arc::new(tokenizer), batcher, cache, cfg, metrics }),
         })
+    }
+
+    /// The pipeline's tokenizer (one parse, shared with whoever else needs it).
+    pub fn tokenizer(&self) -> Arc<Tokenizer> {
+        self.inner.tokenizer.clone()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -111,18 +106,29 @@ impl Pipeline {
         let reqs: Vec<(String, Modes, usize)> =
             texts.into_iter().map(|t| (t, modes, max_length)).collect();
         let prepared = self.prepare(&reqs).await;
+        self.encode_prepared(prepared, modes, priority).await
+    }
+
+    /// Encode what [`Pipeline::prepare`] left to encode (cache hits and tokenizer failures
+    /// pass through); one outcome per record, in order.
+    pub async fn encode_prepared(
+        &self,
+        prepared: Vec<Prepared>,
+        modes: Modes,
+        priority: Priority,
+    ) -> Vec<Outcome> {
         let mut out: Vec<Option<Outcome>> = Vec::with_capacity(prepared.len());
         let mut waits = Vec::new();
         let mut jobs = Vec::new();
         for (i, p) in prepared.into_iter().enumerate() {
             match p {
                 Prepared::Hit(e) => out.push(Some(Ok(e))),
-                Prepared::Failed(r) => out.push(Some(Err(r))),
+                Prepared::Failed(r) => out.push(Some(Err(JobError::Tokenizer(r)))),
                 Prepared::Miss { doc, cache_key } => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     out.push(None);
                     waits.push((i, rx));
-                    jobs.push(self.job(doc, modes, priority, false, cache_key, move |o| {
+                    jobs.push(self.job(doc, modes, priority, cache_key, move |o| {
                         let _ = tx.send(o);
                     }));
                 }
@@ -130,9 +136,7 @@ impl Pipeline {
         }
         self.submit(jobs);
         for (i, rx) in waits {
-            out[i] = Some(rx.await.unwrap_or_else(|_| {
-                Err("the pipeline shut down before this record was encoded".into())
-            }));
+            out[i] = Some(rx.await.unwrap_or(Err(JobError::Shutdown)));
         }
         out.into_iter().map(|o| o.expect("every slot filled")).collect()
     }
@@ -194,25 +198,16 @@ impl Pipeline {
         doc: TokenizedDoc,
         modes: Modes,
         priority: Priority,
-        poison: bool,
         cache_key: Option<String>,
         done: impl FnOnce(Outcome) + Send + 'static,
     ) -> Job {
         let cache = self.inner.cache.clone();
-        Job {
-            doc,
-            modes,
-            priority,
-            attempts: 0,
-            retry: Default::default(),
-            poison,
-            done: Box::new(move |o: Outcome| {
-                if let (Some(cache), Some(key), Ok(e)) = (&cache, cache_key, &o) {
-                    cache.put(key, e);
-                }
-                done(o)
-            }),
-        }
+        Job::new(doc, modes, priority, move |o: Outcome| {
+            if let (Some(cache), Some(key), Ok(e)) = (&cache, cache_key, &o) {
+                cache.put(key, e);
+            }
+            done(o)
+        })
     }
 
     /// Hand jobs to the batcher.
@@ -239,80 +234,10 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::EmbedderFactory;
+    use crate::testing::{stub_worker, CallLog, Faults};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-    use std::sync::Mutex;
     use std::time::{Duration, Instant};
-    use trident_core::Embedding;
-    use trident_model::ModelError;
-
-    /// One `encode` call of a fake: which worker, how many records, whether it failed.
-    #[derive(Clone, Copy, Debug)]
-    struct Call {
-        worker: usize,
-        size: usize,
-        ok: bool,
-    }
-
-    type Log = Arc<Mutex<Vec<Call>>>;
-
-    /// A deterministic stand-in for the encoder: dense = [tokens, last id], sparse = each id once,
-    /// ColBERT = one row per token after the first. Fails any batch holding a doc of `fail_len`
-    /// tokens, and the first batches while `flaky` (shared across restarts) counts down.
-    #[derive(Clone, Default)]
-    struct Fake {
-        fail_len: Option<usize>,
-        flaky: Option<Arc<AtomicUsize>>,
-        worker: usize,
-        log: Log,
-    }
-
-    impl Fake {
-        fn fails(&self, docs: &[TokenizedDoc]) -> bool {
-            let transient = self
-                .flaky
-                .as_ref()
-                .is_some_and(|f| f.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok());
-            transient || docs.iter().any(|d| Some(d.ids.len()) == self.fail_len)
-        }
-
-        fn factory(&self) -> EmbedderFactory {
-            let fake = self.clone();
-            Arc::new(move || Ok(Box::new(fake.clone()) as Box<dyn Embedder>))
-        }
-    }
-
-    impl Embedder for Fake {
-        fn encode(
-            &self,
-            docs: &[TokenizedDoc],
-            modes: Modes,
-        ) -> Result<Vec<Embedding>, ModelError> {
-            let ok = !self.fails(docs);
-            self.log.lock().unwrap().push(Call { worker: self.worker, size: docs.len(), ok });
-            if !ok {
-                return Err(ModelError::Tokenize("fake failure".into()));
-            }
-            Ok(docs
-                .iter()
-                .map(|d| Embedding {
-                    tokens: d.ids.len(),
-                    truncated: d.truncated,
-                    dense: modes
-                        .dense
-                        .then(|| vec![d.ids.len() as f32, *d.ids.last().unwrap() as f32]),
-                    sparse: modes.sparse.then(|| d.ids.iter().map(|&i| (i, 1.0)).collect()),
-                    colbert: modes.colbert.then(|| d.ids[1..].iter().map(|&i| i as f32).collect()),
-                    colbert_dim: 1,
-                })
-                .collect())
-        }
-        fn describe(&self) -> String {
-            "fake".into()
-        }
-        fn hidden_size(&self) -> usize {
-            2
-        }
-    }
 
     fn tokenizer() -> Tokenizer {
         Tokenizer::from_dir(
@@ -321,23 +246,14 @@ mod tests {
         .unwrap()
     }
 
-    async fn pipeline(fail_len: Option<usize>, workers: usize, cache: Option<Cache>) -> Pipeline {
-        let log = Log::default();
-        let fakes = (0..workers).map(|worker| Fake {
-            fail_len,
-            worker,
-            log: log.clone(),
-            ..Fake::default()
-        });
-        start(fakes.map(|f| f.factory()).collect(), cache).await
+    async fn pipeline(poison_len: Option<usize>, workers: usize, cache: Option<Cache>) -> Pipeline {
+        let log = CallLog::default();
+        let faults = Faults { poison_len, ..Faults::default() };
+        start((0..workers).map(|w| stub_worker(w, faults.clone(), log.clone())).collect(), cache)
+            .await
     }
 
-    async fn start(factories: Vec<EmbedderFactory>, cache: Option<Cache>) -> Pipeline {
-        let specs = factories
-            .into_iter()
-            .enumerate()
-            .map(|(i, factory)| WorkerSpec { name: format!("fake-{i}"), factory })
-            .collect();
+    async fn start(specs: Vec<WorkerSpec>, cache: Option<Cache>) -> Pipeline {
         let policy = BatchPolicy {
             batch_tokens: 64,
             max_wait: std::time::Duration::from_millis(2),
@@ -381,7 +297,10 @@ mod tests {
         let out = p.embed(texts, Modes::ALL, 8192, Priority::Stream).await;
         for (len, r) in lens.iter().zip(&out) {
             if *len == poison_len {
-                assert!(r.as_ref().unwrap_err().contains("encoder failed on this record"), "{r:?}");
+                assert!(
+                    r.as_ref().unwrap_err().to_string().contains("encoder failed on this record"),
+                    "{r:?}"
+                );
             } else {
                 assert_eq!(r.as_ref().unwrap().tokens, *len);
             }
@@ -417,20 +336,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_poison_record_is_isolated_with_two_workers_after_failing_alone_on_both() {
         let (texts, lens, poison_len) = with_poison();
-        let log = Log::default();
-        let fakes = (0..2).map(|worker| Fake {
-            fail_len: Some(poison_len),
-            worker,
-            log: log.clone(),
-            ..Fake::default()
-        });
-        let p = start(fakes.map(|f| f.factory()).collect(), None).await;
+        let log = CallLog::default();
+        let faults = Faults { poison_len: Some(poison_len), ..Faults::default() };
+        let p = start((0..2).map(|w| stub_worker(w, faults.clone(), log.clone())).collect(), None)
+            .await;
         let out = p.embed(texts, Modes::ALL, 8192, Priority::Stream).await;
         for (len, r) in lens.iter().zip(&out) {
             if *len == poison_len {
-                let e = r.as_ref().unwrap_err();
+                let e = r.as_ref().unwrap_err().to_string();
                 assert!(e.contains("encoder failed on this record"), "{e}");
-                assert!(e.contains("fake-0") && e.contains("fake-1"), "{e}");
+                assert!(e.contains("stub-0") && e.contains("stub-1"), "{e}");
             } else {
                 assert_eq!(r.as_ref().unwrap().tokens, *len);
             }
@@ -444,11 +359,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flaky_worker_dead_letters_nothing_when_another_is_healthy() {
-        let log = Log::default();
+        let log = CallLog::default();
         let flaky = Arc::new(AtomicUsize::new(3));
-        let w0 = Fake { flaky: Some(flaky.clone()), log: log.clone(), ..Fake::default() };
-        let w1 = Fake { worker: 1, log: log.clone(), ..Fake::default() };
-        let p = start(vec![w0.factory(), w1.factory()], None).await;
+        let w0 =
+            stub_worker(0, Faults { flaky: Some(flaky.clone()), ..Faults::default() }, log.clone());
+        let w1 = stub_worker(1, Faults::default(), log.clone());
+        let p = start(vec![w0, w1], None).await;
         for _ in 0..4 {
             let out = p.embed(texts(), Modes::ALL, 8192, Priority::Stream).await;
             assert!(out.iter().all(|r| r.is_ok()), "{:?}", out.iter().find(|r| r.is_err()));
@@ -464,10 +380,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_restart_does_not_stall_the_other_worker() {
-        let log = Log::default();
+        let log = CallLog::default();
         let flaky = Arc::new(AtomicUsize::new(1));
-        let w0 = Fake { flaky: Some(flaky.clone()), log: log.clone(), ..Fake::default() };
-        let w1 = Fake { worker: 1, log: log.clone(), ..Fake::default() };
+        let w0 =
+            stub_worker(0, Faults { flaky: Some(flaky.clone()), ..Faults::default() }, log.clone());
+        let w1 = stub_worker(1, Faults::default(), log.clone());
         let (builds, rebuilt) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
         let slow: EmbedderFactory = {
             let (builds, rebuilt) = (builds.clone(), rebuilt.clone());
@@ -476,10 +393,10 @@ mod tests {
                     std::thread::sleep(Duration::from_millis(1500)); // a model load
                     rebuilt.store(true, SeqCst);
                 }
-                Ok(Box::new(w0.clone()) as Box<dyn Embedder>)
+                (w0.factory)()
             })
         };
-        let p = start(vec![slow, w1.factory()], None).await;
+        let p = start(vec![WorkerSpec { name: "stub-0".into(), factory: slow }, w1], None).await;
         let few: Vec<String> = texts().into_iter().take(4).collect();
         // Idle workers are picked in order, so worker 0 soon gets a batch, fails it (the batch
         // is retried on worker 1) and starts its slow restart.

@@ -14,9 +14,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use trident_core::types::error_json;
 use trident_core::{DocId, Encoding, Format, Modes, Record};
 
-use crate::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, RawRecord, SinkMsg};
-use crate::flight::{FlightLimits, InFlight};
-use crate::{ClusterError, Pipeline};
+use trident_engine::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, RawRecord, SinkMsg};
+use trident_engine::flight::{FlightLimits, InFlight};
+use trident_engine::{EngineError, Pipeline};
 
 pub struct EmbedFileOptions {
     pub modes: Modes,
@@ -193,6 +193,7 @@ impl Actor for OrderedSink {
         crate::cpu_clock::charge(&mut spent, || match msg {
             SinkMsg::Done { ticket, id, outcome, tokens } => {
                 let failed = outcome.is_err();
+                let outcome = outcome.map_err(|e| e.to_string());
                 let bytes = output_record(st.format, st.encoding, &id, outcome);
                 st.pending.insert(ticket, (bytes, failed, tokens));
             }
@@ -217,7 +218,7 @@ pub async fn embed_file(
     input: Box<dyn BufRead + Send>,
     output: Box<dyn Write + Send>,
     opts: EmbedFileOptions,
-) -> Result<EmbedSummary, ClusterError> {
+) -> Result<EmbedSummary, EngineError> {
     let flight = Arc::new(InFlight::default());
     let summary_out = Arc::new(std::sync::Mutex::new(EmbedSummary::default()));
     let sink_state = OrderedState {
@@ -233,7 +234,7 @@ pub async fn embed_file(
         end: None,
         summary_out: summary_out.clone(),
     };
-    let actor_err = |e: ractor::SpawnErr| ClusterError::Actor(e.to_string());
+    let actor_err = |e: ractor::SpawnErr| EngineError::Actor(e.to_string());
     let (sink, sink_join) = Actor::spawn(None, OrderedSink, sink_state).await.map_err(actor_err)?;
     let coord_args = CoordinatorArgs {
         pipeline: pipeline.clone(),
@@ -284,7 +285,7 @@ pub async fn embed_file(
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                result = Err(ClusterError::Io { path: opts.input_name.clone(), source: e });
+                result = Err(EngineError::Io { path: opts.input_name.clone(), source: e });
                 break;
             }
         };
@@ -312,7 +313,7 @@ pub async fn embed_file(
     }
     let read_seconds = reader.await.unwrap_or(0.0);
     if result.is_ok() && line_no == 0 {
-        result = Err(ClusterError::Input(format!(
+        result = Err(EngineError::Input(format!(
             "{}: the input is empty (expected JSON Lines: one document per line)",
             opts.input_name
         )));
@@ -321,7 +322,7 @@ pub async fn embed_file(
     let written = if result.is_ok() {
         let (reply, done) = tokio::sync::oneshot::channel();
         let _ = sink.send_message(SinkMsg::End { total: line_no, reply });
-        done.await.map_err(|_| ClusterError::Actor("the output sink stopped".into()))?
+        done.await.map_err(|_| EngineError::Actor("the output sink stopped".into()))?
     } else {
         Ok(())
     };
@@ -330,7 +331,7 @@ pub async fn embed_file(
     let _ = coord_join.await;
     let _ = sink_join.await;
     result?;
-    written.map_err(|e| ClusterError::Io {
+    written.map_err(|e| EngineError::Io {
         path: "output".into(),
         source: std::io::Error::other(e),
     })?;

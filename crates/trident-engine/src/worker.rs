@@ -3,8 +3,10 @@
 //! builds its embedder after spawning (`post_start`, seconds for a model load) and then reports
 //! `Ready`, so its supervisor (the batcher) is not blocked meanwhile. A failed batch (encoder
 //! error or panic) goes back to the batcher and the worker stops with an error; the batcher
-//! starts a fresh one from the factory.
+//! starts a fresh one from the factory. A worker reports through a [`Reporter`] and knows
+//! nothing of the batcher's own messages.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -12,9 +14,22 @@ use trident_core::batch::Batch;
 use trident_core::{Embedding, Modes};
 use trident_model::Embedder;
 
-use crate::batcher::{BatcherMsg, Job};
-use crate::pipeline::WorkerSpec;
+use crate::job::{Job, WorkerSpec};
 use crate::Metrics;
+
+/// What a worker tells its supervisor; `generation` tells a restarted worker from its
+/// predecessor.
+pub enum WorkerReport {
+    /// The worker has its embedder and takes batches.
+    Ready { index: usize, generation: u64 },
+    /// The batch it ran is done.
+    Done { index: usize, generation: u64 },
+    /// The batch failed; the worker stops after this report.
+    Failed { index: usize, generation: u64, batch: Batch<Job>, reason: String },
+}
+
+/// Delivers a report; `false` when the supervisor is gone (the pipeline stopped).
+pub type Reporter = Arc<dyn Fn(WorkerReport) -> bool + Send + Sync>;
 
 pub struct Worker;
 
@@ -24,7 +39,7 @@ pub struct WorkerArgs {
     pub spec: WorkerSpec,
     /// Built by the caller (first start), or `None` to build it from `spec` after spawning.
     pub embedder: Option<Box<dyn Embedder>>,
-    pub batcher: ActorRef<BatcherMsg>,
+    pub report: Reporter,
     pub metrics: Metrics,
 }
 
@@ -33,7 +48,7 @@ pub struct WorkerState {
     generation: u64,
     spec: WorkerSpec,
     embedder: Option<Box<dyn Embedder>>,
-    batcher: ActorRef<BatcherMsg>,
+    report: Reporter,
     metrics: Metrics,
 }
 
@@ -90,7 +105,7 @@ impl Actor for Worker {
             generation: args.generation,
             spec: args.spec,
             embedder: args.embedder,
-            batcher: args.batcher,
+            report: args.report,
             metrics: args.metrics,
         })
     }
@@ -103,8 +118,8 @@ impl Actor for Worker {
         if st.embedder.is_none() {
             st.embedder = Some(build_embedder(&st.spec).await?);
         }
-        let ready = BatcherMsg::Ready { index: st.index, generation: st.generation };
-        if st.batcher.send_message(ready).is_err() {
+        let ready = WorkerReport::Ready { index: st.index, generation: st.generation };
+        if !(st.report)(ready) {
             me.stop(None); // the pipeline shut down while the model loaded
         }
         Ok(())
@@ -119,12 +134,9 @@ impl Actor for Worker {
         let WorkerMsg::Run(batch) = msg;
         let docs: Vec<_> = batch.items.iter().map(|j| j.doc.clone()).collect();
         let modes = batch.items.iter().fold(Modes::NONE, |m, j| m.union(j.modes));
-        let poison = batch.items.iter().any(|j| j.poison);
-        let attempts = batch.items.iter().map(|j| j.attempts).max().unwrap_or(0);
         let embedder = st.embedder.take().ok_or("worker has no embedder")?;
         let started = Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
-            crate::fault::before_encode(poison, attempts);
             let r = embedder.encode(&docs, modes);
             (embedder, r)
         })
@@ -140,12 +152,9 @@ impl Actor for Worker {
                 m.batch_size.observe(batch.items.len() as f64);
                 for (job, e) in batch.items.into_iter().zip(out) {
                     let modes = job.modes;
-                    (job.done)(Ok(keep_modes(e, modes)));
+                    job.finish(Ok(keep_modes(e, modes)));
                 }
-                let _ = st.batcher.send_message(BatcherMsg::WorkerDone {
-                    index: st.index,
-                    generation: st.generation,
-                });
+                (st.report)(WorkerReport::Done { index: st.index, generation: st.generation });
                 return Ok(());
             }
             Ok((_, Ok(out))) => {
@@ -160,7 +169,7 @@ impl Actor for Worker {
             batch.items.len()
         );
         let reason = failure.clone();
-        let _ = st.batcher.send_message(BatcherMsg::Failed {
+        (st.report)(WorkerReport::Failed {
             index: st.index,
             generation: st.generation,
             batch,

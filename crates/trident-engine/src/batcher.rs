@@ -8,36 +8,17 @@
 mod retry;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use trident_core::batch::{split_batch, Batch, BatchPolicy, Batcher, Priority};
-use trident_core::{Embedding, Modes, TokenizedDoc};
+use trident_core::batch::{split_batch, Batch, BatchPolicy, Batcher};
 
-pub use retry::RetryState;
 use retry::Verdict;
 
-use crate::pipeline::WorkerSpec;
-use crate::worker::{Worker, WorkerArgs, WorkerMsg};
+use crate::job::{Job, JobError, RetryState, WorkerSpec};
+use crate::worker::{Worker, WorkerArgs, WorkerMsg, WorkerReport};
 use crate::Metrics;
-
-/// What a job ends with: the embedding, or the reason it failed.
-pub type Outcome = Result<Embedding, String>;
-
-/// One tokenized record on its way through the batcher and a worker. `done` is called exactly
-/// once with the outcome (dropped unanswered only if the pipeline shuts down first).
-pub struct Job {
-    pub doc: TokenizedDoc,
-    pub modes: Modes,
-    pub priority: Priority,
-    /// Failed attempts of the batches this job was in.
-    pub attempts: u32,
-    /// Where those attempts failed (see `retry`).
-    pub retry: RetryState,
-    /// Set by the fault-injection hook only (test builds).
-    pub poison: bool,
-    pub done: Box<dyn FnOnce(Outcome) + Send>,
-}
 
 pub enum BatcherMsg {
     Submit(Vec<Job>),
@@ -45,21 +26,8 @@ pub enum BatcherMsg {
     Tick,
     /// Close partial batches now (end of input, shutdown).
     Flush,
-    /// A worker has its embedder and takes batches.
-    Ready {
-        index: usize,
-        generation: u64,
-    },
-    WorkerDone {
-        index: usize,
-        generation: u64,
-    },
-    Failed {
-        index: usize,
-        generation: u64,
-        batch: Batch<Job>,
-        reason: String,
-    },
+    /// A worker's report.
+    Worker(WorkerReport),
     /// Start the worker of a slot whose last start failed (after a backoff).
     Restart {
         index: usize,
@@ -123,7 +91,10 @@ impl BatcherActor {
             generation: slot.generation,
             spec: slot.spec.clone(),
             embedder,
-            batcher: me.clone(),
+            report: {
+                let me = me.clone();
+                Arc::new(move |r| me.send_message(BatcherMsg::Worker(r)).is_ok())
+            },
             metrics: st.metrics.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, Worker, args, me.get_cell())
@@ -200,7 +171,7 @@ impl BatcherActor {
     /// A batch failed on slot `index`: retry it elsewhere, split it, or fail its poison record.
     fn retry(st: &mut BatcherState, index: usize, mut batch: Batch<Job>, reason: String) {
         for j in &mut batch.items {
-            j.attempts += 1;
+            j.retry.attempts += 1;
             j.retry.failed_on.push(index);
         }
         let Some(first) = batch.items.first() else { return };
@@ -217,7 +188,8 @@ impl BatcherActor {
                 let halves = split_batch(batch, |j: &Job| j.doc.ids.len(), st.batcher.policy());
                 for mut half in halves {
                     for j in &mut half.items {
-                        j.retry = RetryState { failed_on: Vec::new(), split: true };
+                        let attempts = j.retry.attempts;
+                        j.retry = RetryState { attempts, failed_on: Vec::new(), split: true };
                     }
                     st.retries.push_back(half);
                 }
@@ -225,13 +197,10 @@ impl BatcherActor {
             Verdict::Poison => {
                 let names: Vec<&str> =
                     r.failed_on.iter().map(|&i| st.slots[i].spec.name.as_str()).collect();
-                let msg = format!(
-                    "encoder failed on this record after {} attempts (alone on {}): {reason}",
-                    first.attempts,
-                    names.join(", ")
-                );
+                let err =
+                    JobError::Poison { attempts: r.attempts, workers: names.join(", "), reason };
                 for job in batch.items {
-                    (job.done)(Err(msg.clone()));
+                    job.finish(Err(err.clone()));
                 }
             }
         }
@@ -302,7 +271,7 @@ impl Actor for BatcherActor {
                 st.batcher.expire(Instant::now());
             }
             BatcherMsg::Flush => st.batcher.flush(),
-            BatcherMsg::Ready { index, generation } => {
+            BatcherMsg::Worker(WorkerReport::Ready { index, generation }) => {
                 let slot = &mut st.slots[index];
                 if slot.generation == generation && slot.actor.is_some() {
                     if slot.start_failures > 0 {
@@ -312,13 +281,13 @@ impl Actor for BatcherActor {
                     slot.start_failures = 0;
                 }
             }
-            BatcherMsg::WorkerDone { index, generation } => {
+            BatcherMsg::Worker(WorkerReport::Done { index, generation }) => {
                 let slot = &mut st.slots[index];
                 if slot.generation == generation {
                     slot.busy = false;
                 }
             }
-            BatcherMsg::Failed { index, generation, batch, reason } => {
+            BatcherMsg::Worker(WorkerReport::Failed { index, generation, batch, reason }) => {
                 let slot = &mut st.slots[index];
                 if slot.generation == generation {
                     slot.busy = true; // dying; the supervision event restarts it

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use trident_core::{Encoding, Modes};
 
 use super::units::Shard;
-use crate::ClusterError;
+use trident_engine::EngineError;
 
 /// What must be equal for two runs to share an output (resume) or rows (`--previous`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,19 +86,19 @@ impl Manifest {
         }
     }
 
-    pub fn load(path: &Path) -> Result<Manifest, ClusterError> {
+    pub fn load(path: &Path) -> Result<Manifest, EngineError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ClusterError::Io { path: path.display().to_string(), source: e })?;
+            .map_err(|e| EngineError::Io { path: path.display().to_string(), source: e })?;
         serde_json::from_str(&text).map_err(|e| {
-            ClusterError::Input(format!("{}: not a trident manifest: {e}", path.display()))
+            EngineError::Input(format!("{}: not a trident manifest: {e}", path.display()))
         })
     }
 
     /// Every manifest in `out` (all shards of an earlier job).
-    pub fn load_all(out: &Path) -> Result<Vec<Manifest>, ClusterError> {
+    pub fn load_all(out: &Path) -> Result<Vec<Manifest>, EngineError> {
         let d = dir(out);
         let entries = std::fs::read_dir(&d).map_err(|e| {
-            ClusterError::Input(format!("{}: no trident output here ({e})", out.display()))
+            EngineError::Input(format!("{}: no trident output here ({e})", out.display()))
         })?;
         let mut paths: Vec<PathBuf> = entries
             .filter_map(Result::ok)
@@ -114,8 +114,8 @@ impl Manifest {
     }
 
     /// Write atomically: a reader (or a resumed job) sees the old or the new manifest, whole.
-    pub fn save(&self, out: &Path) -> Result<(), ClusterError> {
-        let io = |p: &Path, e| ClusterError::Io { path: p.display().to_string(), source: e };
+    pub fn save(&self, out: &Path) -> Result<(), EngineError> {
+        let io = |p: &Path, e| EngineError::Io { path: p.display().to_string(), source: e };
         let d = dir(out);
         std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
         let target = path(out, self.shard);
