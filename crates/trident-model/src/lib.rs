@@ -25,7 +25,10 @@ pub use tokenizer::Tokenizer;
 /// Opens a model directory for CPU inference: its tokenizer and an encoder with f32 weights on
 /// `threads` threads (0 = all cores).
 pub fn load_cpu(dir: &Path, threads: usize) -> Result<(Tokenizer, Box<dyn Embedder>), ModelError> {
-    load_cpu_with(dir, threads, cpu::CpuPrecision::F32)
+    let (tokenizer, ckpt) = open_dir(dir)?;
+    let mut enc = Encoder::new(&ckpt, cpu::CpuBackend::new(threads))?;
+    enc.set_special_ids(tokenizer.special_ids());
+    Ok((tokenizer, Box::new(enc)))
 }
 
 /// A model directory's tokenizer and checkpoint, the tokenizer parsed on a second thread while
@@ -37,16 +40,4 @@ pub fn open_dir(dir: &Path) -> Result<(Tokenizer, Checkpoint), ModelError> {
         (tok.join().expect("tokenizer thread"), ckpt)
     });
     Ok((tokenizer?, ckpt?))
-}
-
-/// As [`load_cpu`], with the linear layers' weights stored at `precision`.
-pub fn load_cpu_with(
-    dir: &Path,
-    threads: usize,
-    precision: cpu::CpuPrecision,
-) -> Result<(Tokenizer, Box<dyn Embedder>), ModelError> {
-    let (tokenizer, ckpt) = open_dir(dir)?;
-    let mut enc = Encoder::new(&ckpt, cpu::CpuBackend::with_precision(threads, precision))?;
-    enc.set_special_ids(tokenizer.special_ids());
-    Ok((tokenizer, Box::new(enc)))
 }
