@@ -6,6 +6,7 @@
 //! default 1 MB: the same code path, at the tiny model's scale.
 
 mod cluster_support;
+mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
