@@ -1,16 +1,12 @@
 //! `trident bench`: its one JSON line counts the corpus correctly, on a checkpoint directory
 //! and on `--random xlmr-large` with the bundled real tokenizer.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Command, Output};
 
+use common::{expected, repo, TRIDENT};
 use serde_json::Value;
-
-const TRIDENT: &str = env!("CARGO_BIN_EXE_trident");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
 
 fn bench(args: &[&str]) -> Output {
     Command::new(TRIDENT).arg("bench").args(args).current_dir(repo()).output().unwrap()
@@ -40,10 +36,7 @@ fn check_rates(r: &Value) {
 
 #[test]
 fn tiny_model_counts_the_fixture_corpus() {
-    let exp: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/fixtures/tiny-m3/expected.json")).unwrap(),
-    )
-    .unwrap();
+    let exp = expected();
     // Every text up to 512 tokens, as JSON Lines; token counts from the reference's input_ids.
     let dir = tempfile::tempdir().unwrap();
     let mut corpus = String::new();

@@ -2,21 +2,14 @@
 //! `trident node`: bad lists fail at once (before the model loads) with a message naming the
 //! flag; on a machine without CUDA, asking for a GPU is a clear error, never a CPU fallback.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Command, Output};
 
-const TRIDENT: &str = env!("CARGO_BIN_EXE_trident");
-
-fn tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m3")
-}
+use common::{stderr, tiny, TRIDENT};
 
 fn trident(args: &[&str]) -> Output {
     Command::new(TRIDENT).args(args).env("TRIDENT_LOG", "warn").output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

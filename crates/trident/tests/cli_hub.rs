@@ -2,18 +2,17 @@
 //! A small HTTP server on loopback plays the hub, serving the tiny fixture (without
 //! `model.safetensors`, so the `pytorch_model.bin` fallback is taken).
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-const TRIDENT: &str = env!("CARGO_BIN_EXE_trident");
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+use common::{tiny, TRIDENT};
 
-fn tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-m3")
-}
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// Serves `GET /test-org/tiny-m3/resolve/main/<file>` (with `Range: bytes=a-b`) from `dir`,
 /// with the headers hf-hub reads; records every requested path.

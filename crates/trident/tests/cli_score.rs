@@ -1,26 +1,13 @@
 //! `trident score` end to end on the tiny fixture: every pair and weight set of
 //! `expected.json` against the reference's `compute_score_per_pair`, and its error records.
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use common::{expected, hamming_maxsim, tiny, TRIDENT};
 use serde_json::Value;
-
-const TRIDENT: &str = env!("CARGO_BIN_EXE_trident");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn tiny() -> PathBuf {
-    repo().join("tests/fixtures/tiny-m3")
-}
-
-fn expected() -> Value {
-    let text = std::fs::read_to_string(tiny().join("expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 fn score(args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(TRIDENT)
@@ -275,25 +262,6 @@ fn stored_f16_and_bf16_embeddings_score_close_to_f32() {
         assert!(d("dense") <= 1e-2, "pair {k} dense: {} vs {}", two[1]["dense"], two[0]["dense"]);
         assert!(d("sparse") <= 1e-5, "pair {k} sparse (weights stay f32)");
     }
-}
-
-/// 1 − 2·Hamming/dim MaxSim of the sign bits of two f32 ColBERT matrices from `trident embed`.
-fn hamming_maxsim(q: &Value, p: &Value) -> f64 {
-    let bits = |m: &Value| -> Vec<Vec<bool>> {
-        m.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_array().unwrap().iter().map(|x| f(x) > 0.0).collect())
-            .collect()
-    };
-    let (q, p) = (bits(q), bits(p));
-    let dim = q[0].len() as f64;
-    let best = |qr: &Vec<bool>| {
-        p.iter()
-            .map(|pr| 1.0 - 2.0 * qr.iter().zip(pr).filter(|(a, b)| a != b).count() as f64 / dim)
-            .fold(f64::NEG_INFINITY, f64::max)
-    };
-    q.iter().map(best).sum::<f64>() / q.len() as f64
 }
 
 #[test]

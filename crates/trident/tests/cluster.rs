@@ -3,6 +3,7 @@
 //! its outputs against `trident embed` on the same texts. Tests run one at a time (2 cores).
 
 mod cluster_support;
+mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

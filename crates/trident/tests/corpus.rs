@@ -16,35 +16,18 @@
 //! The Python packages (pyarrow, numpy) come from `bash scripts/test.sh`; without them these
 //! tests fail, saying so (never a silent skip). `PYTHON` selects the interpreter.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{hidden_size, python, repo, tiny, TRIDENT};
 use serde_json::Value;
 
-const TRIDENT: &str = env!("CARGO_BIN_EXE_trident");
 /// Short enough that some long texts are truncated (the `truncated` column is exercised).
 const MAX_LENGTH: &str = "64";
 const ROWS: u64 = 100_000;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn tiny() -> PathBuf {
-    repo().join("tests/fixtures/tiny-m3")
-}
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-fn hidden_size() -> u64 {
-    let cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny().join("config.json")).unwrap())
-            .unwrap();
-    cfg["hidden_size"].as_u64().unwrap()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

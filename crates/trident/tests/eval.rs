@@ -7,23 +7,16 @@
 //! `bash scripts/test.sh`; without them these tests fail, saying so (never a silent skip).
 //! `PYTHON` selects the interpreter (default `python3`).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::{python, repo, tiny, TRIDENT};
 use serde_json::{json, Value};
 use trident_core::eval::{evaluate, Metric, Qrels};
-
-const TRIDENT: &str = env!("CARGO_BIN_EXE_trident");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
 
 /// Runs tests/eval/<script>; a missing interpreter or package fails with the way to get them.
 fn python_check(script: &str, args: &[&str]) -> Value {
@@ -218,7 +211,7 @@ fn readme_example_prints_the_table_within_a_minute_and_embeddings_are_reusable()
     let t0 = Instant::now();
     let out = eval(&[
         "--model",
-        &repo().join("tests/fixtures/tiny-m3").display().to_string(),
+        &tiny().display().to_string(),
         "--corpus",
         &fixture("corpus.jsonl"),
         "--queries",
@@ -277,7 +270,7 @@ fn trident_embed_output_is_read_as_embeddings() {
     let emb = dir.path().join("emb.jsonl");
     let st = Command::new(TRIDENT)
         .args(["embed", "--model"])
-        .arg(repo().join("tests/fixtures/tiny-m3"))
+        .arg(tiny())
         .args(["--colbert-encoding", "f16", "--input"])
         .arg(&input)
         .arg("--output")
@@ -330,7 +323,7 @@ fn mcls_changes_only_what_it_should() {
         let j = dir.path().join(name);
         let mut args = vec![
             "--model".to_string(),
-            repo().join("tests/fixtures/tiny-m3").display().to_string(),
+            tiny().display().to_string(),
             "--corpus".into(),
             fixture("corpus.jsonl"),
             "--queries".into(),
@@ -363,7 +356,7 @@ fn mcls_changes_only_what_it_should() {
         "--queries",
         &fixture("queries.jsonl"),
         "--model",
-        &repo().join("tests/fixtures/tiny-m3").display().to_string(),
+        &tiny().display().to_string(),
         "--mcls-every",
         "0",
     ]);
@@ -394,7 +387,7 @@ fn parquet_parts_of_trident_embed_are_read_as_embeddings() {
     );
     let st = Command::new(python()).args(["-c", &py]).status().expect("python3 with pyarrow");
     assert!(st.success(), "writing Parquet with pyarrow (bash scripts/test.sh installs it)");
-    let tiny = repo().join("tests/fixtures/tiny-m3");
+    let tiny = tiny();
     let embed = |input: &str, output: &Path, enc: [&str; 2]| {
         let st = Command::new(TRIDENT)
             .arg("embed")

@@ -7,6 +7,7 @@
 //! The Parquet files are written with pyarrow (`scripts/test.sh` installs it).
 
 mod cluster_support;
+mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cluster_support::*;
+use common::stderr;
 
 const PARTS: i32 = 4;
 
@@ -74,10 +76,6 @@ fn produce_to(brokers: &str, topic: &str, input: &str, extra: &[&str]) -> Output
         .args(extra)
         .output()
         .expect("run trident produce")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
 }
 
 /// The JSON summary (the last `{…}` line of stderr).

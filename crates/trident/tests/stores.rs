@@ -7,24 +7,13 @@
 //! The Python packages come from `bash scripts/test.sh`; without them these tests fail, saying
 //! so (never a silent skip). `PYTHON` selects the interpreter (default `python3`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{hidden_size, python, repo, tiny, TRIDENT};
 use serde_json::{json, Value};
-
-const TRIDENT: &str = env!("CARGO_BIN_EXE_trident");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn tiny() -> PathBuf {
-    repo().join("tests/fixtures/tiny-m3")
-}
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
 
 /// Distinct short texts on different topics, some not English; integer and text ids (the
 /// Qdrant point id rule differs for them: 42 and "7" stay integers, the others become UUIDs).
@@ -137,13 +126,6 @@ fn passes(script: &str, args: &[&Path], extra: &[&str]) -> Value {
     assert_eq!(code, 0, "{script} {args:?} {extra:?} failed:\n{stderr}\n{stdout}");
     let line = stdout.lines().last().unwrap_or_else(|| panic!("{script}: no summary\n{stderr}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{script}: summary {line:?}: {e}"))
-}
-
-fn hidden_size() -> u64 {
-    let cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny().join("config.json")).unwrap())
-            .unwrap();
-    cfg["hidden_size"].as_u64().unwrap()
 }
 
 #[test]
