@@ -14,7 +14,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use trident_core::types::error_json;
 use trident_core::{DocId, Encoding, Format, Modes, Record};
 
-use trident_engine::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, RawRecord, SinkMsg};
+use trident_engine::coordinator::{
+    Coordinator, CoordinatorArgs, CoordinatorMsg, RawRecord, SinkMsg,
+};
 use trident_engine::flight::{FlightLimits, InFlight};
 use trident_engine::{EngineError, Pipeline};
 
@@ -331,10 +333,8 @@ pub async fn embed_file(
     let _ = coord_join.await;
     let _ = sink_join.await;
     result?;
-    written.map_err(|e| EngineError::Io {
-        path: "output".into(),
-        source: std::io::Error::other(e),
-    })?;
+    written
+        .map_err(|e| EngineError::Io { path: "output".into(), source: std::io::Error::other(e) })?;
     let mut s = *summary_out.lock().unwrap();
     s.format_seconds += read_seconds;
     Ok(s)

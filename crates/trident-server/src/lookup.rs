@@ -5,8 +5,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use redis::aio::ConnectionManager;
-use trident_engine::cache::redis_connection;
 use trident_core::DocId;
+use trident_engine::cache::redis_connection;
 
 pub type LookupFuture = Pin<Box<dyn Future<Output = Result<Vec<Option<String>>, String>> + Send>>;
 

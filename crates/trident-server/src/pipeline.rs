@@ -1,9 +1,9 @@
 //! HTTP requests through the shared pipeline (`trident_engine::Pipeline`): the same cache,
 //! tokenizer, batcher and workers as the Kafka stream, at online priority.
 
+use trident_core::{Embedding, Modes};
 use trident_engine::pipeline::Prepared;
 use trident_engine::{JobError, Pipeline, Priority};
-use trident_core::{Embedding, Modes};
 
 use crate::error::ApiError;
 use crate::size::ResponseSize;

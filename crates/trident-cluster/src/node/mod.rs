@@ -38,13 +38,15 @@ use rdkafka::ClientContext;
 use trident_core::DocId;
 
 use crate::config::{kafka_value, NodeConfig};
-use trident_engine::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, RawRecord, SinkMsg};
-use trident_engine::flight::{estimate_tokens, FlightLimits, InFlight};
-use trident_engine::store::start_writer;
 use crate::ClusterError;
-use trident_engine::Pipeline;
 use sink::{KafkaSink, SinkState};
 use table::{Shared, Table};
+use trident_engine::coordinator::{
+    Coordinator, CoordinatorArgs, CoordinatorMsg, RawRecord, SinkMsg,
+};
+use trident_engine::flight::{estimate_tokens, FlightLimits, InFlight};
+use trident_engine::store::start_writer;
+use trident_engine::Pipeline;
 
 /// The consumer's context: rebalance handling.
 struct NodeContext {
@@ -196,7 +198,8 @@ pub async fn run_node(
         placement: cfg.placement()?,
         qdrant_collection: cfg.qdrant_collection.clone(),
     };
-    let actor_err = |e: ractor::SpawnErr| ClusterError::from(trident_engine::EngineError::Actor(e.to_string()));
+    let actor_err =
+        |e: ractor::SpawnErr| ClusterError::from(trident_engine::EngineError::Actor(e.to_string()));
     let (sink, sink_join) = Actor::spawn(None, KafkaSink, sink_state).await.map_err(actor_err)?;
     let coord_args = CoordinatorArgs {
         pipeline: pipeline.clone(),

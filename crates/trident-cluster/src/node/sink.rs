@@ -18,12 +18,12 @@ use trident_core::{ColbertNote, DocId, Embedding, Encoding, Format, Record};
 
 use super::table::Shared;
 use super::NodeConsumer;
-use trident_engine::codec::store_key;
 use crate::config::ColbertPlacement;
-use trident_engine::coordinator::SinkMsg;
 use crate::dead_letter::{self, Source};
 use crate::deliver::{deliver, Message, RateLimited};
 use crate::key_order::Verdict;
+use trident_engine::codec::store_key;
+use trident_engine::coordinator::SinkMsg;
 use trident_engine::store::StoreWrite;
 
 /// Room left in a message for the record's framing and headers.

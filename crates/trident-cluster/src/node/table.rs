@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use trident_core::{DocId, Embedding};
 
-use trident_engine::flight::InFlight;
 use crate::key_order::KeyOrder;
 use crate::offsets::PartitionTracker;
+use trident_engine::flight::InFlight;
 use trident_engine::Metrics;
 
 pub(crate) struct Meta {

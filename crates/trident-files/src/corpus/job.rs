@@ -30,8 +30,10 @@ use trident_core::{DocId, Embedding, Encoding, Modes};
 use super::columns::{id_at, id_type_ok, text_at, text_hash, Layout};
 use super::manifest::{self, Manifest, Settings, UnitDone};
 use super::units::{discover, units, Shard, Unit};
-use trident_engine::coordinator::{Coordinator, CoordinatorArgs, CoordinatorMsg, DocRecord, SinkMsg};
 use crate::cpu_clock;
+use trident_engine::coordinator::{
+    Coordinator, CoordinatorArgs, CoordinatorMsg, DocRecord, SinkMsg,
+};
 use trident_engine::flight::{FlightLimits, InFlight};
 use trident_engine::{EngineError, Pipeline};
 
@@ -194,9 +196,8 @@ impl PrevRows {
         while have < n {
             match self.reader.next() {
                 Some(b) => {
-                    let b = b.map_err(|e| {
-                        EngineError::Input(format!("{}: {e}", self.path.display()))
-                    })?;
+                    let b =
+                        b.map_err(|e| EngineError::Input(format!("{}: {e}", self.path.display())))?;
                     have += b.num_rows();
                     self.buf.push_back(b);
                 }

@@ -35,7 +35,6 @@ impl Isa {
     fn from_u8(v: u8) -> Option<Isa> {
         [Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Amx].into_iter().find(|&i| i as u8 == v)
     }
-
 }
 
 impl std::str::FromStr for Isa {

@@ -13,11 +13,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use trident_files::embed_file::{embed_file, EmbedFileOptions};
-use trident_engine::flight::FlightLimits;
 use trident_core::{ColbertEncoding, DenseEncoding, Encoding, Format, Modes};
+use trident_engine::flight::FlightLimits;
 use trident_engine::model::LoadedModel;
 use trident_engine::{Cache, Metrics, Pipeline, PipelineConfig, WorkerSpec};
+use trident_files::embed_file::{embed_file, EmbedFileOptions};
 
 use crate::root::layered::ConfigFile;
 use crate::root::placement::{build_workers, PlacementArgs};

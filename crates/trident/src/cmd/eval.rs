@@ -24,12 +24,12 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use rayon::prelude::*;
 use serde_json::{json, Value};
-use trident_engine::model::LoadedModel;
-use trident_engine::{Metrics, Pipeline, PipelineConfig, Priority, WorkerSpec};
 use trident_core::eval::{evaluate, random_expectation, Metric, Qrels};
 use trident_core::retrieve::{default_depth, Index, Method, Preset, RunSpec};
 use trident_core::score::Weights;
 use trident_core::{DocId, Embedding, Modes};
+use trident_engine::model::LoadedModel;
+use trident_engine::{Metrics, Pipeline, PipelineConfig, Priority, WorkerSpec};
 
 use crate::root::layered::ConfigFile;
 use crate::root::placement::{build_workers, PlacementArgs};

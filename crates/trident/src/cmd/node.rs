@@ -143,7 +143,12 @@ pub fn run(args: NodeArgs) -> anyhow::Result<ExitCode> {
         devices: cfg.devices.clone(),
         workers: cfg.workers,
         threads: cfg.threads,
-        precision: cfg.precision.as_deref().map(str::parse).transpose().map_err(setting("precision"))?,
+        precision: cfg
+            .precision
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(setting("precision"))?,
         cpu_isa: cfg.cpu_isa.as_deref().map(str::parse).transpose().map_err(setting("cpu_isa"))?,
         cuda_attention: cfg.cuda_attention.clone(),
     };

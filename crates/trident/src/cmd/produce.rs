@@ -23,12 +23,12 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode as Code;
+use trident_cluster::deliver::{is_permanent, DEFAULT_MESSAGE_MAX_BYTES};
+use trident_core::{DocId, Modes};
+use trident_engine::record::{decode_record, is_blank, MAX_ID_BYTES};
 use trident_files::corpus::columns::{id_at, id_type_ok, text_at};
 use trident_files::corpus::units::{discover, units, Shard};
-use trident_cluster::deliver::{is_permanent, DEFAULT_MESSAGE_MAX_BYTES};
 use trident_files::embed_file::read_capped_line;
-use trident_engine::record::{decode_record, is_blank, MAX_ID_BYTES};
-use trident_core::{DocId, Modes};
 
 #[derive(clap::Args)]
 pub struct ProduceArgs {

@@ -213,7 +213,8 @@ struct Texts<'a> {
 impl Texts<'_> {
     /// All of `docs`' embeddings, in order; an encoder failure fails the run.
     fn encode(&self, docs: Vec<TokenizedDoc>) -> anyhow::Result<Vec<Embedding>> {
-        let prepared = docs.into_iter().map(|doc| Prepared::Miss { doc, cache_key: None }).collect();
+        let prepared =
+            docs.into_iter().map(|doc| Prepared::Miss { doc, cache_key: None }).collect();
         let outcomes =
             self.rt.block_on(self.pipeline.encode_prepared(prepared, Modes::ALL, Priority::Online));
         outcomes.into_iter().map(|o| o.map_err(|e| anyhow::anyhow!("encoder: {e}"))).collect()

@@ -56,12 +56,16 @@ pub fn parse(cmd: Command, argv: Vec<OsString>) -> Result<ArgMatches, String> {
     }
     let mut argv = argv;
     argv.extend(extra);
-    cmd.try_get_matches_from(&argv).map_err(|e| format!("--config {}: {}", path.display(), e.render()))
+    cmd.try_get_matches_from(&argv)
+        .map_err(|e| format!("--config {}: {}", path.display(), e.render()))
 }
 
 /// `trident node`'s settings: the same order (flag > `TRIDENT_*` env > file > default), over
 /// [`NodeConfig`]'s keys and its librdkafka tables; `flags` serialises only the flags given.
-pub fn node_config(file: Option<&Path>, flags: &impl serde::Serialize) -> anyhow::Result<NodeConfig> {
+pub fn node_config(
+    file: Option<&Path>,
+    flags: &impl serde::Serialize,
+) -> anyhow::Result<NodeConfig> {
     use figment::providers::{Env, Format, Serialized, Toml};
     let mut fig = figment::Figment::from(Serialized::defaults(NodeConfig::default()));
     if let Some(path) = file {
@@ -71,9 +75,7 @@ pub fn node_config(file: Option<&Path>, flags: &impl serde::Serialize) -> anyhow
     let fig = fig
         .merge(Env::prefixed("TRIDENT_").ignore(&["config", "fault_inject", "log"]))
         .merge(Serialized::defaults(flags));
-    let cfg: NodeConfig = fig
-        .extract()
-        .map_err(|e| ClusterError::config(e.path.join("."), e))?;
+    let cfg: NodeConfig = fig.extract().map_err(|e| ClusterError::config(e.path.join("."), e))?;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -107,7 +109,9 @@ fn file_flags(cmd: &Command, given: &ArgMatches, path: &Path) -> Result<Vec<OsSt
                 toml::Value::Integer(i) => Ok(i.to_string()),
                 toml::Value::Float(f) => Ok(f.to_string()),
                 toml::Value::Boolean(b) => Ok(b.to_string()),
-                other => Err(at(format!("`{key}`: expected a string, number or boolean, got {other}"))),
+                other => {
+                    Err(at(format!("`{key}`: expected a string, number or boolean, got {other}")))
+                }
             }
         };
         match value {
@@ -223,7 +227,9 @@ mod tests {
             assert_eq!(trident_cluster::config::kafka_value(&c.kafka["fetch.max.bytes"]), "1024");
             let c = node_config(file, &NodeFlags { group: None }).unwrap();
             assert_eq!(c.group, "env");
-            assert!(node_config(Some(Path::new("missing.toml")), &NodeFlags { group: None }).is_err());
+            assert!(
+                node_config(Some(Path::new("missing.toml")), &NodeFlags { group: None }).is_err()
+            );
             Ok(())
         });
     }

@@ -142,7 +142,8 @@ pub fn workers(
                         name: format!("cpu-{i}"),
                         factory: Arc::new(move || {
                             let backend = CpuBackend::with_precision(threads, precision);
-                            let mut enc = Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
+                            let mut enc =
+                                Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
                             enc.set_special_ids(special);
                             Ok(Box::new(enc) as Box<dyn Embedder>)
                         }),
@@ -179,9 +180,10 @@ fn cuda_workers(
     let mut specs = Vec::new();
     for &device in devices {
         for i in 0..per_device {
-            let (ckpt, options) = (ckpt.clone(), options.clone());
+            let ckpt = ckpt.clone();
             let factory = move || -> Result<Box<dyn Embedder>, String> {
-                let backend = CudaBackend::new(device, options.clone()).map_err(|e| e.to_string())?;
+                let backend =
+                    CudaBackend::new(device, options).map_err(|e| e.to_string())?;
                 let mut enc = Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
                 enc.set_special_ids(special);
                 Ok(Box::new(enc))

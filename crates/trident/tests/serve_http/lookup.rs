@@ -33,9 +33,9 @@ async fn lookups_read_the_redis_result_store() {
         (trident_core::DocId::from(42u64), &embedded[1]),
     ] {
         let e = embedding_from_json(item);
-        let value = trident_cluster::codec::encode_value(Some(&id), &e);
+        let value = trident_engine::codec::encode_value(Some(&id), &e);
         let _: () = ::redis::cmd("SET")
-            .arg(trident_cluster::codec::store_key("trident", &id))
+            .arg(trident_engine::codec::store_key("trident", &id))
             .arg(value)
             .query_async(&mut conn)
             .await

@@ -58,16 +58,16 @@ fn s3_newest_version_wins() {
 /// whether the values are compact (MessagePack) or of trident 0.1's layout (TRD1).
 #[test]
 fn s7_the_store_never_replaces_a_later_offset() {
-    use trident_cluster::codec::{encode_versioned, store_key};
-    use trident_cluster::store::{lookup, start_writer, StoreWrite};
     use trident_core::{DocId, Embedding};
     use trident_core::{Format, Record};
+    use trident_engine::codec::{encode_versioned, store_key};
+    use trident_engine::store::{lookup, start_writer, StoreWrite};
     let _g = serial();
     let Some(env) = Env::start(true) else { return };
     let url = env.redis.as_ref().unwrap().url();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
     rt.unwrap().block_on(async {
-        let metrics = trident_cluster::Metrics::new();
+        let metrics = trident_engine::Metrics::new();
         let tx = start_writer(&url, metrics.clone()).unwrap();
         let id = DocId::from("doc");
         let stored = |tokens: usize, version: (i32, i64), old_layout: bool| {
