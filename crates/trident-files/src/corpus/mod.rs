@@ -3,9 +3,11 @@
 //! (`--previous DIR` reuses the rows whose text did not change).
 
 pub mod columns;
+mod input;
 pub mod job;
 pub mod manifest;
 pub mod units;
+mod writer;
 
 pub use job::{run, CorpusJob, Summary};
 pub use units::{is_parquet_input, Shard};

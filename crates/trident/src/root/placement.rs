@@ -182,8 +182,7 @@ fn cuda_workers(
         for i in 0..per_device {
             let ckpt = ckpt.clone();
             let factory = move || -> Result<Box<dyn Embedder>, String> {
-                let backend =
-                    CudaBackend::new(device, options).map_err(|e| e.to_string())?;
+                let backend = CudaBackend::new(device, options).map_err(|e| e.to_string())?;
                 let mut enc = Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
                 enc.set_special_ids(special);
                 Ok(Box::new(enc))
