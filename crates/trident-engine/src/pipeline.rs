@@ -17,9 +17,11 @@
 //! # }
 //! ```
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ractor::{Actor, ActorRef};
+use tokio::sync::Notify;
 use trident_core::batch::{BatchPolicy, Priority};
 use trident_core::{Embedding, Modes, TokenizedDoc};
 use trident_model::Tokenizer;
@@ -55,6 +57,8 @@ pub struct Pipeline {
 }
 
 struct Inner {
+    /// Jobs made by [`Pipeline::job`] and not yet finished, and a wake-up when that reaches 0.
+    outstanding: Arc<(AtomicUsize, Notify)>,
     tokenizer: Arc<Tokenizer>,
     batcher: ActorRef<BatcherMsg>,
     cache: Option<Cache>,
@@ -76,7 +80,14 @@ impl Pipeline {
             .await
             .map_err(|e| EngineError::Actor(format!("starting the batcher: {e}")))?;
         Ok(Pipeline {
-            inner: Arc::new(Inner { tokenizer: Arc::new(tokenizer), batcher, cache, cfg, metrics }),
+            inner: Arc::new(Inner {
+                outstanding: Arc::default(),
+                tokenizer: Arc::new(tokenizer),
+                batcher,
+                cache,
+                cfg,
+                metrics,
+            }),
         })
     }
 
@@ -202,11 +213,16 @@ impl Pipeline {
         done: impl FnOnce(Outcome) + Send + 'static,
     ) -> Job {
         let cache = self.inner.cache.clone();
+        let outstanding = self.inner.outstanding.clone();
+        outstanding.0.fetch_add(1, Ordering::SeqCst);
         Job::new(doc, modes, priority, move |o: Outcome| {
             if let (Some(cache), Some(key), Ok(e)) = (&cache, cache_key, &o) {
                 cache.put(key, e);
             }
-            done(o)
+            done(o);
+            if outstanding.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+                outstanding.1.notify_waiters();
+            }
         })
     }
 
@@ -221,6 +237,34 @@ impl Pipeline {
     /// Send partial batches now instead of waiting their max wait (end of input).
     pub fn flush(&self) {
         let _ = self.inner.batcher.send_message(BatcherMsg::Flush);
+    }
+
+    /// Jobs submitted and not yet finished.
+    pub fn outstanding(&self) -> usize {
+        self.inner.outstanding.0.load(Ordering::SeqCst)
+    }
+
+    /// Finish the queued work, then stop: partial batches leave now and the workers get up to
+    /// `within` to encode everything submitted. Returns how many jobs were still unfinished
+    /// (and dropped, as [`Pipeline::stop`] drops them).
+    pub async fn drain(&self, within: std::time::Duration) -> usize {
+        self.flush();
+        let (count, idle) = &*self.inner.outstanding;
+        let finished = async {
+            loop {
+                let woken = idle.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if count.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                woken.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, finished).await;
+        let left = self.outstanding();
+        self.stop().await;
+        left
     }
 
     /// Stop the batcher and its workers (jobs not yet encoded are dropped).
@@ -427,5 +471,38 @@ mod tests {
         assert!(p.embed(few, Modes::ALL, 8192, Priority::Online).await.iter().all(|r| r.is_ok()));
         assert!(log.lock().unwrap()[before..].iter().any(|c| c.worker == 0 && c.ok));
         p.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drain_finishes_queued_work_before_stopping() {
+        // A long max wait: without the drain's flush these jobs would sit in a partial batch.
+        let specs = vec![stub_worker(0, Faults::default(), CallLog::default())];
+        let policy = BatchPolicy {
+            batch_tokens: 1 << 20,
+            max_wait: Duration::from_secs(60),
+            ..BatchPolicy::default()
+        };
+        let cfg =
+            PipelineConfig { policy, key_prefix: "t".into(), model_fingerprint: "fake".into() };
+        let p = Pipeline::start(cfg, tokenizer(), specs, None, Metrics::new()).await.unwrap();
+        let reqs: Vec<_> = texts().into_iter().map(|t| (t, Modes::ALL, 64)).collect();
+        let mut rxs = Vec::new();
+        let mut jobs = Vec::new();
+        for prepared in p.prepare(&reqs).await {
+            let Prepared::Miss { doc, .. } = prepared else { panic!("no cache, valid texts") };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            jobs.push(p.job(doc, Modes::ALL, Priority::Stream, None, move |o| {
+                let _ = tx.send(o);
+            }));
+            rxs.push(rx);
+        }
+        p.submit(jobs);
+        assert_eq!(p.outstanding(), reqs.len());
+        let t = Instant::now();
+        assert_eq!(p.drain(Duration::from_secs(20)).await, 0, "nothing left unfinished");
+        assert!(t.elapsed() < Duration::from_secs(20), "the drain flushed the partial batch");
+        for rx in rxs {
+            assert!(rx.await.expect("every job answered").is_ok());
+        }
     }
 }
