@@ -103,6 +103,16 @@ retry 3 cargo fetch --locked
 section "cargo fmt --check"
 cargo fmt --all --check
 
+section "structure: no module import cycles, no source file over 600 lines"
+"$PY" scripts/check-module-cycles.py
+long=$(find crates -name '*.rs' -not -path '*/target/*' -exec wc -l {} + | awk '$2 != "total" && $1 > 600')
+if [ -n "$long" ]; then
+    echo "source files over 600 lines:" >&2
+    echo "$long" >&2
+    exit 1
+fi
+echo "largest source file: $(find crates -name '*.rs' -exec wc -l {} + | grep -v ' total$' | sort -n | tail -1)"
+
 if [ -f scripts/check-deploy.sh ]; then
     section "deploy checks (scripts/check-deploy.sh)"
     retry 2 bash scripts/check-deploy.sh

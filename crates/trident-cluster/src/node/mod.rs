@@ -21,6 +21,7 @@
 //!   taken; above the high-water marks (tokens, records, bytes) — checked per message — the
 //!   assigned partitions are paused; below the low-water marks they resume.
 
+mod consumer;
 mod sink;
 mod table;
 
@@ -30,15 +31,13 @@ use std::time::Duration;
 use futures::FutureExt;
 use ractor::{Actor, ActorRef};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::ClientContext;
 use trident_core::DocId;
 
 use crate::config::{kafka_value, NodeConfig};
 use crate::ClusterError;
+use consumer::{NodeConsumer, NodeContext};
 use sink::{KafkaSink, SinkState};
 use table::{Shared, Table};
 use trident_engine::coordinator::{
@@ -47,51 +46,6 @@ use trident_engine::coordinator::{
 use trident_engine::flight::{estimate_tokens, FlightLimits, InFlight};
 use trident_engine::store::start_writer;
 use trident_engine::Pipeline;
-
-/// The consumer's context: rebalance handling.
-struct NodeContext {
-    shared: Arc<Shared>,
-}
-
-impl ClientContext for NodeContext {}
-
-impl ConsumerContext for NodeContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else { return };
-        let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-        tracing::info!("partitions {parts:?} revoked; draining in-flight records");
-        let closing = self.shared.closing.load(std::sync::atomic::Ordering::SeqCst);
-        let drain = if closing { Duration::ZERO } else { self.shared.revoke_drain };
-        let deadline = std::time::Instant::now() + drain;
-        while self.shared.part_in_flight(&parts) > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let left = self.shared.part_in_flight(&parts);
-        if left > 0 {
-            tracing::warn!(
-                "{left} records of revoked partitions unfinished; their new owner redoes them"
-            );
-        }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!("commit on revoke: {e}");
-        }
-        self.shared.revoke(&parts);
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let mut t = self.shared.table.lock().unwrap();
-            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            tracing::info!("partitions {parts:?} assigned");
-            for p in parts {
-                t.assign(p);
-            }
-            self.shared.assigned.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-}
-
-type NodeConsumer = StreamConsumer<NodeContext>;
 
 /// A broker that is down makes the consumer report the same error at every poll.
 static CONSUMER_WARN: crate::deliver::RateLimited =

@@ -16,8 +16,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use trident_core::{ColbertNote, DocId, Embedding, Encoding, Format, Record};
 
+use super::consumer::NodeConsumer;
 use super::table::Shared;
-use super::NodeConsumer;
 use crate::config::ColbertPlacement;
 use crate::dead_letter::{self, Source};
 use crate::deliver::{deliver, Message, RateLimited};

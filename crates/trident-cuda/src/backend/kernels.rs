@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction};
 
-use super::Precision;
+use super::options::Precision;
 use crate::compile::{arch_for, compile_kernel_cached, Output, KERNEL_FILES};
 use crate::error::{CResult, CudaError};
 

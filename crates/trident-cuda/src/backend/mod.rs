@@ -38,10 +38,17 @@ use crate::error::CResult;
 use crate::plan::BatchPlan;
 use crate::pool::{DevBuf, Pool};
 use kernels::Kernels;
-use staging::Staging;
 
 pub use device::cuda_available;
 pub use options::{AttentionKernel, CudaOptions, Precision};
+
+#[derive(Default)]
+/// Pinned host buffers (see `staging.rs`).
+struct Staging {
+    up: Option<cudarc::driver::PinnedHostSlice<u32>>,
+    up_done: Option<cudarc::driver::CudaEvent>,
+    down: Option<cudarc::driver::PinnedHostSlice<f32>>,
+}
 
 pub struct CudaBackend {
     ordinal: usize,

@@ -3,17 +3,10 @@
 //! waits on the previous copy's event before overwriting), head outputs come back through
 //! `staged_download` (one synchronising copy, read in place by the caller).
 
-use cudarc::driver::{result as drv, CudaEvent, PinnedHostSlice};
+use cudarc::driver::result as drv;
 
 use super::CudaBackend;
 use crate::error::{CResult, CudaError};
-
-#[derive(Default)]
-pub(super) struct Staging {
-    up: Option<PinnedHostSlice<u32>>,
-    up_done: Option<CudaEvent>,
-    down: Option<PinnedHostSlice<f32>>,
-}
 
 impl CudaBackend {
     pub(super) fn staged_upload(&self, words: &[u32], dst: u64) -> CResult<()> {

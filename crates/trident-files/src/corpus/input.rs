@@ -15,7 +15,7 @@ use super::columns::{id_at, id_type_ok};
 use super::units::Unit;
 use trident_engine::EngineError;
 
-use super::job::{CorpusJob, BATCH_ROWS};
+use super::spec::{CorpusJob, BATCH_ROWS};
 
 pub(super) fn io_err(p: &Path) -> impl Fn(std::io::Error) -> EngineError + '_ {
     move |e| EngineError::Io { path: p.display().to_string(), source: e }

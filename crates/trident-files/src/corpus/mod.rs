@@ -6,8 +6,10 @@ pub mod columns;
 mod input;
 pub mod job;
 pub mod manifest;
+mod spec;
 pub mod units;
 mod writer;
 
-pub use job::{run, CorpusJob, Summary};
+pub use job::run;
+pub use spec::{CorpusJob, Summary};
 pub use units::{is_parquet_input, Shard};

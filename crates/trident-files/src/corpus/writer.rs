@@ -24,7 +24,7 @@ use trident_engine::flight::InFlight;
 use trident_engine::EngineError;
 
 use super::input::*;
-use super::job::{Summary, ROW_GROUP_BYTES};
+use super::spec::{Summary, ROW_GROUP_BYTES};
 
 /// A slice of one unit's rows on its way to the writer.
 pub(super) struct Chunk {

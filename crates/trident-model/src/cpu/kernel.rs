@@ -5,10 +5,7 @@
 //! block once per call for all row blocks. With AVX-512, [`block`] runs the same panels on the
 //! 12 × 32 tile of `kernel_avx512.rs`, two panels of each operand at a time.
 
-/// Rows of a tile (`A` micro-panel width).
-pub const MR: usize = 6;
-/// Columns of a tile (`B` micro-panel width: two 8-lane vectors).
-pub const NR: usize = 16;
+pub use super::tile::{MR, NR};
 
 use super::isa::{isa, Isa};
 #[cfg(target_arch = "x86_64")]

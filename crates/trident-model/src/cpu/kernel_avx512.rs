@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{MR, NR};
+use super::tile::{MR, NR};
 
 /// `C[rows × cols] (+)= A·B` for one 12 × 32 tile.
 ///

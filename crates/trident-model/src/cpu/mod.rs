@@ -17,6 +17,7 @@ mod kernel_amx_int8;
 mod kernel_avx512;
 mod ops;
 mod pool;
+mod tile;
 
 use std::sync::Arc;
 

@@ -193,8 +193,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server.await.context("HTTP server task")?.context("HTTP server")?;
     // The workers get what is left of the deadline (at least a second) to finish their batch.
     let left = stop_by.saturating_duration_since(tokio::time::Instant::now());
-    if tokio::time::timeout(left.max(Duration::from_secs(1)), pipeline.stop()).await.is_err() {
-        tracing::warn!("encoder workers still busy at the shutdown deadline; exiting anyway");
+    let unfinished = pipeline.drain(left.max(Duration::from_secs(1))).await;
+    if unfinished > 0 {
+        tracing::warn!("{unfinished} encoder jobs unfinished at the shutdown deadline; exiting");
     }
     Ok(())
 }

@@ -14,9 +14,8 @@
 //! evaluated.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -27,7 +26,7 @@ use serde_json::{json, Value};
 use trident_core::eval::{evaluate, random_expectation, Metric, Qrels};
 use trident_core::retrieve::{default_depth, Index, Method, Preset, RunSpec};
 use trident_core::score::Weights;
-use trident_core::{DocId, Embedding, Modes};
+use trident_core::{Embedding, Modes};
 use trident_engine::model::LoadedModel;
 use trident_engine::{Metrics, Pipeline, PipelineConfig, Priority, WorkerSpec};
 

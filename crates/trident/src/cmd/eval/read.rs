@@ -1,26 +1,13 @@
 //! `trident eval`'s inputs and saved outputs: BEIR JSON Lines, and embeddings as `trident embed`
 //! writes them (JSON Lines or Parquet parts).
 
-use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::Instant;
+use std::path::Path;
 
-use anyhow::{bail, ensure, Context};
-use rayon::prelude::*;
-use serde_json::{json, Value};
-use trident_core::eval::{evaluate, random_expectation, Metric, Qrels};
-use trident_core::retrieve::{default_depth, Index, Method, Preset, RunSpec};
-use trident_core::score::Weights;
-use trident_core::{DocId, Embedding, Modes};
-use trident_engine::model::LoadedModel;
-use trident_engine::{Metrics, Pipeline, PipelineConfig, Priority, WorkerSpec};
-
-use crate::root::layered::ConfigFile;
-use crate::root::placement::{build_workers, PlacementArgs};
+use anyhow::{bail, Context};
+use serde_json::Value;
+use trident_core::{DocId, Embedding};
 
 /// The id of a BEIR line (`_id`, or `id`), a string or a number.
 pub(super) fn line_id(v: &Value) -> Option<String> {
@@ -191,7 +178,12 @@ pub(super) fn read_parquet_embeddings(input: &str) -> anyhow::Result<Vec<(String
     Ok(out)
 }
 
-pub(super) fn save(dir: &Path, name: &str, ids: &[String], embs: &[Embedding]) -> anyhow::Result<()> {
+pub(super) fn save(
+    dir: &Path,
+    name: &str,
+    ids: &[String],
+    embs: &[Embedding],
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(name);
     let mut w = BufWriter::new(

@@ -1,25 +1,10 @@
 //! `trident eval`'s report: run names and files, methods' JSON names, metric maps and the table.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{bail, ensure, Context};
-use rayon::prelude::*;
 use serde_json::{json, Value};
-use trident_core::eval::{evaluate, random_expectation, Metric, Qrels};
-use trident_core::retrieve::{default_depth, Index, Method, Preset, RunSpec};
-use trident_core::score::Weights;
-use trident_core::{DocId, Embedding, Modes};
-use trident_engine::model::LoadedModel;
-use trident_engine::{Metrics, Pipeline, PipelineConfig, Priority, WorkerSpec};
-
-use crate::root::layered::ConfigFile;
-use crate::root::placement::{build_workers, PlacementArgs};
+use trident_core::eval::Metric;
+use trident_core::retrieve::{Method, RunSpec};
 
 /// A run's file name: its name with characters other than `[A-Za-z0-9+._@,-]` as `_`.
 pub(super) fn run_file_name(name: &str) -> String {
