@@ -114,8 +114,15 @@ fn serve_takes_its_settings_from_a_toml_file() {
         }
         let info = http.get(url("/info")).send().await.unwrap();
         assert_eq!(info.status(), 401, "the file's api_key is required");
-        let info: Value =
-            http.get(url("/info")).bearer_auth("from-file").send().await.unwrap().json().await.unwrap();
+        let info: Value = http
+            .get(url("/info"))
+            .bearer_auth("from-file")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(info["model"], "tiny-from-toml", "{info}");
         assert_eq!(info["limits"]["max_inputs"], 3, "{info}");
     });
