@@ -26,6 +26,9 @@ use crate::deliver::{deliver, Message, RateLimited};
 use crate::key_order::Verdict;
 use trident_engine::store::StoreWrite;
 
+#[cfg(test)]
+mod ack_tests;
+
 /// Room left in a message for the record's framing and headers.
 const MESSAGE_OVERHEAD: usize = 512;
 
