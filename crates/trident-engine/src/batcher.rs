@@ -6,6 +6,8 @@
 //! isolate a poison record (see `retry`).
 
 mod retry;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::sync::Arc;

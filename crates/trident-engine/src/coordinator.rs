@@ -14,6 +14,9 @@ use crate::pipeline::Prepared;
 use crate::record::{decode_record, is_blank, BadRecord, InputDoc};
 use crate::Pipeline;
 
+#[cfg(test)]
+mod tests;
+
 /// A record as a source read it. `ticket` identifies it to the sink (a line number, or an entry
 /// of the node's in-flight table); `fallback_id` is the id when the record carries none.
 /// `bytes` is shared with the source (one copy of each value, kept for a dead letter);

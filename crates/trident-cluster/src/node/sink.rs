@@ -26,6 +26,9 @@ use trident_engine::codec::store_key;
 use trident_engine::coordinator::SinkMsg;
 use trident_engine::store::StoreWrite;
 
+#[cfg(test)]
+mod ack_tests;
+
 /// Room left in a message for the record's framing and headers.
 const MESSAGE_OVERHEAD: usize = 512;
 
