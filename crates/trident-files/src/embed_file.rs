@@ -152,7 +152,10 @@ impl OrderedState {
             self.next += 1;
             self.summary.records += 1;
             self.summary.failed += failed as u64;
-            self.summary.tokens += tokens as u64;
+            // What it held in flight is released either way; only encoded tokens count.
+            if !failed {
+                self.summary.tokens += tokens as u64;
+            }
             self.flight.release(1, tokens, 0);
         }
         if let Some(p) = &self.progress {

@@ -455,7 +455,14 @@ impl Actor for KafkaSink {
                     Err(reason) => Next::DeadLetter(ticket, id, reason.to_string()),
                 }
             }
-            SinkMsg::Bad { ticket, id, reason } => Next::DeadLetter(ticket, id, reason),
+            SinkMsg::Bad { ticket, id, reason } => {
+                // The coordinator already took this record's estimate back from the flight
+                // count: it holds no tokens now.
+                if let Some(m) = st.shared.table.lock().unwrap().metas.get_mut(&ticket) {
+                    m.tokens = 0;
+                }
+                Next::DeadLetter(ticket, id, reason)
+            }
             SinkMsg::Undeliverable { ticket, id, reason } => {
                 Self::dead_letter(&me, st, ticket, &id, &reason, false);
                 Next::Nothing

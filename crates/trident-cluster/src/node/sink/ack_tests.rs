@@ -202,13 +202,11 @@ async fn out_of_order_endings_commit_only_the_finished_prefix() {
 }
 
 /// The tokens in flight are always those of the records not yet finished: what a finished
-/// record releases is what it still counted. Fails today for a bad record: the coordinator
-/// already took its estimate back (`correct_tokens(est, 0)`), but the table entry keeps the
-/// estimate (only `Done` updates `Meta::tokens`), so `finish` releases it a second time and
-/// the count falls below the tokens really in flight (saturating at 0): bad input weakens the
-/// token backpressure.
+/// record releases is what it still counted. A bad record's estimate is taken back by the
+/// coordinator (`correct_tokens(est, 0)`); the sink must not release it a second time (it
+/// did: the count fell below the tokens really in flight and bad input weakened the token
+/// backpressure).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a bad record's estimated tokens are released twice"]
 async fn finishing_a_record_releases_exactly_the_tokens_it_still_held() {
     let r = rig(None, Duration::from_millis(150)).await;
     let (failed, bad, waiting) = (r.take(0, 0, 10), r.take(0, 1, 10), r.take(0, 2, 10));
