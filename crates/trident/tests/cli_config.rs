@@ -91,16 +91,26 @@ fn serve_takes_its_settings_from_a_toml_file() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(TRIDENT)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .env("TRIDENT_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    // Killed on drop, so a failed assertion leaves no server behind.
+    struct Serve(std::process::Child);
+    impl Drop for Serve {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _serve = Serve(
+        Command::new(TRIDENT)
+            .args(["serve", "--config"])
+            .arg(&file)
+            .env("TRIDENT_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let result = rt.block_on(async {
+    rt.block_on(async {
         let http = reqwest::Client::new();
         let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -126,7 +136,4 @@ fn serve_takes_its_settings_from_a_toml_file() {
         assert_eq!(info["model"], "tiny-from-toml", "{info}");
         assert_eq!(info["limits"]["max_inputs"], 3, "{info}");
     });
-    let _ = child.kill();
-    let _ = child.wait();
-    result
 }

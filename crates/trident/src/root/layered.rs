@@ -40,24 +40,61 @@ pub struct ConfigFile {
 /// under flags and environment. Errors are clap's (they print usage and exit) or name the file
 /// and the key.
 pub fn parse(cmd: Command, argv: Vec<OsString>) -> Result<ArgMatches, String> {
-    let matches = cmd.clone().try_get_matches_from(&argv).unwrap_or_else(|e| e.exit());
-    let Some((name, sub)) = matches.subcommand() else { return Ok(matches) };
-    if name == "node" {
-        return Ok(matches); // layered by trident_cluster::config, with its Kafka tables
-    }
-    let has_config = sub.ids().any(|id| id.as_str() == CONFIG);
-    let Some(path) = has_config.then(|| sub.get_one::<PathBuf>(CONFIG)).flatten() else {
-        return Ok(matches);
+    let cmd = with_env(cmd);
+    // A setting the file gives may be missing from the command line (a required `--model`):
+    // without a clean parse, find the file in a lenient one.
+    let matches = match cmd.clone().try_get_matches_from(&argv) {
+        Ok(m) => m,
+        Err(e) if e.use_stderr() => match lenient(&cmd).try_get_matches_from(&argv) {
+            Ok(m) if config_of(&m).is_some() => m,
+            _ => e.exit(),
+        },
+        Err(e) => e.exit(), // --help, --version
     };
+    let Some((name, sub, path)) = config_of(&matches) else { return Ok(matches) };
     let sub_cmd = cmd.find_subcommand(name).expect("parsed subcommand exists");
-    let extra = file_flags(sub_cmd, sub, path)?;
-    if extra.is_empty() {
-        return Ok(matches);
-    }
+    let extra = file_flags(sub_cmd, sub, &path)?;
     let mut argv = argv;
     argv.extend(extra);
     cmd.try_get_matches_from(&argv)
         .map_err(|e| format!("--config {}: {}", path.display(), e.render()))
+}
+
+/// Every flag of every command (but `node`, whose settings layer their own environment) can
+/// come from `TRIDENT_<FLAG>` (`--batch-tokens`: `TRIDENT_BATCH_TOKENS`), shown in `--help`.
+fn with_env(cmd: Command) -> Command {
+    cmd.mut_subcommands(|sub| {
+        if sub.get_name() == "node" {
+            return sub;
+        }
+        sub.mut_args(|a| match a.get_long() {
+            Some(long) if a.get_env().is_none() && !matches!(long, "help" | "version") => {
+                let var = format!("TRIDENT_{}", long.to_uppercase().replace('-', "_"));
+                // clap keeps `&'static str` names: a few dozen short strings, once per process.
+                a.env(&*var.leak())
+            }
+            _ => a,
+        })
+    })
+}
+
+/// The command with every subcommand parsing leniently (missing or bad values allowed).
+fn lenient(cmd: &Command) -> Command {
+    let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    names.iter().fold(cmd.clone().ignore_errors(true), |c, n| {
+        c.mut_subcommand(n.as_str(), |s| s.ignore_errors(true))
+    })
+}
+
+/// The subcommand, its matches and its `--config` file, when it has one (`node` layers its
+/// own, with its Kafka tables).
+fn config_of(m: &ArgMatches) -> Option<(&str, &ArgMatches, PathBuf)> {
+    let (name, sub) = m.subcommand()?;
+    if name == "node" || !sub.ids().any(|id| id.as_str() == CONFIG) {
+        return None;
+    }
+    let path = sub.get_one::<PathBuf>(CONFIG)?.clone();
+    Some((name, sub, path))
 }
 
 /// `trident node`'s settings: the same order (flag > `TRIDENT_*` env > file > default), over
@@ -102,7 +139,7 @@ fn file_flags(cmd: &Command, given: &ArgMatches, path: &Path) -> Result<Vec<OsSt
         ) {
             continue;
         }
-        let takes_value = arg.get_num_args().is_none_or(|n| n.takes_values());
+        let takes_value = arg.get_action().takes_values();
         let scalar = |v: &toml::Value| -> Result<String, String> {
             match v {
                 toml::Value::String(s) => Ok(s.clone()),
@@ -151,6 +188,9 @@ mod tests {
     struct RunArgs {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Required, and given by the file only.
+        #[arg(long)]
+        model: String,
         #[arg(long, env = "TRIDENT_LAYERED_TEST_GROUP", default_value = "default")]
         group: String,
         #[arg(long, default_value_t = 1)]
@@ -166,7 +206,7 @@ mod tests {
     fn run(file: &str, args: &[&str]) -> Result<RunArgs, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");
-        std::fs::write(&path, file).unwrap();
+        std::fs::write(&path, format!("model = \"m\"\n{file}")).unwrap();
         let mut argv: Vec<OsString> = vec!["t".into(), "run".into(), "--config".into()];
         argv.push(path.into());
         argv.extend(args.iter().map(OsString::from));
@@ -186,6 +226,7 @@ mod tests {
         assert_eq!(a.batch, 8, "default where nothing sets it");
         assert!(a.dense);
         assert_eq!(a.devices, [0, 1]);
+        assert_eq!(a.model, "m", "a required flag given by the file only");
         let a = run("batch = 1\n", &[]).unwrap();
         assert_eq!(a.batch, 1, "file beats default");
     }
