@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use trident_core::batch::Priority;
 use trident_core::{Embedding, Modes, TokenizedDoc};
-use trident_model::Embedder;
+use trident_model::{Embedder, ModelError};
 
 /// Why a record has no embedding.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -28,8 +28,9 @@ pub enum JobError {
 /// What a job ends with: the embedding, or why there is none.
 pub type Outcome = Result<Embedding, JobError>;
 
-/// Builds a fresh embedder for a worker: at start and after every worker failure.
-pub type EmbedderFactory = Arc<dyn Fn() -> Result<Box<dyn Embedder>, String> + Send + Sync>;
+/// Builds a fresh embedder for a worker: at start and after every worker failure (a model
+/// load, a device that cannot start: the model's typed error, backends' errors included).
+pub type EmbedderFactory = Arc<dyn Fn() -> Result<Box<dyn Embedder>, ModelError> + Send + Sync>;
 
 /// One worker: a name for logs and the factory of its embedder (one per device, or N CPU
 /// workers sharing the cores).

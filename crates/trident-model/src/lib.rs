@@ -22,15 +22,6 @@ pub use error::ModelError;
 pub use special::SpecialIds;
 pub use tokenizer::Tokenizer;
 
-/// Opens a model directory for CPU inference: its tokenizer and an encoder with f32 weights on
-/// `threads` threads (0 = all cores).
-pub fn load_cpu(dir: &Path, threads: usize) -> Result<(Tokenizer, Box<dyn Embedder>), ModelError> {
-    let (tokenizer, ckpt) = open_dir(dir)?;
-    let mut enc = Encoder::new(&ckpt, cpu::CpuBackend::new(threads))?;
-    enc.set_special_ids(tokenizer.special_ids());
-    Ok((tokenizer, Box::new(enc)))
-}
-
 /// A model directory's tokenizer and checkpoint, the tokenizer parsed on a second thread while
 /// the checkpoint opens (both take a few hundred ms).
 pub fn open_dir(dir: &Path) -> Result<(Tokenizer, Checkpoint), ModelError> {

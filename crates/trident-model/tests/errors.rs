@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::{copy_without, tiny};
-use trident_model::{load_cpu, Checkpoint, ModelError, Tokenizer};
+use trident_model::{Checkpoint, ModelError, Tokenizer};
 
 fn open_err(dir: &std::path::Path) -> ModelError {
     match Checkpoint::open(dir) {
@@ -29,7 +29,7 @@ fn each_missing_file_is_named() {
     let dir = copy_without(&["tokenizer.json"]);
     let e = Tokenizer::from_dir(dir.path()).err().expect("no tokenizer");
     assert!(e.to_string().contains("tokenizer.json"), "{e}");
-    let e = load_cpu(dir.path(), 1).err().expect("load_cpu needs the tokenizer");
+    let e = trident_model::open_dir(dir.path()).err().expect("open_dir needs the tokenizer");
     assert!(e.to_string().contains("tokenizer.json"), "{e}");
     let e = open_err(&tiny().join("no-such-dir"));
     assert!(e.to_string().contains("no-such-dir"), "{e}");

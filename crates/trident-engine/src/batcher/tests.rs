@@ -425,7 +425,9 @@ async fn a_failed_restart_is_retried_after_a_backoff_and_the_batch_survives() {
                 b.len()
             };
             if n == 2 {
-                return Err("device lost".into());
+                return Err(
+                    trident_model::BackendError::new("test", "starting", "device lost").into()
+                );
             }
             let rules = Rules { flaky: Some(flaky.clone()), ..Rules::default() };
             Ok(Box::new(Probe { worker: 0, rules, log: log.clone() }) as Box<dyn Embedder>)
@@ -463,7 +465,9 @@ async fn a_worker_that_cannot_restart_does_not_stall_the_other() {
         let (log, builds, flaky) = (log.clone(), builds.clone(), flaky.clone());
         Arc::new(move || {
             if builds.fetch_add(1, SeqCst) > 0 {
-                return Err("device lost".into());
+                return Err(
+                    trident_model::BackendError::new("test", "starting", "device lost").into()
+                );
             }
             let rules = Rules { flaky: Some(flaky.clone()), ..Rules::default() };
             Ok(Box::new(Probe { worker: 0, rules, log: log.clone() }) as Box<dyn Embedder>)

@@ -10,7 +10,7 @@ use anyhow::Context;
 use trident_engine::model::{load_model, LoadedModel};
 use trident_engine::WorkerSpec;
 use trident_model::cpu::{CpuBackend, CpuPrecision, Isa};
-use trident_model::{Checkpoint, Embedder, Encoder};
+use trident_model::{BackendError, Checkpoint, Embedder, Encoder, ModelError};
 
 /// The placement settings every model-running command takes (`embed`, `score`, `bench`,
 /// `eval`, `serve`; `node` takes the same keys through its own layered settings).
@@ -142,8 +142,7 @@ pub fn workers(
                         name: format!("cpu-{i}"),
                         factory: Arc::new(move || {
                             let backend = CpuBackend::with_precision(threads, precision);
-                            let mut enc =
-                                Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
+                            let mut enc = Encoder::new(&ckpt, backend)?;
                             enc.set_special_ids(special);
                             Ok(Box::new(enc) as Box<dyn Embedder>)
                         }),
@@ -181,9 +180,9 @@ fn cuda_workers(
     for &device in devices {
         for i in 0..per_device {
             let ckpt = ckpt.clone();
-            let factory = move || -> Result<Box<dyn Embedder>, String> {
-                let backend = CudaBackend::new(device, options).map_err(|e| e.to_string())?;
-                let mut enc = Encoder::new(&ckpt, backend).map_err(|e| e.to_string())?;
+            let factory = move || -> Result<Box<dyn Embedder>, ModelError> {
+                let backend = CudaBackend::new(device, options).map_err(BackendError::from)?;
+                let mut enc = Encoder::new(&ckpt, backend)?;
                 enc.set_special_ids(special);
                 Ok(Box::new(enc))
             };

@@ -173,7 +173,7 @@ impl Encoder {
                 let inner = w.factory.clone();
                 w.factory = std::sync::Arc::new(move || {
                     let mut e = inner()?;
-                    e.set_mcls_every(Some(every)).map_err(|e| e.to_string())?;
+                    e.set_mcls_every(Some(every))?;
                     Ok(e)
                 });
             }
