@@ -49,20 +49,6 @@ fn parse_isa(s: &str) -> Result<Isa, String> {
     s.parse()
 }
 
-impl Default for PlacementArgs {
-    fn default() -> Self {
-        PlacementArgs {
-            device: "cpu".into(),
-            devices: Vec::new(),
-            workers: 1,
-            threads: 0,
-            precision: None,
-            cpu_isa: None,
-            cuda_attention: "tensor-core".into(),
-        }
-    }
-}
-
 /// Where the encoder runs: the CPU, or a list of CUDA devices.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Placement {
