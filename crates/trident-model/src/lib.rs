@@ -2,6 +2,7 @@
 //! the `Backend` trait, BGE-M3 head post-processing, and the CPU backend.
 
 pub mod backend;
+pub mod calibrate;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;

@@ -238,6 +238,7 @@ pub unsafe fn matmul_amx_int8(
     c: *mut f32,
     ldc: usize,
 ) {
+    use super::quant::RowQ;
     use kernel_amx::{Line, Strided, TM};
     let (n, k) = (w.n, w.k);
     assert!(a.len() >= m * k, "matmul_amx_int8 operand sizes");
@@ -253,14 +254,14 @@ pub unsafe fn matmul_amx_int8(
             ap.resize(need, Line::default());
         }
         // Row blocks hold at most 256 rows (amx_items).
-        let mut scales = [0f32; 256];
+        let mut codes = [RowQ::default(); 256];
         let src = Strided { data: a, ld: k, r0, c0: 0 };
-        kernel_amx_int8::pack_a(src, rows, k, ap, &mut scales);
+        kernel_amx_int8::pack_a(src, rows, k, w.smooth(), ap, &mut codes);
         // SAFETY: AMX-INT8 is available (caller); blocks lie inside c (rows r0.., columns < n).
         unsafe {
             for_blocks(rows, n, kt, pairs, ap, |a, p, r, j, (h, wd)| {
-                let (sa, c) = (&scales[r..r + 2 * TM], out.0.add((r0 + r) * ldc + j));
-                kernel_amx_int8::block(kt, a, (w, p), sa, c, ldc, h, wd)
+                let (qa, c) = (&codes[r..r + 2 * TM], out.0.add((r0 + r) * ldc + j));
+                kernel_amx_int8::block(kt, a, (w, p), qa, c, ldc, h, wd)
             })
         }
     });
@@ -294,7 +295,8 @@ mod tests {
     }
 
     /// The int8 path against exact integer sums of the documented quantisation, on ragged shapes
-    /// (zero rows, features not a multiple of 64, odd panels, several row items).
+    /// (zero rows, features not a multiple of 64, odd panels, several row items), plain and
+    /// smoothed (weights times a factor per input feature, activations divided by it).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn amx_int8_matches_the_exact_sums_of_its_quantised_operands() {
@@ -303,13 +305,13 @@ mod tests {
             println!("skipped: this CPU (or its kernel) gives no AMX-INT8");
             return;
         }
-        // The reference quantises as documented (per row of `w` at load: q = round(w / s),
-        // s = max/127; per row of `a`: q = round(a · 127/max)), sums the int8 products exactly
-        // and scales back in f64.
-        let quant = |x: f32, inv: f32| (x * inv).round_ties_even().clamp(-127.0, 127.0) as i64;
+        // The reference quantises as documented (quant.rs: per row of `w` at load, symmetric;
+        // per row of `a`, u8 with a zero point), sums the integer products exactly in i64 and
+        // scales back in f64.
+        use crate::cpu::quant::{channel_scale, quantize_weight, RowQ};
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         let shapes = [(1, 1, 1), (16, 16, 64), (33, 17, 37), (300, 70, 1030), (5, 96, 129)];
-        for &(m, n, k) in &shapes {
+        for (&(m, n, k), smoothed) in shapes.iter().flat_map(|s| [(s, false), (s, true)]) {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0 * (1 + i / k % 3) as f32)
                 .collect();
@@ -321,38 +323,44 @@ mod tests {
             if m > 2 {
                 a[k..2 * k].iter_mut().for_each(|v| *v = 0.0);
             }
-            let q = AmxI8Weight::quantize(n, k, &w);
+            let f: Vec<f32> = (0..k).map(|kk| 0.25 + (kk * 7 % 13) as f32).collect();
+            let q = AmxI8Weight::quantize(n, k, &w, smoothed.then_some(&f[..]));
             let ldc = n + 3;
             let mut c = vec![9.0f32; m * ldc];
             // SAFETY: c is [m × ldc], ldc ≥ n; AMX-INT8 is available.
             pool.install(|| unsafe { matmul_amx_int8(m, &a, &q, c.as_mut_ptr(), ldc) });
+            // The operands the quantiser sees (the same f32 operations as the packing).
+            let (a0, w0) = (a.clone(), w.clone());
+            let (a, w) = if smoothed {
+                let a: Vec<f32> = a.iter().enumerate().map(|(i, x)| x * (1.0 / f[i % k])).collect();
+                (a, w.iter().enumerate().map(|(i, x)| x * f[i % k]).collect())
+            } else {
+                (a, w)
+            };
             let amax = |r: &[f32]| r.iter().fold(0f32, |x, v| x.max(v.abs()));
             for i in 0..m {
                 let ra = &a[i * k..(i + 1) * k];
+                let (lo, hi) = ra.iter().fold((0f32, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
+                let qa = RowQ::new(lo, hi);
                 let ma = amax(ra);
-                let ia = if ma > 0.0 { 127.0 / ma } else { 0.0 };
                 for j in 0..n {
                     let rw = &w[j * k..(j + 1) * k];
-                    let sw = amax(rw) / 127.0;
+                    let sw = channel_scale(rw);
                     let dot: i64 = (0..k)
                         .map(|kk| {
-                            // w / s, as the packing divides (w · 1/s may round differently).
-                            let qw = if sw > 0.0 {
-                                (rw[kk] / sw).round_ties_even().clamp(-127.0, 127.0) as i64
-                            } else {
-                                0
-                            };
-                            quant(ra[kk], ia) * qw
+                            let x = qa.quantize(ra[kk]) as i64 - qa.zp as i64;
+                            x * quantize_weight(rw[kk], sw) as i64
                         })
                         .sum();
-                    let want = dot as f64 * (ma / 127.0) as f64 * sw as f64;
+                    let want = dot as f64 * qa.scale as f64 * sw as f64;
                     let got = c[i * ldc + j] as f64;
                     assert!(
                         (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
                         "{m}x{n}x{k} ({i},{j}): {got} vs {want}"
                     );
                     // And the quantised product stays near the f32 one (a few % of its scale).
-                    let exact: f64 = (0..k).map(|kk| ra[kk] as f64 * rw[kk] as f64).sum();
+                    let exact: f64 =
+                        (0..k).map(|kk| a0[i * k + kk] as f64 * w0[j * k + kk] as f64).sum();
                     let scale = (ma as f64) * amax(rw) as f64 * (k as f64).sqrt();
                     assert!((got - exact).abs() <= 0.02 * scale + 1e-12, "({i},{j}) far off");
                 }

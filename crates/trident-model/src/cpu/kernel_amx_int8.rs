@@ -1,15 +1,16 @@
 //! The int8 GEMM on AMX-INT8: `C = A·Wᵀ` with `W` quantised once at load per output channel
-//! (symmetric: `q = round(w / s_j)`, `s_j = max|W[j]| / 127`) and `A` per row, i.e. per token,
-//! as it is packed (`s_i = max|A[i]| / 127`). `TDPBSSD` sums the int8 products exactly in i32;
-//! each 32 × 32 block is then scaled back, `C[i][j] = acc · s_i · s_j`. Per-token activation
-//! scales follow each token's own range, where ONNX Runtime's dynamic quantisation takes one
-//! scale for the whole tensor.
+//! and `A` per row, i.e. per token, as it is packed, unsigned with a zero point (`quant.rs`).
+//! `TDPBUSD` sums the u8 × i8 products exactly in i32; each 32 × 32 block is then corrected for
+//! the zero points and scaled back, `C[i][j] = (acc − z_i·Σq_w[j]) · s_i · s_j`. Per-token
+//! activation codes follow each token's own range, where ONNX Runtime's dynamic quantisation
+//! takes one scale for the whole tensor.
 //!
 //! Tiles as in `kernel_amx.rs` (16 rows × 64 bytes, same configuration), but an `A` tile row
-//! holds 64 int8 features and a `B` tile row holds 16 column *quads* (row `r`, column `c`:
+//! holds 64 u8 features and a `B` tile row holds 16 column *quads* (row `r`, column `c`:
 //! `W[j][4r..4r + 4]`).
 
 use super::kernel_amx::{tile_block, Line, Strided, TM, TN};
+use super::quant::{self, QuantizedRows, RowQ};
 
 /// Input features per tile row (64 bytes of int8).
 pub const TK: usize = 64;
@@ -27,6 +28,10 @@ impl Line {
         // SAFETY: 64 bytes either way; i8 has no alignment or validity requirement.
         unsafe { &mut *(self.0.as_mut_ptr() as *mut [i8; 64]) }
     }
+
+    fn as_u8_ptr(&mut self) -> *mut u8 {
+        self.0.as_mut_ptr() as *mut u8
+    }
 }
 
 /// `W` (`[n × k]`) quantised per row to int8 in tile order (16-column panels, `k/64` tiles each,
@@ -36,21 +41,34 @@ pub struct AmxI8Weight {
     tiles: Vec<Line>,
     /// `s_j` per output column, zero past `n` (padded to the panels).
     scale: Vec<f32>,
+    /// `Σ_k q[j][k]` per output column (the zero points' correction), zero past `n`.
+    colsum: Vec<i32>,
+    /// `1 / f_k` per input feature when the weights were smoothed (`smooth.rs`; padded to the
+    /// tiles with zeros), empty otherwise: the activations are divided as they are packed.
+    smooth: Vec<f32>,
     pub n: usize,
     pub k: usize,
     kt: usize,
 }
 
 impl AmxI8Weight {
-    /// Quantises row-major `w` (`[n × k]`), panels in parallel.
-    pub fn quantize(n: usize, k: usize, w: &[f32]) -> AmxI8Weight {
+    /// Quantises row-major `w` (`[n × k]`) as [`QuantizedRows`] does and packs it in tile order,
+    /// panels in parallel.
+    pub fn quantize(n: usize, k: usize, w: &[f32], factors: Option<&[f32]>) -> AmxI8Weight {
+        Self::pack(&QuantizedRows::new(n, k, w, factors))
+    }
+
+    pub fn pack(src: &QuantizedRows) -> AmxI8Weight {
         use rayon::prelude::*;
-        assert!(w.len() >= n * k, "quantize source");
+        let (n, k) = (src.n, src.k);
         let (kt, panels) = (k.div_ceil(TK), n.div_ceil(2 * TN) * 2);
-        let mut scale = vec![0f32; panels * TN];
-        scale[..n].par_iter_mut().enumerate().for_each(|(j, s)| {
-            *s = w[j * k..(j + 1) * k].iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
-        });
+        let (mut scale, mut colsum) = (src.scale.clone(), src.colsum.clone());
+        scale.resize(panels * TN, 0.0);
+        colsum.resize(panels * TN, 0);
+        let mut smooth = src.smooth.clone();
+        if !smooth.is_empty() {
+            smooth.resize(kt * TK, 0.0);
+        }
         let mut tiles = vec![Line::default(); panels * kt * TM];
         tiles.par_chunks_mut(kt * TM).enumerate().for_each(|(p, panel)| {
             for (t, tile) in panel.chunks_exact_mut(TM).enumerate() {
@@ -60,18 +78,13 @@ impl AmxI8Weight {
                         let j = p * TN + c;
                         for e in 0..4 {
                             let kk = t * TK + 4 * r + e;
-                            bytes[4 * c + e] = if j < n && kk < k && scale[j] > 0.0 {
-                                (w[j * k + kk] / scale[j]).round_ties_even().clamp(-127.0, 127.0)
-                                    as i8
-                            } else {
-                                0
-                            };
+                            bytes[4 * c + e] = if j < n && kk < k { src.q[j * k + kk] } else { 0 };
                         }
                     }
                 }
             }
         });
-        AmxI8Weight { tiles, scale, n, k, kt }
+        AmxI8Weight { tiles, scale, colsum, smooth, n, k, kt }
     }
 
     /// Tile `t` (of 64 input features) of panel `p`.
@@ -83,6 +96,11 @@ impl AmxI8Weight {
     pub fn k_tiles(&self) -> usize {
         self.kt
     }
+
+    /// What the activations are multiplied by per input feature as they are packed (empty: 1).
+    pub fn smooth(&self) -> &[f32] {
+        &self.smooth
+    }
 }
 
 /// Lines [`pack_a`] writes for `rows` rows of `k` features.
@@ -90,58 +108,61 @@ pub fn a_lines(rows: usize, k: usize) -> usize {
     rows.div_ceil(2 * TM) * 2 * TM * k.div_ceil(TK)
 }
 
-/// Quantises rows `0..rows`, columns `0..k` of `src` per row into int8 `A` tiles (`dst[g][t]`:
-/// row group `g` of 16 rows, feature tile `t` of 64) and their scales into `scales[i]`. Rows
-/// past `rows` (up to an even number of groups) and features past `k` are zero.
-pub fn pack_a(src: Strided, rows: usize, k: usize, dst: &mut [Line], scales: &mut [f32]) {
+/// Quantises rows `0..rows`, columns `0..k` of `src` per row into u8 `A` tiles (`dst[g][t]`:
+/// row group `g` of 16 rows, feature tile `t` of 64) and their codes into `codes[i]`. Rows
+/// past `rows` (up to an even number of groups) are zero; features past `k` hold the row's
+/// zero point (their weights are zero). A non-empty `smooth` (`kt · 64` factors) multiplies
+/// each row by it first.
+pub fn pack_a(
+    src: Strided,
+    rows: usize,
+    k: usize,
+    smooth: &[f32],
+    dst: &mut [Line],
+    codes: &mut [RowQ],
+) {
     assert!(rows == 0 || k == 0 || src.fits(rows, k), "pack_a source");
     assert!(dst.len() >= a_lines(rows, k), "pack_a destination");
-    assert!(scales.len() >= rows.div_ceil(2 * TM) * 2 * TM, "pack_a scales");
+    assert!(codes.len() >= rows.div_ceil(2 * TM) * 2 * TM, "pack_a codes");
+    assert!(smooth.is_empty() || smooth.len() >= k.div_ceil(TK) * TK, "pack_a smoothing");
     // SAFETY: available() checked AVX-512 (this runs only on the AMX path).
-    unsafe { pack_a_avx512(src, rows, k, dst, scales) }
+    unsafe { pack_a_avx512(src, rows, k, smooth, dst, codes) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw")]
-fn pack_a_avx512(src: Strided, rows: usize, k: usize, dst: &mut [Line], scales: &mut [f32]) {
-    use std::arch::x86_64::*;
+fn pack_a_avx512(
+    src: Strided,
+    rows: usize,
+    k: usize,
+    smooth: &[f32],
+    dst: &mut [Line],
+    codes: &mut [RowQ],
+) {
     let (groups, kt) = (rows.div_ceil(2 * TM) * 2, k.div_ceil(TK));
-    for (i, scale) in scales.iter_mut().enumerate().take(groups * TM) {
-        let amax = if i < rows {
-            (0..kt).fold(0f32, |m, t| {
-                let run = src.run::<64>(i, t * TK, rows, k);
-                // SAFETY: 64 floats, four unaligned loads.
-                m.max(unsafe {
-                    let p = run.as_ptr();
-                    let a = _mm512_max_ps(
-                        _mm512_abs_ps(_mm512_loadu_ps(p)),
-                        _mm512_abs_ps(_mm512_loadu_ps(p.add(16))),
-                    );
-                    let b = _mm512_max_ps(
-                        _mm512_abs_ps(_mm512_loadu_ps(p.add(32))),
-                        _mm512_abs_ps(_mm512_loadu_ps(p.add(48))),
-                    );
-                    _mm512_reduce_max_ps(_mm512_max_ps(a, b))
-                })
-            })
+    let run = |i: usize, t: usize| {
+        let mut run = src.run::<64>(i, t * TK, rows, k);
+        if !smooth.is_empty() {
+            run.iter_mut().zip(&smooth[t * TK..]).for_each(|(x, f)| *x *= f);
+        }
+        run
+    };
+    for (i, code) in codes.iter_mut().enumerate().take(groups * TM) {
+        *code = if i < rows {
+            let (lo, hi) = (0..kt).fold((0f32, 0f32), |(lo, hi), t| {
+                // SAFETY: AVX-512F (this function's features).
+                let (l, h) = unsafe { quant::min_max64(&run(i, t)) };
+                (lo.min(l), hi.max(h))
+            });
+            RowQ::new(lo, hi)
         } else {
-            0.0
+            RowQ::default()
         };
-        *scale = amax / 127.0;
-        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         let (g, r) = (i / TM, i % TM);
         for t in 0..kt {
-            let run = src.run::<64>(i, t * TK, rows, k);
+            let run = run(i, t);
             let line = &mut dst[(g * kt + t) * TM + r];
-            // SAFETY: 64 floats in, 4 × 16 bytes out; |x · inv| ≤ 127 (plus rounding), and the
-            // conversion saturates anyway. Rounding is the MXCSR default, to nearest even.
-            unsafe {
-                let s = _mm512_set1_ps(inv);
-                let out = line.bytes_mut().as_mut_ptr() as *mut __m128i;
-                for q in 0..4 {
-                    let x = _mm512_mul_ps(_mm512_loadu_ps(run.as_ptr().add(16 * q)), s);
-                    _mm_storeu_si128(out.add(q), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(x)));
-                }
-            }
+            // SAFETY: AVX-512F/BW (this function's features); a line is 64 bytes.
+            unsafe { quant::quantize64(&run, *code, line.as_u8_ptr()) };
         }
     }
 }
@@ -151,18 +172,18 @@ fn pack_a_avx512(src: Strided, rows: usize, k: usize, dst: &mut [Line], scales: 
 struct Acc([[i32; 2 * TN]; 2 * TM]);
 
 /// One 32 × 32 block of `C` over `kt` feature tiles: `A` tiles of two row groups (`a0`, `a1`),
-/// `B` tiles of panels `p`, `p + 1` of `w`; `sa` holds the 32 rows' scales. Overwrites `rows`
-/// × `cols` (≤ 32 each) of `C` with the scaled sums.
+/// `B` tiles of panels `p`, `p + 1` of `w`; `qa` holds the 32 rows' codes. Overwrites `rows`
+/// × `cols` (≤ 32 each) of `C` with the corrected, scaled sums.
 ///
 /// # Safety
 /// `kernel_amx::configure` ran on this thread; `c` is valid for `rows` rows of `cols` values at
-/// stride `ldc`; the tiles exist; `sa` has 32 values.
+/// stride `ldc`; the tiles exist; `qa` has 32 values.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn block(
     kt: usize,
     (a0, a1): (*const Line, *const Line),
     (w, p): (&AmxI8Weight, usize),
-    sa: &[f32],
+    qa: &[RowQ],
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -173,37 +194,44 @@ pub unsafe fn block(
     let stride = 2 * TN * 4;
     // SAFETY: configured tiles; cp points at 32 rows of 32 i32 at `stride` bytes.
     unsafe {
-        tile_block!("tdpbssd", kt, (a0, a1), (w.tile(p, 0), w.tile(p + 1, 0)), cp, stride);
+        tile_block!("tdpbusd", kt, (a0, a1), (w.tile(p, 0), w.tile(p + 1, 0)), cp, stride);
         let acc = acc.assume_init_ref();
-        dequantize(acc, sa, &w.scale[p * TN..p * TN + 2 * TN], c, ldc, rows, cols);
+        let span = p * TN..p * TN + 2 * TN;
+        dequantize(acc, qa, (&w.scale[span.clone()], &w.colsum[span]), c, ldc, rows, cols);
     }
 }
 
-/// `C[i][j] = acc[i][j] · sa[i] · sw[j]` for the block's `rows × cols`.
+/// `C[i][j] = (acc[i][j] − z_i·colsum[j]) · s_i · sw[j]` for the block's `rows × cols` (the
+/// correction in i32: |acc| ≤ 255 · 127 · k stays far inside it).
 #[target_feature(enable = "avx512f")]
 unsafe fn dequantize(
     acc: &Acc,
-    sa: &[f32],
-    sw: &[f32],
+    qa: &[RowQ],
+    (sw, colsum): (&[f32], &[i32]),
     c: *mut f32,
     ldc: usize,
     rows: usize,
     cols: usize,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY: sw has 32 values; c is valid for rows × cols at stride ldc (caller); the masks
-    // keep the stores inside cols.
+    // SAFETY: sw and colsum have 32 values; c is valid for rows × cols at stride ldc (caller);
+    // the masks keep the stores inside cols.
     unsafe {
         let sw = [_mm512_loadu_ps(sw.as_ptr()), _mm512_loadu_ps(sw.as_ptr().add(TN))];
+        let cs = [
+            _mm512_loadu_si512(colsum.as_ptr() as _),
+            _mm512_loadu_si512(colsum.as_ptr().add(TN) as _),
+        ];
         for (i, row) in acc.0.iter().enumerate().take(rows) {
-            let s = _mm512_set1_ps(sa[i]);
-            for (h, sw) in sw.iter().enumerate() {
+            let (s, z) = (_mm512_set1_ps(qa[i].scale), _mm512_set1_epi32(qa[i].zp));
+            for h in 0..2 {
                 let n = cols.saturating_sub(h * TN).min(TN);
                 if n == 0 {
                     break;
                 }
-                let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(row.as_ptr().add(h * TN) as _));
-                let v = _mm512_mul_ps(_mm512_mul_ps(v, *sw), s);
+                let v = _mm512_loadu_si512(row.as_ptr().add(h * TN) as _);
+                let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_mullo_epi32(z, cs[h])));
+                let v = _mm512_mul_ps(_mm512_mul_ps(v, sw[h]), s);
                 _mm512_mask_storeu_ps(c.add(i * ldc + h * TN), ((1u32 << n) - 1) as u16, v);
             }
         }

@@ -3,7 +3,8 @@
 //! dedicated rayon pool, weights read in place (memory-mapped when the checkpoint is
 //! safetensors), element-wise work fused into one pass after each GEMM. At bf16 precision on a
 //! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`); at int8
-//! the linear layers run on AMX-INT8 (`kernel_amx_int8.rs`) and attention stays on AMX-BF16.
+//! the linear layers run on AMX-INT8 (`kernel_amx_int8.rs`) and attention stays on AMX-BF16, or,
+//! below AMX, on a portable int8 kernel with the same results (`kernel_int8.rs`).
 
 mod attention;
 mod gemm;
@@ -15,8 +16,11 @@ mod kernel_amx;
 mod kernel_amx_int8;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx512;
+mod kernel_int8;
 mod ops;
 mod pool;
+mod quant;
+mod smooth;
 mod tile;
 
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use pool::{BufferPool, Pooled};
 #[doc(hidden)]
 pub use gemm::matmul_wt;
 pub use isa::{force_isa, kernel_name, Isa};
+pub use smooth::{Recorder, Smoothing};
 
 /// The AMX-BF16 GEMM and its weight packing, public for `examples/gemm_bench.rs`.
 #[doc(hidden)]
@@ -66,10 +71,10 @@ pub enum CpuPrecision {
     /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); without it
     /// the weights are widened back and the arithmetic stays f32.
     Bf16,
-    /// Linear layers in int8 on AMX-INT8: weights quantised per output channel at load,
-    /// each token's activations per token as they are multiplied, exact i32 sums. Attention on
-    /// AMX-BF16; norms, softmax and the one-output sparse head f32. Needs AMX-INT8 (a load
-    /// elsewhere fails, naming the missing instructions).
+    /// Linear layers in int8: weights smoothed (calibrated at load, `smooth.rs`) and quantised
+    /// per output channel, activations per token (u8 with a zero point) as they are multiplied,
+    /// exact i32 sums. On AMX-INT8 (attention on AMX-BF16); elsewhere a portable kernel with the
+    /// same linear-layer results (attention f32). Norms, softmax, the sparse head: f32.
     Int8,
 }
 
@@ -102,6 +107,8 @@ enum PartWeight {
     /// int8, per-channel scales, in AMX tile order.
     #[cfg(target_arch = "x86_64")]
     AmxI8(kernel_amx_int8::AmxI8Weight),
+    /// int8, per-channel scales, row-major (below AMX).
+    I8(quant::QuantizedRows),
 }
 
 impl PartWeight {
@@ -113,6 +120,7 @@ impl PartWeight {
             PartWeight::Amx(w) => w.n,
             #[cfg(target_arch = "x86_64")]
             PartWeight::AmxI8(w) => w.n,
+            PartWeight::I8(w) => w.n,
         }
     }
 }
@@ -147,6 +155,10 @@ pub struct CpuBackend {
     /// made: the weights are packed in the tile order at load).
     amx: bool,
     buffers: Arc<BufferPool>,
+    /// Calibration: every linear layer's input is folded into per-feature maxima.
+    recorder: Option<Arc<Recorder>>,
+    /// int8: the calibrated smoothing applied to the weights as they are quantised.
+    smoothing: Option<Arc<Smoothing>>,
 }
 
 impl CpuBackend {
@@ -168,7 +180,27 @@ impl CpuBackend {
             .build()
             .expect("rayon thread pool");
         let amx = amx_for(precision);
-        CpuBackend { pool: Arc::new(pool), threads, precision, amx, buffers: Arc::default() }
+        CpuBackend {
+            pool: Arc::new(pool),
+            threads,
+            precision,
+            amx,
+            buffers: Arc::default(),
+            recorder: None,
+            smoothing: None,
+        }
+    }
+
+    /// Records every linear layer's input into `recorder` (the int8 calibration pass).
+    pub fn recording(mut self, recorder: Arc<Recorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// Smooths the int8 precision's linear layers with `smoothing` as they load.
+    pub fn with_smoothing(mut self, smoothing: Arc<Smoothing>) -> Self {
+        self.smoothing = Some(smoothing);
+        self
     }
 
     pub fn threads(&self) -> usize {
@@ -188,6 +220,9 @@ impl CpuBackend {
             ));
         }
         let (m, n) = (x.rows, w.out_dim);
+        if let Some(r) = &self.recorder {
+            r.record(&w.name, &x.data()[..m * w.in_dim], w.in_dim);
+        }
         // Every part writes all rows of its columns, and the parts cover all n columns.
         let mut y = Pooled::overwritten(&self.buffers, m * n);
         let mut col = 0;
@@ -206,6 +241,7 @@ impl CpuBackend {
                     PartWeight::Amx(p) => gemm::matmul_amx(m, x.data(), p, dst, n),
                     #[cfg(target_arch = "x86_64")]
                     PartWeight::AmxI8(p) => gemm::matmul_amx_int8(m, x.data(), p, dst, n),
+                    PartWeight::I8(p) => kernel_int8::matmul_int8(m, x.data(), p, dst, n),
                 }
             };
             col += out_i;
@@ -243,11 +279,15 @@ fn kernels(precision: CpuPrecision, amx: bool) -> String {
         }
         CpuPrecision::Bf16 => format!("bf16 weights, f32 math, {}", kernel_name()),
         CpuPrecision::Int8 if amx => format!(
-            "int8: amx int8 32x32 (linear layers, per-channel weights, per-token activations), \
-             amx bf16 attention, {}",
+            "int8: amx int8 32x32 (linear layers, smoothed per-channel weights, per-token u8 \
+             activations), amx bf16 attention, {}",
             kernel_name()
         ),
-        CpuPrecision::Int8 => "int8 unavailable: no AMX-INT8 (or capped by --cpu-isa)".into(),
+        CpuPrecision::Int8 => format!(
+            "int8: portable int8 (linear layers, exact i32 sums, as amx int8; memory, not \
+             speed), {}",
+            kernel_name()
+        ),
     }
 }
 
@@ -296,26 +336,29 @@ impl Backend for CpuBackend {
         // The one-output sparse head stays f32: it is a dot product, not a GEMM.
         let reduced = self.precision.reduced() && bias.len() > 1;
         let int8 = reduced && self.precision == CpuPrecision::Int8;
-        if int8 && !self.amx {
-            return Err(Self::err(
-                name,
-                "--precision int8 needs AMX-INT8 and AMX-BF16 (Intel Sapphire Rapids or later; \
-                 not granted here, or capped by --cpu-isa); use bf16 or f32",
-            ));
-        }
         let bf16 = reduced && !int8;
         let amx = bf16 && self.amx;
+        let factors = match &self.smoothing {
+            Some(s) if int8 => {
+                let data: Vec<&[f32]> = parts.iter().map(|p| p.weight.data()).collect();
+                s.factors(name, &data, in_dim)
+            }
+            _ => None,
+        };
         let weights = parts
             .iter()
             .map(|p| {
-                #[cfg(target_arch = "x86_64")]
                 if int8 {
                     let (n, src) = (p.weight.shape()[0], p.weight.data());
-                    let q = self
-                        .pool
-                        .install(|| kernel_amx_int8::AmxI8Weight::quantize(n, in_dim, src));
+                    let f = factors.as_deref();
+                    let q = self.pool.install(|| quant::QuantizedRows::new(n, in_dim, src, f));
                     p.weight.release_pages();
-                    return PartWeight::AmxI8(q);
+                    #[cfg(target_arch = "x86_64")]
+                    if self.amx {
+                        let packed = self.pool.install(|| kernel_amx_int8::AmxI8Weight::pack(&q));
+                        return PartWeight::AmxI8(packed);
+                    }
+                    return PartWeight::I8(q);
                 }
                 #[cfg(target_arch = "x86_64")]
                 if amx {

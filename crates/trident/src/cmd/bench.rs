@@ -178,7 +178,7 @@ fn load(args: &BenchArgs) -> anyhow::Result<(Tokenizer, Box<dyn Embedder>, Strin
     }
     let layers = config.num_hidden_layers;
     let ckpt = std::sync::Arc::new(Checkpoint::random(config, args.seed));
-    let specs = workers(&placement, &args.placement, ckpt, tokenizer.special_ids())?;
+    let specs = workers(&placement, &args.placement, ckpt, &tokenizer)?;
     let model = format!("random xlmr-large (layers={layers}, seed={})", args.seed);
     Ok((tokenizer, first_embedder(&specs)?, model))
 }

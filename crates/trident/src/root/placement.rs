@@ -103,31 +103,45 @@ pub fn build_workers(
     // A hub id is downloaded (or found in the hub cache) after the placement check.
     let dir = super::hub::resolve_model_path(model)?;
     let loaded = load_model(&dir).with_context(|| format!("loading model {}", model.display()))?;
-    let special = loaded.tokenizer.special_ids();
-    let specs = workers(&placement, args, loaded.checkpoint.clone(), special)?;
+    let specs = workers(&placement, args, loaded.checkpoint.clone(), &loaded.tokenizer)?;
     let specs = inject_faults(specs, &loaded.tokenizer);
     Ok((loaded, specs))
 }
 
 /// The worker specs for a checkpoint: `--workers` CPU workers, or `--workers` per CUDA device
 /// (each with its own backend: stream, weights, buffers). A restarted worker builds a fresh
-/// encoder over the same shared checkpoint.
+/// encoder over the same shared checkpoint. At int8 the checkpoint is calibrated once, here,
+/// for every worker (`trident_model::calibrate`).
 pub fn workers(
     placement: &Placement,
     args: &PlacementArgs,
     ckpt: Arc<Checkpoint>,
-    special: trident_model::SpecialIds,
+    tokenizer: &trident_model::Tokenizer,
 ) -> anyhow::Result<Vec<WorkerSpec>> {
+    let special = tokenizer.special_ids();
     match placement {
         Placement::Cpu => {
             let (threads, precision) = (args.threads, args.precision.unwrap_or_default());
+            let smoothing = if precision == CpuPrecision::Int8 {
+                let t = std::time::Instant::now();
+                let s = trident_model::calibrate::int8_smoothing(&ckpt, tokenizer, threads)
+                    .context("int8 calibration")?;
+                let secs = t.elapsed().as_secs_f32();
+                tracing::info!(layers = s.layers(), secs, "int8 calibration");
+                Some(s)
+            } else {
+                None
+            };
             Ok((0..args.workers)
                 .map(|i| {
-                    let ckpt = ckpt.clone();
+                    let (ckpt, smoothing) = (ckpt.clone(), smoothing.clone());
                     WorkerSpec {
                         name: format!("cpu-{i}"),
                         factory: Arc::new(move || {
-                            let backend = CpuBackend::with_precision(threads, precision);
+                            let mut backend = CpuBackend::with_precision(threads, precision);
+                            if let Some(s) = &smoothing {
+                                backend = backend.with_smoothing(s.clone());
+                            }
                             let mut enc = Encoder::new(&ckpt, backend)?;
                             enc.set_special_ids(special);
                             Ok(Box::new(enc) as Box<dyn Embedder>)

@@ -1,0 +1,190 @@
+//! The int8 precision where AMX-INT8 is absent (or capped by `--cpu-isa`): the same codes as
+//! `kernel_amx_int8.rs` (`quant.rs`: per-channel weights, per-token u8 activations with a zero
+//! point, optional smoothing), multiplied in plain Rust that the compiler vectorises (AVX2:
+//! widening multiply-adds into i32). The sums are exact and the scaling back is the same f32
+//! arithmetic in the same order, so its linear layers give the AMX path's results bit for bit.
+//! Its gain is memory (int8 weights are a quarter of f32), not speed: on AVX2 the f32 kernel
+//! multiplies about as fast.
+
+use rayon::prelude::*;
+
+use super::isa::{isa, Isa};
+use super::quant::{QuantizedRows, RowQ};
+
+/// Rows quantised and multiplied together: each weight row is read once per block.
+const ROWS: usize = 8;
+/// Output columns per work item.
+const COLS: usize = 64;
+
+struct Out(*mut f32);
+// SAFETY: work items write disjoint blocks of `C`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// `c[m × w.n] = a[m × w.k] · wᵀ` on the current rayon pool.
+///
+/// # Safety
+/// `c` must be valid for `m` rows of `w.n` values at stride `ldc` and must not alias `a`.
+pub unsafe fn matmul_int8(m: usize, a: &[f32], w: &QuantizedRows, c: *mut f32, ldc: usize) {
+    let (n, k) = (w.n, w.k);
+    assert!(a.len() >= m * k, "matmul_int8 operand sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Quantise every row once.
+    let mut qa = vec![0u8; m * k];
+    let mut codes = vec![RowQ::default(); m];
+    qa.par_chunks_mut(k.max(1)).zip(&mut codes).enumerate().for_each(|(i, (q, code))| {
+        *code = quantize_row(&a[i * k..(i + 1) * k], &w.smooth, q);
+    });
+    let out = Out(c);
+    let out = &out;
+    let (blocks, chunks) = (m.div_ceil(ROWS), n.div_ceil(COLS));
+    (0..blocks * chunks).into_par_iter().for_each(|item| {
+        let (b, ch) = (item / chunks, item % chunks);
+        let rows = b * ROWS..(b * ROWS + ROWS).min(m);
+        let cols = ch * COLS..(ch * COLS + COLS).min(n);
+        // SAFETY: this item writes rows × cols of c only (caller: c is valid there).
+        unsafe {
+            if isa() >= Isa::Avx2 {
+                block_avx2(&qa, &codes, w, rows, cols, out.0, ldc)
+            } else {
+                block(&qa, &codes, w, rows, cols, out.0, ldc)
+            }
+        }
+    });
+}
+
+/// Quantises one row (times `smooth`, when not empty) into `q` and returns its code, with
+/// the same f32 operations as `kernel_amx_int8::pack_a`.
+fn quantize_row(row: &[f32], smooth: &[f32], q: &mut [u8]) -> RowQ {
+    let x = |kk: usize| if smooth.is_empty() { row[kk] } else { row[kk] * smooth[kk] };
+    let (lo, hi) = (0..row.len()).fold((0f32, 0f32), |(l, h), kk| (l.min(x(kk)), h.max(x(kk))));
+    let code = RowQ::new(lo, hi);
+    q.iter_mut().enumerate().for_each(|(kk, q)| *q = code.quantize(x(kk)));
+    code
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(
+    qa: &[u8],
+    codes: &[RowQ],
+    w: &QuantizedRows,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: as block's (caller).
+    unsafe { block(qa, codes, w, rows, cols, c, ldc) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn block_avx2(
+    qa: &[u8],
+    codes: &[RowQ],
+    w: &QuantizedRows,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    unsafe { block(qa, codes, w, rows, cols, c, ldc) }
+}
+
+/// `C[i][j] = (Σ q_a·q_w − z_i·colsum[j]) · s_j · s_i` (the AMX path's order) for the block.
+///
+/// # Safety
+/// `c` is valid for `rows × cols` at stride `ldc`.
+#[inline(always)]
+unsafe fn block(
+    qa: &[u8],
+    codes: &[RowQ],
+    w: &QuantizedRows,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let k = w.k;
+    for j in cols {
+        let wq = &w.q[j * k..(j + 1) * k];
+        for i in rows.clone() {
+            let dot: i32 =
+                qa[i * k..(i + 1) * k].iter().zip(wq).map(|(&a, &b)| a as i32 * b as i32).sum();
+            let v = (dot - codes[i].zp * w.colsum[j]) as f32 * w.scale[j] * codes[i].scale;
+            // SAFETY: (i, j) lies in the block (caller).
+            unsafe { *c.add(i * ldc + j) = v };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::quant::{channel_scale, quantize_weight};
+
+    /// Against exact i64 sums of the documented codes, plain and smoothed, on ragged shapes.
+    #[test]
+    fn matches_the_exact_sums_of_its_quantised_operands() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for &(m, n, k) in &[(1, 1, 1), (9, 65, 37), (20, 130, 300), (3, 7, 1030)] {
+            for smoothed in [false, true] {
+                let a: Vec<f32> = (0..m * k)
+                    .map(|i| ((i * 37 % 101) as f32 - 30.0) / 50.0 * (1 + i / k % 3) as f32)
+                    .collect();
+                let mut w: Vec<f32> =
+                    (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+                w[..k].iter_mut().for_each(|v| *v = 0.0);
+                let f: Vec<f32> = (0..k).map(|kk| 0.25 + (kk * 7 % 13) as f32).collect();
+                let q = QuantizedRows::new(n, k, &w, smoothed.then_some(&f[..]));
+                let ldc = n + 2;
+                let mut c = vec![9.0f32; m * ldc];
+                // SAFETY: c is [m × ldc], ldc ≥ n.
+                pool.install(|| unsafe { matmul_int8(m, &a, &q, c.as_mut_ptr(), ldc) });
+                for i in 0..m {
+                    let ra: Vec<f32> =
+                        (0..k)
+                            .map(|kk| {
+                                if smoothed {
+                                    a[i * k + kk] * (1.0 / f[kk])
+                                } else {
+                                    a[i * k + kk]
+                                }
+                            })
+                            .collect();
+                    let (lo, hi) = ra.iter().fold((0f32, 0f32), |(l, h), &x| (l.min(x), h.max(x)));
+                    let qa = RowQ::new(lo, hi);
+                    for j in 0..n {
+                        let rw: Vec<f32> = (0..k)
+                            .map(|kk| if smoothed { w[j * k + kk] * f[kk] } else { w[j * k + kk] })
+                            .collect();
+                        let sw = channel_scale(&rw);
+                        let dot: i64 = (0..k)
+                            .map(|kk| {
+                                (qa.quantize(ra[kk]) as i64 - qa.zp as i64)
+                                    * quantize_weight(rw[kk], sw) as i64
+                            })
+                            .sum();
+                        let want = dot as f64 * qa.scale as f64 * sw as f64;
+                        let got = c[i * ldc + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                            "{m}x{n}x{k} smoothed {smoothed} ({i},{j}): {got} vs {want}"
+                        );
+                        let exact: f64 =
+                            (0..k).map(|kk| a[i * k + kk] as f64 * w[j * k + kk] as f64).sum();
+                        let amax = |r: &[f32]| r.iter().fold(0f64, |x, v| x.max(v.abs() as f64));
+                        let bound = 0.02 * amax(&ra) * amax(&rw) * (k as f64).sqrt() + 1e-12;
+                        assert!(
+                            (got - exact).abs() <= bound,
+                            "({i},{j}) far off: {got} vs {exact}"
+                        );
+                    }
+                    assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 9.0), "overrun");
+                }
+            }
+        }
+    }
+}
