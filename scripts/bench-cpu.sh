@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU speed table, reproducible: FlagEmbedding's `encode` (torch_reference.py), ONNX Runtime
 # f32 and its dynamic int8 quantisation (ort_reference.py) and `trident bench` at f32, bf16 and
-# int8 (where the CPU has AMX-INT8),
+# int8 (AMX-INT8, or the portable int8 kernel elsewhere),
 # on the same checkpoint, corpora and threads, run one after the other in this session, then a
 # markdown table with the ratios, headed by the CPU's model name and features.
 #
@@ -30,9 +30,11 @@ mkdir -p "$WORK"
 MODEL=$WORK/m3-l$LAYERS
 [ -f "$MODEL/model.safetensors" ] ||
     python3 "$SHARED/bench/make_random_m3.py" --out "$MODEL" --layers "$LAYERS" >&2
-# int8 runs where the CPU has AMX-INT8 (trident's int8 kernel); elsewhere its column says "—".
-MODES="f32 bf16"
-grep -qw amx_int8 /proc/cpuinfo && MODES="$MODES int8"
+# int8 runs on AMX-INT8 where the CPU has it, elsewhere on the portable int8 kernel.
+MODES="f32 bf16 int8"
+# BASELINE=/path/to/an/older/trident: its f32 runs right after each trident f32 run (same
+# corpus, same settings), for an "× baseline" column measured in the same run.
+BASELINE=${BASELINE:-}
 declare -A DOCS=([short]=256 [mixed]=48 [long]=8)
 for mix in $MIXES; do
     corpus=$WORK/$mix.jsonl
@@ -59,6 +61,11 @@ for mix in $MIXES; do
         echo "== trident $mix $p" >&2
         "$TRIDENT" bench --model "$MODEL" --corpus "$corpus" --threads "$THREADS" \
             --repeat "$REPEAT" --precision "$p" >"$WORK/trident-$mix-$p.json" 2>"$WORK/trident-$mix-$p.err"
+        if [ "$p" = f32 ] && [ -n "$BASELINE" ]; then
+            echo "== baseline $mix f32 ($BASELINE)" >&2
+            "$BASELINE" bench --model "$MODEL" --corpus "$corpus" --threads "$THREADS" \
+                --repeat "$REPEAT" >"$WORK/base-$mix-f32.json" 2>"$WORK/base-$mix-f32.err"
+        fi
     done
 done
 python3 - "$WORK" $MIXES <<'EOF'
@@ -83,8 +90,8 @@ print(f"CPU: {cpu} ({', '.join(feats)}); trident f32: {load(f'trident-{mixes[0]}
       f"bf16: {load(f'trident-{mixes[0]}-bf16')['backend']}; int8: {i8['backend'] if i8 else 'not run'}\n")
 r = lambda a, b: f"{a / b:.2f}" if a and b else "—"
 n = lambda v: f"{v:.0f}" if v else "—"
-print("| corpus | tokens | FlagEmbedding tok/s | ONNX Runtime f32 | ONNX Runtime int8 | trident f32 | × ORT f32 | trident bf16 | × ORT int8 | trident int8 | × ORT int8 | × FE (bf16) | peak RSS f32 / bf16 / int8 MiB |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| corpus | tokens | FlagEmbedding tok/s | ONNX Runtime f32 | ONNX Runtime int8 | trident f32 | × ORT f32 | baseline f32 | × baseline | trident bf16 | × ORT int8 | trident int8 | × ORT int8 | × FE (bf16) | peak RSS f32 / bf16 / int8 MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for m in mixes:
     t, f, b = load(f"torch-{m}"), load(f"trident-{m}-f32"), load(f"trident-{m}-bf16")
     q = opt_run(f"trident-{m}-int8")
@@ -92,6 +99,7 @@ for m in mixes:
     fe, tf, tb = t["tokens_per_s"], f["tokens_per_s"], b["tokens_per_s"]
     tq = q["tokens_per_s"] if q else None
     rss = lambda d: str(d["peak_rss_bytes"] >> 20) if d else "—"
-    print(f"| {m} | {f['tokens']} | {fe:.0f} | {n(o)} | {n(o8)} | {tf:.0f} | {r(tf, o)} | {tb:.0f} | {r(tb, o8)} "
+    base = opt(f"base-{m}-f32")
+    print(f"| {m} | {f['tokens']} | {fe:.0f} | {n(o)} | {n(o8)} | {tf:.0f} | {r(tf, o)} | {n(base)} | {r(tf, base)} | {tb:.0f} | {r(tb, o8)} "
           f"| {n(tq)} | {r(tq, o8)} | {r(tb, fe)} | {rss(f)} / {rss(b)} / {rss(q)} |")
 EOF
