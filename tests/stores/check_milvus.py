@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -89,11 +90,25 @@ def main(argv):
         raise CheckFailed(f"{a.docs}: duplicate ids")
 
     with tempfile.TemporaryDirectory(prefix="trident-milvus-") as tmp:
-        client = pymilvus.MilvusClient(os.path.join(tmp, "trident.db"))
+        client = open_lite(pymilvus, tmp)
         try:
             return load_and_search(a, client, schema, hybrid_search, docs, queries, dim, pymilvus)
         finally:
             client.close()
+
+
+def open_lite(pymilvus, tmp, attempts=3):
+    """Start milvus-lite on a fresh database file. Its embedded server sometimes fails to start
+    on a loaded machine ("Open storage failed", milvus-lite issue 195): only the start is retried,
+    each time on a new file, and every failure is said on stderr."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return pymilvus.MilvusClient(os.path.join(tmp, f"trident-{attempt}.db"))
+        except Exception as e:
+            print(f"milvus-lite start {attempt}/{attempts} failed: {e}", file=sys.stderr)
+            if attempt == attempts:
+                raise CheckFailed(f"milvus-lite did not start in {attempts} attempts: {e}")
+            time.sleep(attempt)
 
 
 def load_and_search(a, client, schema, hybrid_search, docs, queries, dim, pymilvus):

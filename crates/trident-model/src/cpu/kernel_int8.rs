@@ -1,10 +1,10 @@
 //! The int8 precision where AMX-INT8 is absent (or capped by `--cpu-isa`): the same codes as
 //! `kernel_amx_int8.rs` (`quant.rs`: per-channel weights, per-token u8 activations with a zero
-//! point, optional smoothing), multiplied in plain Rust that the compiler vectorises (AVX2:
-//! widening multiply-adds into i32). The sums are exact and the scaling back is the same f32
-//! arithmetic in the same order, so its linear layers give the AMX path's results bit for bit.
-//! Its gain is memory (int8 weights are a quarter of f32), not speed: on AVX2 the f32 kernel
-//! multiplies about as fast.
+//! point, optional smoothing). On AVX512-VNNI they are multiplied by `kernel_vnni.rs`; elsewhere
+//! in plain Rust that the compiler vectorises (AVX2: widening multiply-adds into i32), whose gain
+//! is memory (int8 weights are a quarter of f32), not speed. The sums are exact and the scaling
+//! back is the same f32 arithmetic in the same order, so all int8 kernels' linear layers give
+//! the same results bit for bit.
 
 use rayon::prelude::*;
 
@@ -21,11 +21,72 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// `c[m × w.n] = a[m × w.k] · wᵀ` on the current rayon pool.
+/// An int8 linear layer's weights as the kernel chosen at load wants them.
+pub enum Int8Weight {
+    /// Row-major, for the portable kernel.
+    Rows(QuantizedRows),
+    /// Panels for AVX512-VNNI.
+    #[cfg(target_arch = "x86_64")]
+    Vnni(super::kernel_vnni::VnniWeight),
+}
+
+impl Int8Weight {
+    /// Packs `q` for AVX512-VNNI where the CPU (and the `--cpu-isa` cap) allows it.
+    pub fn new(q: QuantizedRows) -> Int8Weight {
+        #[cfg(target_arch = "x86_64")]
+        if vnni() {
+            return Int8Weight::Vnni(super::kernel_vnni::VnniWeight::pack(&q));
+        }
+        Int8Weight::Rows(q)
+    }
+
+    /// Output columns.
+    pub fn n(&self) -> usize {
+        match self {
+            Int8Weight::Rows(q) => q.n,
+            #[cfg(target_arch = "x86_64")]
+            Int8Weight::Vnni(w) => w.n,
+        }
+    }
+}
+
+/// Whether int8 weights loaded now are packed for AVX512-VNNI.
+fn vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return isa() >= Isa::Avx512 && super::kernel_vnni::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The int8 kernel for weights loaded now (below AMX), for `/info` and `bench`.
+pub fn name() -> &'static str {
+    if vnni() {
+        "avx512 vnni int8 6x64"
+    } else {
+        "portable int8 (memory, not speed)"
+    }
+}
+
+/// `c[m × w.n] = a[m × w.k] · wᵀ` on the current rayon pool, on the kernel `w` was packed for.
 ///
 /// # Safety
 /// `c` must be valid for `m` rows of `w.n` values at stride `ldc` and must not alias `a`.
-pub unsafe fn matmul_int8(m: usize, a: &[f32], w: &QuantizedRows, c: *mut f32, ldc: usize) {
+pub unsafe fn matmul_int8(m: usize, a: &[f32], w: &Int8Weight, c: *mut f32, ldc: usize) {
+    // SAFETY: the caller's promises; Vnni weights exist only where the kernel runs.
+    unsafe {
+        match w {
+            Int8Weight::Rows(q) => matmul_rows(m, a, q, c, ldc),
+            #[cfg(target_arch = "x86_64")]
+            Int8Weight::Vnni(v) => super::kernel_vnni::matmul(m, a, v, c, ldc),
+        }
+    }
+}
+
+/// The portable kernel.
+///
+/// # Safety
+/// As [`matmul_int8`].
+pub unsafe fn matmul_rows(m: usize, a: &[f32], w: &QuantizedRows, c: *mut f32, ldc: usize) {
     let (n, k) = (w.n, w.k);
     assert!(a.len() >= m * k, "matmul_int8 operand sizes");
     if m == 0 || n == 0 {
@@ -57,7 +118,7 @@ pub unsafe fn matmul_int8(m: usize, a: &[f32], w: &QuantizedRows, c: *mut f32, l
 
 /// Quantises one row (times `smooth`, when not empty) into `q` and returns its code, with
 /// the same f32 operations as `kernel_amx_int8::pack_a`.
-fn quantize_row(row: &[f32], smooth: &[f32], q: &mut [u8]) -> RowQ {
+pub fn quantize_row(row: &[f32], smooth: &[f32], q: &mut [u8]) -> RowQ {
     let x = |kk: usize| if smooth.is_empty() { row[kk] } else { row[kk] * smooth[kk] };
     let (lo, hi) = (0..row.len()).fold((0f32, 0f32), |(l, h), kk| (l.min(x(kk)), h.max(x(kk))));
     let code = RowQ::new(lo, hi);
@@ -142,7 +203,7 @@ mod tests {
                 let ldc = n + 2;
                 let mut c = vec![9.0f32; m * ldc];
                 // SAFETY: c is [m × ldc], ldc ≥ n.
-                pool.install(|| unsafe { matmul_int8(m, &a, &q, c.as_mut_ptr(), ldc) });
+                pool.install(|| unsafe { matmul_rows(m, &a, &q, c.as_mut_ptr(), ldc) });
                 for i in 0..m {
                     let ra: Vec<f32> =
                         (0..k)

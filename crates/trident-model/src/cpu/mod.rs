@@ -4,7 +4,7 @@
 //! safetensors), element-wise work fused into one pass after each GEMM. At bf16 precision on a
 //! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`); at int8
 //! the linear layers run on AMX-INT8 (`kernel_amx_int8.rs`) and attention stays on AMX-BF16, or,
-//! below AMX, on a portable int8 kernel with the same results (`kernel_int8.rs`).
+//! below AMX, on AVX512-VNNI (`kernel_vnni.rs`) or portable code, with the same results.
 
 mod attention;
 mod gemm;
@@ -17,6 +17,8 @@ mod kernel_amx_int8;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx512;
 mod kernel_int8;
+#[cfg(target_arch = "x86_64")]
+mod kernel_vnni;
 mod ops;
 mod pool;
 mod quant;
@@ -73,8 +75,8 @@ pub enum CpuPrecision {
     Bf16,
     /// Linear layers in int8: weights smoothed (calibrated at load, `smooth.rs`) and quantised
     /// per output channel, activations per token (u8 with a zero point) as they are multiplied,
-    /// exact i32 sums. On AMX-INT8 (attention on AMX-BF16); elsewhere a portable kernel with the
-    /// same linear-layer results (attention f32). Norms, softmax, the sparse head: f32.
+    /// exact i32 sums. On AMX-INT8 (attention on AMX-BF16); elsewhere AVX512-VNNI or portable
+    /// code with the same linear-layer results (attention f32). Norms, softmax, sparse head: f32.
     Int8,
 }
 
@@ -107,8 +109,8 @@ enum PartWeight {
     /// int8, per-channel scales, in AMX tile order.
     #[cfg(target_arch = "x86_64")]
     AmxI8(kernel_amx_int8::AmxI8Weight),
-    /// int8, per-channel scales, row-major (below AMX).
-    I8(quant::QuantizedRows),
+    /// int8, per-channel scales, for AVX512-VNNI or the portable kernel (below AMX).
+    I8(kernel_int8::Int8Weight),
 }
 
 impl PartWeight {
@@ -120,7 +122,7 @@ impl PartWeight {
             PartWeight::Amx(w) => w.n,
             #[cfg(target_arch = "x86_64")]
             PartWeight::AmxI8(w) => w.n,
-            PartWeight::I8(w) => w.n,
+            PartWeight::I8(w) => w.n(),
         }
     }
 }
@@ -284,8 +286,8 @@ fn kernels(precision: CpuPrecision, amx: bool) -> String {
             kernel_name()
         ),
         CpuPrecision::Int8 => format!(
-            "int8: portable int8 (linear layers, exact i32 sums, as amx int8; memory, not \
-             speed), {}",
+            "int8: {} (linear layers, smoothed per-channel weights, per-token u8 activations), {}",
+            kernel_int8::name(),
             kernel_name()
         ),
     }
@@ -358,7 +360,7 @@ impl Backend for CpuBackend {
                         let packed = self.pool.install(|| kernel_amx_int8::AmxI8Weight::pack(&q));
                         return PartWeight::AmxI8(packed);
                     }
-                    return PartWeight::I8(q);
+                    return PartWeight::I8(self.pool.install(|| kernel_int8::Int8Weight::new(q)));
                 }
                 #[cfg(target_arch = "x86_64")]
                 if amx {
