@@ -1,7 +1,10 @@
 //! GFLOP/s of the CPU backend's linear-layer GEMM on the encoder's shapes (XLM-R large: hidden
 //! 1024, FFN 4096), against the cores' FMA peak measured in the same run.
 //!
-//!     cargo run --release -p trident-model --example gemm_bench -- [ROWS] [THREADS] [f32|amx]
+//!     cargo run --release -p trident-model --example gemm_bench -- [ROWS] [THREADS] [MODE]
+//!
+//! MODE: `f32` (default), `amx` (AMX-BF16), `bf16` (AVX512-BF16), `int8` (the int8 kernel below
+//! AMX: AVX512-VNNI where present); "GFLOP/s" counts a multiply and an add per product.
 
 use std::time::Instant;
 
@@ -9,7 +12,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let m: usize = args.get(1).map_or(4096, |s| s.parse().expect("ROWS"));
     let threads: usize = args.get(2).map_or(2, |s| s.parse().expect("THREADS"));
-    let amx = args.get(3).is_some_and(|s| s == "amx");
+    let mode = args.get(3).map_or("f32", |s| s.as_str());
+    let amx = mode == "amx";
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     for (name, n, k) in [("qkv part", 1024, 1024), ("ffn up", 4096, 1024), ("ffn down", 1024, 4096)]
     {
@@ -22,12 +26,29 @@ fn main() {
             assert!(amx::available(), "this CPU (or its kernel) gives no AMX-BF16");
             amx::AmxWeight::pack(n, k, |j, kk| amx::bf16_bits(w[j * k + kk]))
         });
+        #[cfg(target_arch = "x86_64")]
+        let bf16 = (mode == "bf16").then(|| {
+            use trident_model::cpu::reduced;
+            assert!(reduced::bf16_available(), "this CPU has no AVX512-BF16");
+            pool.install(|| reduced::Bf16Panels::pack(n, k, &w))
+        });
+        let int8 = (mode == "int8").then(|| {
+            use trident_model::cpu::reduced::{Int8Weight, QuantizedRows};
+            pool.install(|| Int8Weight::new(QuantizedRows::new(n, k, &w, None)))
+        });
         let mut run = || {
             // SAFETY: c is [m × n]; AMX was checked above.
             pool.install(|| unsafe {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(p) = &packed {
                     return trident_model::cpu::amx::matmul_amx(m, &a, p, c.as_mut_ptr(), n);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if let Some(p) = &bf16 {
+                    return trident_model::cpu::reduced::matmul_bf16(m, &a, p, c.as_mut_ptr(), n);
+                }
+                if let Some(p) = &int8 {
+                    return trident_model::cpu::reduced::matmul_int8(m, &a, p, c.as_mut_ptr(), n);
                 }
                 trident_model::cpu::matmul_wt(m, n, k, &a, &w, c.as_mut_ptr(), n)
             })

@@ -118,7 +118,7 @@ pub unsafe fn matmul_rows(m: usize, a: &[f32], w: &QuantizedRows, c: *mut f32, l
 
 /// Quantises one row (times `smooth`, when not empty) into `q` and returns its code, with
 /// the same f32 operations as `kernel_amx_int8::pack_a`.
-pub fn quantize_row(row: &[f32], smooth: &[f32], q: &mut [u8]) -> RowQ {
+fn quantize_row(row: &[f32], smooth: &[f32], q: &mut [u8]) -> RowQ {
     let x = |kk: usize| if smooth.is_empty() { row[kk] } else { row[kk] * smooth[kk] };
     let (lo, hi) = (0..row.len()).fold((0f32, 0f32), |(l, h), kk| (l.min(x(kk)), h.max(x(kk))));
     let code = RowQ::new(lo, hi);

@@ -2,11 +2,13 @@
 //! AVX2 6 × 16, `kernel_avx512.rs`: AVX-512 12 × 32, chosen at run time by `isa.rs`) on a
 //! dedicated rayon pool, weights read in place (memory-mapped when the checkpoint is
 //! safetensors), element-wise work fused into one pass after each GEMM. At bf16 precision on a
-//! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`); at int8
+//! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`), below it
+//! the linear layers on AVX512-BF16 dot products where present (`kernel_bf16.rs`); at int8
 //! the linear layers run on AMX-INT8 (`kernel_amx_int8.rs`) and attention stays on AMX-BF16, or,
 //! below AMX, on AVX512-VNNI (`kernel_vnni.rs`) or portable code, with the same results.
 
 mod attention;
+mod describe;
 mod gemm;
 mod isa;
 mod kernel;
@@ -16,10 +18,14 @@ mod kernel_amx;
 mod kernel_amx_int8;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx512;
+#[cfg(target_arch = "x86_64")]
+mod kernel_bf16;
 mod kernel_int8;
 #[cfg(target_arch = "x86_64")]
 mod kernel_vnni;
 mod ops;
+#[cfg(target_arch = "x86_64")]
+mod panel;
 mod pool;
 mod quant;
 mod smooth;
@@ -35,6 +41,8 @@ use crate::backend::{
 };
 use pool::{BufferPool, Pooled};
 
+pub use describe::kernels_for;
+use describe::{amx_for, kernels};
 /// The linear-layer GEMM, public for `examples/gemm_bench.rs`.
 #[doc(hidden)]
 pub use gemm::matmul_wt;
@@ -48,6 +56,15 @@ pub mod amx {
     pub use super::gemm::{matmul_amx, matmul_amx_int8};
     pub use super::kernel_amx::{available, bf16_bits, AmxWeight};
     pub use super::kernel_amx_int8::{available as int8_available, AmxI8Weight};
+}
+
+/// The int8 and AVX512-BF16 linear-layer kernels, public for `examples/gemm_bench.rs`.
+#[doc(hidden)]
+pub mod reduced {
+    #[cfg(target_arch = "x86_64")]
+    pub use super::kernel_bf16::{available as bf16_available, matmul as matmul_bf16, Bf16Panels};
+    pub use super::kernel_int8::{matmul_int8, name as int8_name, Int8Weight};
+    pub use super::quant::QuantizedRows;
 }
 
 /// A `[rows × cols]` row-major activation (its buffer goes back to the backend's pool on drop).
@@ -70,8 +87,9 @@ pub enum CpuPrecision {
     #[default]
     F32,
     /// Weights rounded to bf16 at load (half the memory of the linear layers). With AMX the
-    /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); without it
-    /// the weights are widened back and the arithmetic stays f32.
+    /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); below AMX,
+    /// with AVX512-BF16, the same arithmetic on `VDPBF16PS` (linear layers only); elsewhere the
+    /// weights are widened back and the arithmetic stays f32.
     Bf16,
     /// Linear layers in int8: weights smoothed (calibrated at load, `smooth.rs`) and quantised
     /// per output channel, activations per token (u8 with a zero point) as they are multiplied,
@@ -106,6 +124,9 @@ enum PartWeight {
     /// bf16 in AMX tile order.
     #[cfg(target_arch = "x86_64")]
     Amx(kernel_amx::AmxWeight),
+    /// bf16 in panels for AVX512-BF16 (below AMX).
+    #[cfg(target_arch = "x86_64")]
+    Bf16Dp(kernel_bf16::Bf16Panels),
     /// int8, per-channel scales, in AMX tile order.
     #[cfg(target_arch = "x86_64")]
     AmxI8(kernel_amx_int8::AmxI8Weight),
@@ -120,6 +141,8 @@ impl PartWeight {
             PartWeight::Bf16(v) => v.len() / in_dim.max(1),
             #[cfg(target_arch = "x86_64")]
             PartWeight::Amx(w) => w.n,
+            #[cfg(target_arch = "x86_64")]
+            PartWeight::Bf16Dp(w) => w.n,
             #[cfg(target_arch = "x86_64")]
             PartWeight::AmxI8(w) => w.n,
             PartWeight::I8(w) => w.n(),
@@ -242,6 +265,8 @@ impl CpuBackend {
                     #[cfg(target_arch = "x86_64")]
                     PartWeight::Amx(p) => gemm::matmul_amx(m, x.data(), p, dst, n),
                     #[cfg(target_arch = "x86_64")]
+                    PartWeight::Bf16Dp(p) => kernel_bf16::matmul(m, x.data(), p, dst, n),
+                    #[cfg(target_arch = "x86_64")]
                     PartWeight::AmxI8(p) => gemm::matmul_amx_int8(m, x.data(), p, dst, n),
                     PartWeight::I8(p) => kernel_int8::matmul_int8(m, x.data(), p, dst, n),
                 }
@@ -249,47 +274,6 @@ impl CpuBackend {
             col += out_i;
         }
         Ok(y)
-    }
-}
-
-/// What runs a model loaded now at `precision`, e.g. `"f32, avx512 f32 12x32"` or `"bf16: amx
-/// bf16 32x32 (linear layers and attention), avx512 f32 12x32"` (for `/info` and `bench`).
-pub fn kernels_for(precision: CpuPrecision) -> String {
-    kernels(precision, amx_for(precision))
-}
-
-/// Whether a backend made now at `precision` runs its linear layers and attention on AMX.
-fn amx_for(precision: CpuPrecision) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let amx = isa::isa() >= Isa::Amx;
-        match precision {
-            CpuPrecision::F32 => false,
-            CpuPrecision::Bf16 => amx,
-            CpuPrecision::Int8 => amx && kernel_amx_int8::available(),
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-fn kernels(precision: CpuPrecision, amx: bool) -> String {
-    match precision {
-        CpuPrecision::F32 => format!("f32, {}", kernel_name()),
-        CpuPrecision::Bf16 if amx => {
-            format!("bf16: amx bf16 32x32 (linear layers and attention), {}", kernel_name())
-        }
-        CpuPrecision::Bf16 => format!("bf16 weights, f32 math, {}", kernel_name()),
-        CpuPrecision::Int8 if amx => format!(
-            "int8: amx int8 32x32 (linear layers, smoothed per-channel weights, per-token u8 \
-             activations), amx bf16 attention, {}",
-            kernel_name()
-        ),
-        CpuPrecision::Int8 => format!(
-            "int8: {} (linear layers, smoothed per-channel weights, per-token u8 activations), {}",
-            kernel_int8::name(),
-            kernel_name()
-        ),
     }
 }
 
@@ -372,6 +356,14 @@ impl Backend for CpuBackend {
                     });
                     p.weight.release_pages();
                     return PartWeight::Amx(packed);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if bf16 && describe::bf16_dot() {
+                    let (n, src) = (p.weight.shape()[0], p.weight.data());
+                    let packed =
+                        self.pool.install(|| kernel_bf16::Bf16Panels::pack(n, in_dim, src));
+                    p.weight.release_pages();
+                    return PartWeight::Bf16Dp(packed);
                 }
                 if bf16 {
                     let src = p.weight.data();

@@ -1,0 +1,116 @@
+//! What the AVX-512 dot-product kernels share (`kernel_vnni.rs`: `VPDPBUSD`, u8 × i8 quads into
+//! i32; `kernel_bf16.rs`: `VDPBF16PS`, bf16 pairs into f32): each 32-bit lane of a step takes one
+//! group of 4 bytes of a row and of a weight column. Weights are packed once at load in panels of
+//! 64 output columns — per group, 64 columns × 4 bytes, four 512-bit loads — and a 6 × 64 tile
+//! keeps 24 accumulators in registers, broadcasting each row's group against the four loads.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+/// Output columns per panel (four vectors of 16 lanes).
+pub const NR: usize = 64;
+/// Rows per register tile.
+pub const MR: usize = 6;
+/// Rows per work item: a panel is read once for this many rows.
+const MB: usize = 16 * MR;
+
+/// `W` (`[n × k]` elements of `T`, `G` of them per 4-byte group) in panel order, `n` padded to
+/// 64 columns and `k` to `G` with zeros: `get(j, kk)` gives `W[j][kk]`.
+pub fn pack<T: Copy + Default + Send + Sync, const G: usize>(
+    n: usize,
+    k: usize,
+    get: impl Fn(usize, usize) -> T + Sync,
+) -> Vec<T> {
+    let groups = k.div_ceil(G);
+    let mut data = vec![T::default(); n.div_ceil(NR) * groups * NR * G];
+    data.par_chunks_mut(groups * NR * G).enumerate().for_each(|(p, panel)| {
+        for (g, group) in panel.chunks_exact_mut(NR * G).enumerate() {
+            for c in 0..NR.min(n - p * NR) {
+                for e in 0..G.min(k - G * g) {
+                    group[c * G + e] = get(p * NR + c, G * g + e);
+                }
+            }
+        }
+    });
+    data
+}
+
+/// Calls `tile(r0, rows, p)` for every tile of at most [`MR`] rows of an `m`-row product and
+/// every 64-column panel of `n` columns, in parallel on the current rayon pool; `rows` picks
+/// the kernel's monomorphised row count. Panel-major, so a thread's consecutive tiles reuse one
+/// panel from its cache.
+pub fn for_each_tile(m: usize, n: usize, tile: impl Fn(usize, usize, usize) + Sync) {
+    let (blocks, panels) = (m.div_ceil(MB), n.div_ceil(NR));
+    (0..blocks * panels).into_par_iter().for_each(|item| {
+        let (p, b) = (item / blocks, item % blocks);
+        for r0 in (b * MB..(b * MB + MB).min(m)).step_by(MR) {
+            tile(r0, MR.min(m - r0), p);
+        }
+    });
+}
+
+/// One dot-product instruction: `acc += Σ a_e · b_e` over each lane's group.
+pub trait Dot {
+    /// # Safety
+    /// The instruction's CPU features are enabled in the caller.
+    unsafe fn dot(acc: __m512i, a: __m512i, b: __m512i) -> __m512i;
+}
+
+/// `R` rows of `a` (4 bytes per group, `groups` groups, row stride `lda` bytes) against the
+/// panel at `b`: the accumulators of columns `16v..16v + 16` of row `r` in `[r][v]` (f32 sums
+/// are kept as their bits).
+///
+/// # Safety
+/// The caller enables `D`'s features; `a` holds `R` rows of `4·groups` bytes, `b` one panel.
+#[inline(always)]
+pub unsafe fn accumulate<const R: usize, D: Dot>(
+    groups: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const u8,
+) -> [[__m512i; 4]; R] {
+    // SAFETY: the caller's contract bounds every read.
+    unsafe {
+        let mut acc = [[_mm512_setzero_si512(); 4]; R];
+        for g in 0..groups {
+            let bg = b.add(g * NR * 4);
+            let w: [__m512i; 4] =
+                std::array::from_fn(|v| _mm512_loadu_si512(bg.add(v * 64) as *const _));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = (a.add(r * lda + 4 * g) as *const i32).read_unaligned();
+                let x = _mm512_set1_epi32(x);
+                for v in 0..4 {
+                    acc[v] = D::dot(acc[v], x, w[v]);
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// Stores `y` (16 values) at `c[j..]`, only the columns below `n`.
+///
+/// # Safety
+/// `c` is valid for the columns of `j..n` that the mask keeps.
+#[inline(always)]
+pub unsafe fn store(c: *mut f32, j: usize, n: usize, y: __m512) {
+    let mask: __mmask16 = if n - j >= 16 { !0 } else { (1 << (n - j)) - 1 };
+    // SAFETY: the caller's contract.
+    unsafe { _mm512_mask_storeu_ps(c.add(j), mask, y) }
+}
+
+/// Dispatches `$run::<R>($args)` for `$rows` in 1..=6 (the tile's monomorphised row count).
+macro_rules! by_rows {
+    ($rows:expr, $run:ident, $($arg:expr),*) => {
+        match $rows {
+            6 => $run::<6>($($arg),*),
+            5 => $run::<5>($($arg),*),
+            4 => $run::<4>($($arg),*),
+            3 => $run::<3>($($arg),*),
+            2 => $run::<2>($($arg),*),
+            _ => $run::<1>($($arg),*),
+        }
+    };
+}
+pub(super) use by_rows;
