@@ -3,7 +3,7 @@
 //!
 //!     cargo run --release -p trident-model --example gemm_bench -- [ROWS] [THREADS] [MODE]
 //!
-//! MODE: `f32` (default), `amx` (AMX-BF16), `bf16` (AVX512-BF16), `int8` (the int8 kernel below
+//! MODE: `f32` (default), `amx` (AMX-BF16), `int8` (the int8 kernel below
 //! AMX: AVX512-VNNI where present); "GFLOP/s" counts a multiply and an add per product.
 
 use std::time::Instant;
@@ -26,12 +26,6 @@ fn main() {
             assert!(amx::available(), "this CPU (or its kernel) gives no AMX-BF16");
             amx::AmxWeight::pack(n, k, |j, kk| amx::bf16_bits(w[j * k + kk]))
         });
-        #[cfg(target_arch = "x86_64")]
-        let bf16 = (mode == "bf16").then(|| {
-            use trident_model::cpu::reduced;
-            assert!(reduced::bf16_available(), "this CPU has no AVX512-BF16");
-            pool.install(|| reduced::Bf16Panels::pack(n, k, &w))
-        });
         let int8 = (mode == "int8").then(|| {
             use trident_model::cpu::reduced::{Int8Weight, QuantizedRows};
             pool.install(|| Int8Weight::new(QuantizedRows::new(n, k, &w, None)))
@@ -42,10 +36,6 @@ fn main() {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(p) = &packed {
                     return trident_model::cpu::amx::matmul_amx(m, &a, p, c.as_mut_ptr(), n);
-                }
-                #[cfg(target_arch = "x86_64")]
-                if let Some(p) = &bf16 {
-                    return trident_model::cpu::reduced::matmul_bf16(m, &a, p, c.as_mut_ptr(), n);
                 }
                 if let Some(p) = &int8 {
                     return trident_model::cpu::reduced::matmul_int8(m, &a, p, c.as_mut_ptr(), n);

@@ -30,10 +30,6 @@ pub(super) fn kernels(precision: CpuPrecision, amx: bool) -> String {
         CpuPrecision::Bf16 if amx => {
             format!("bf16: amx bf16 32x32 (linear layers and attention), {}", kernel_name())
         }
-        CpuPrecision::Bf16 if bf16_dot() => format!(
-            "bf16: avx512 bf16 6x64 (linear layers, bf16 operands, f32 sums), {}",
-            kernel_name()
-        ),
         CpuPrecision::Bf16 => format!("bf16 weights, f32 math, {}", kernel_name()),
         CpuPrecision::Int8 if amx => format!(
             "int8: amx int8 32x32 (linear layers, smoothed per-channel weights, per-token u8 \
@@ -46,12 +42,4 @@ pub(super) fn kernels(precision: CpuPrecision, amx: bool) -> String {
             kernel_name()
         ),
     }
-}
-
-/// Whether bf16 weights loaded now (below AMX) are packed for `kernel_bf16.rs`.
-pub(super) fn bf16_dot() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return isa() >= Isa::Avx512 && super::kernel_bf16::available();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }

@@ -2,8 +2,7 @@
 //! AVX2 6 × 16, `kernel_avx512.rs`: AVX-512 12 × 32, chosen at run time by `isa.rs`) on a
 //! dedicated rayon pool, weights read in place (memory-mapped when the checkpoint is
 //! safetensors), element-wise work fused into one pass after each GEMM. At bf16 precision on a
-//! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`), below it
-//! the linear layers on AVX512-BF16 dot products where present (`kernel_bf16.rs`); at int8
+//! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`); at int8
 //! the linear layers run on AMX-INT8 (`kernel_amx_int8.rs`) and attention stays on AMX-BF16, or,
 //! below AMX, on AVX512-VNNI (`kernel_vnni.rs`) or portable code, with the same results.
 
@@ -18,8 +17,6 @@ mod kernel_amx;
 mod kernel_amx_int8;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx512;
-#[cfg(target_arch = "x86_64")]
-mod kernel_bf16;
 mod kernel_int8;
 #[cfg(target_arch = "x86_64")]
 mod kernel_vnni;
@@ -58,11 +55,9 @@ pub mod amx {
     pub use super::kernel_amx_int8::{available as int8_available, AmxI8Weight};
 }
 
-/// The int8 and AVX512-BF16 linear-layer kernels, public for `examples/gemm_bench.rs`.
+/// The int8 linear-layer kernels, public for `examples/gemm_bench.rs`.
 #[doc(hidden)]
 pub mod reduced {
-    #[cfg(target_arch = "x86_64")]
-    pub use super::kernel_bf16::{available as bf16_available, matmul as matmul_bf16, Bf16Panels};
     pub use super::kernel_int8::{matmul_int8, name as int8_name, Int8Weight};
     pub use super::quant::QuantizedRows;
 }
@@ -87,9 +82,10 @@ pub enum CpuPrecision {
     #[default]
     F32,
     /// Weights rounded to bf16 at load (half the memory of the linear layers). With AMX the
-    /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); below AMX,
-    /// with AVX512-BF16, the same arithmetic on `VDPBF16PS` (linear layers only); elsewhere the
-    /// weights are widened back and the arithmetic stays f32.
+    /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); without it
+    /// the weights are widened back and the arithmetic stays f32 (AVX512-BF16's `VDPBF16PS` was
+    /// slower than the f32 kernel on an Emerald Rapids Xeon: one dot per cycle, as many products
+    /// as two f32 FMAs).
     Bf16,
     /// Linear layers in int8: weights smoothed (calibrated at load, `smooth.rs`) and quantised
     /// per output channel, activations per token (u8 with a zero point) as they are multiplied,
@@ -124,9 +120,6 @@ enum PartWeight {
     /// bf16 in AMX tile order.
     #[cfg(target_arch = "x86_64")]
     Amx(kernel_amx::AmxWeight),
-    /// bf16 in panels for AVX512-BF16 (below AMX).
-    #[cfg(target_arch = "x86_64")]
-    Bf16Dp(kernel_bf16::Bf16Panels),
     /// int8, per-channel scales, in AMX tile order.
     #[cfg(target_arch = "x86_64")]
     AmxI8(kernel_amx_int8::AmxI8Weight),
@@ -141,8 +134,6 @@ impl PartWeight {
             PartWeight::Bf16(v) => v.len() / in_dim.max(1),
             #[cfg(target_arch = "x86_64")]
             PartWeight::Amx(w) => w.n,
-            #[cfg(target_arch = "x86_64")]
-            PartWeight::Bf16Dp(w) => w.n,
             #[cfg(target_arch = "x86_64")]
             PartWeight::AmxI8(w) => w.n,
             PartWeight::I8(w) => w.n(),
@@ -265,8 +256,6 @@ impl CpuBackend {
                     #[cfg(target_arch = "x86_64")]
                     PartWeight::Amx(p) => gemm::matmul_amx(m, x.data(), p, dst, n),
                     #[cfg(target_arch = "x86_64")]
-                    PartWeight::Bf16Dp(p) => kernel_bf16::matmul(m, x.data(), p, dst, n),
-                    #[cfg(target_arch = "x86_64")]
                     PartWeight::AmxI8(p) => gemm::matmul_amx_int8(m, x.data(), p, dst, n),
                     PartWeight::I8(p) => kernel_int8::matmul_int8(m, x.data(), p, dst, n),
                 }
@@ -356,14 +345,6 @@ impl Backend for CpuBackend {
                     });
                     p.weight.release_pages();
                     return PartWeight::Amx(packed);
-                }
-                #[cfg(target_arch = "x86_64")]
-                if bf16 && describe::bf16_dot() {
-                    let (n, src) = (p.weight.shape()[0], p.weight.data());
-                    let packed =
-                        self.pool.install(|| kernel_bf16::Bf16Panels::pack(n, in_dim, src));
-                    p.weight.release_pages();
-                    return PartWeight::Bf16Dp(packed);
                 }
                 if bf16 {
                     let src = p.weight.data();
