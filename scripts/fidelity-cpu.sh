@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fidelity of the CPU precisions on a checkpoint with TRAINED encoder weights (random weights
 # flatter reduced precision): trident bf16 and int8 against trident f32 (int8 on AMX-INT8, or
-# elsewhere on the portable kernel with the same linear-layer results), and ONNX Runtime's dynamic int8
+# else AVX512-VNNI, else the portable kernel: all three give the same linear-layer results), and ONNX Runtime's dynamic int8
 # against its own f32, on the 340 multilingual queries and passages of tests/fixtures/eval;
 # trident f32 against ONNX Runtime f32 shows the two f32 runs are the same model. One JSON line
 # per comparison (scripts/precision-fidelity.py), then a markdown table.

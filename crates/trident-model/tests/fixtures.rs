@@ -234,14 +234,14 @@ fn isa_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// int8 on the tiny fixture stays close to f32, on AMX-INT8 where the CPU has it and on the
-/// portable kernel (every CPU; forced here by capping the level below AMX), calibrated as the
-/// binary loads it.
+/// int8 on the tiny fixture stays close to f32 on every int8 kernel: AMX-INT8 and AVX512-VNNI
+/// where the CPU has them (capping the level at AVX-512 picks VNNI below AMX) and the portable
+/// kernel (every CPU; capped at AVX2), calibrated as the binary loads it.
 #[test]
 fn int8_stays_close_to_f32_on_every_path() {
     use trident_model::cpu::{force_isa, Isa};
     let _isa = isa_lock();
-    for cap in [None, Some(Isa::Avx2)] {
+    for cap in [None, Some(Isa::Avx512), Some(Isa::Avx2)] {
         force_isa(cap);
         int8_close_to_f32(cap);
         force_isa(None);
@@ -258,7 +258,7 @@ fn int8_close_to_f32(cap: Option<trident_model::cpu::Isa>) {
     let desc = trident_model::Backend::describe(&backend);
     eprintln!("cap {cap:?}: {desc}");
     assert!(desc.contains("int8:"), "{desc}");
-    if cap.is_some() {
+    if cap == Some(trident_model::cpu::Isa::Avx2) {
         assert!(desc.contains("portable int8"), "{desc}");
     }
     let docs: Vec<TokenizedDoc> = texts().iter().map(|t| tok.encode(t, 512).unwrap()).collect();

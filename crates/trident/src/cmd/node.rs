@@ -82,7 +82,7 @@ pub struct NodeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     /// Precision of the linear layers: f32 (CPU default), bf16 (CUDA default; AMX on CPUs
-    /// that have it) or int8 (CPU only; fast on AMX-INT8).
+    /// that have it) or int8 (CPU only; fast on AMX-INT8 and AVX512-VNNI).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,

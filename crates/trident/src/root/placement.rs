@@ -33,7 +33,7 @@ pub struct PlacementArgs {
     /// Precision of the linear layers: f32 (the CPU's default), bf16 (the GPU's default; on a
     /// CPU with AMX the tile unit multiplies bf16 operands, elsewhere only the weights are
     /// rounded and the arithmetic stays f32), or int8 (CPU only: calibrated per-channel weights,
-    /// per-token activations; the tile unit on AMX-INT8, elsewhere a portable kernel).
+    /// per-token activations; the tile unit on AMX-INT8, else AVX512-VNNI, else portable code).
     #[arg(long, env = "TRIDENT_PRECISION")]
     pub precision: Option<CpuPrecision>,
     /// Cap the CPU kernels at this instruction set: generic, avx2, avx512 or amx (default: the
