@@ -1,7 +1,45 @@
-//! What the CPU backend runs at each precision, in words (`/info`, `bench`, `describe`).
+//! The CPU backend's precisions, and what runs at each, in words (`/info`, `bench`, `describe`).
 
 use super::isa::{isa, kernel_name, Isa};
-use super::{kernel_int8, CpuPrecision};
+use super::kernel_int8;
+
+/// The precision of the CPU backend's linear layers (attention, norms and heads stay f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuPrecision {
+    /// The checkpoint's f32 weights, read in place, f32 arithmetic.
+    #[default]
+    F32,
+    /// Weights rounded to bf16 at load (half the memory of the linear layers). With AMX the
+    /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); without it
+    /// the weights are widened back and the arithmetic stays f32 (AVX512-BF16's `VDPBF16PS` was
+    /// slower than the f32 kernel on an Emerald Rapids Xeon: one dot per cycle, as many products
+    /// as two f32 FMAs).
+    Bf16,
+    /// Linear layers in int8: weights smoothed (calibrated at load, `smooth.rs`) and quantised
+    /// per output channel, activations per token (u8 with a zero point) as they are multiplied,
+    /// exact i32 sums. On AMX-INT8 (attention on AMX-BF16); elsewhere AVX512-VNNI or portable
+    /// code with the same linear-layer results (attention f32). Norms, softmax, sparse head: f32.
+    Int8,
+}
+
+impl CpuPrecision {
+    /// Whether the linear layers' weights are stored below f32.
+    pub(super) fn reduced(self) -> bool {
+        self != CpuPrecision::F32
+    }
+}
+
+impl std::str::FromStr for CpuPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(CpuPrecision::F32),
+            "bf16" => Ok(CpuPrecision::Bf16),
+            "int8" => Ok(CpuPrecision::Int8),
+            other => Err(format!("precision {other:?}: expected f32, bf16 or int8")),
+        }
+    }
+}
 
 /// What runs a model loaded now at `precision`, e.g. `"f32, avx512 f32 12x32"` or `"bf16: amx
 /// bf16 32x32 (linear layers and attention), avx512 f32 12x32"` (for `/info` and `bench`).

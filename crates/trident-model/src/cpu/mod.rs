@@ -38,8 +38,8 @@ use crate::backend::{
 };
 use pool::{BufferPool, Pooled};
 
-pub use describe::kernels_for;
 use describe::{amx_for, kernels};
+pub use describe::{kernels_for, CpuPrecision};
 /// The linear-layer GEMM, public for `examples/gemm_bench.rs`.
 #[doc(hidden)]
 pub use gemm::matmul_wt;
@@ -72,44 +72,6 @@ pub struct CpuAct {
 impl CpuAct {
     pub fn data(&self) -> &[f32] {
         &self.buf.data
-    }
-}
-
-/// The precision of the CPU backend's linear layers (attention, norms and heads stay f32).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum CpuPrecision {
-    /// The checkpoint's f32 weights, read in place, f32 arithmetic.
-    #[default]
-    F32,
-    /// Weights rounded to bf16 at load (half the memory of the linear layers). With AMX the
-    /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); without it
-    /// the weights are widened back and the arithmetic stays f32 (AVX512-BF16's `VDPBF16PS` was
-    /// slower than the f32 kernel on an Emerald Rapids Xeon: one dot per cycle, as many products
-    /// as two f32 FMAs).
-    Bf16,
-    /// Linear layers in int8: weights smoothed (calibrated at load, `smooth.rs`) and quantised
-    /// per output channel, activations per token (u8 with a zero point) as they are multiplied,
-    /// exact i32 sums. On AMX-INT8 (attention on AMX-BF16); elsewhere AVX512-VNNI or portable
-    /// code with the same linear-layer results (attention f32). Norms, softmax, sparse head: f32.
-    Int8,
-}
-
-impl CpuPrecision {
-    /// Whether the linear layers' weights are stored below f32.
-    fn reduced(self) -> bool {
-        self != CpuPrecision::F32
-    }
-}
-
-impl std::str::FromStr for CpuPrecision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" | "fp32" => Ok(CpuPrecision::F32),
-            "bf16" => Ok(CpuPrecision::Bf16),
-            "int8" => Ok(CpuPrecision::Int8),
-            other => Err(format!("precision {other:?}: expected f32, bf16 or int8")),
-        }
     }
 }
 
