@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
 use super::isa::{isa, Isa};
 use super::quant::{QuantizedRows, RowQ};
 
@@ -107,11 +108,11 @@ pub unsafe fn matmul_rows(m: usize, a: &[f32], w: &QuantizedRows, c: *mut f32, l
         let cols = ch * COLS..(ch * COLS + COLS).min(n);
         // SAFETY: this item writes rows × cols of c only (caller: c is valid there).
         unsafe {
+            #[cfg(target_arch = "x86_64")]
             if isa() >= Isa::Avx2 {
-                block_avx2(&qa, &codes, w, rows, cols, out.0, ldc)
-            } else {
-                block(&qa, &codes, w, rows, cols, out.0, ldc)
+                return block_avx2(&qa, &codes, w, rows, cols, out.0, ldc);
             }
+            block(&qa, &codes, w, rows, cols, out.0, ldc)
         }
     });
 }
@@ -138,19 +139,6 @@ unsafe fn block_avx2(
     ldc: usize,
 ) {
     // SAFETY: as block's (caller).
-    unsafe { block(qa, codes, w, rows, cols, c, ldc) }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn block_avx2(
-    qa: &[u8],
-    codes: &[RowQ],
-    w: &QuantizedRows,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    c: *mut f32,
-    ldc: usize,
-) {
     unsafe { block(qa, codes, w, rows, cols, c, ldc) }
 }
 
@@ -181,6 +169,17 @@ unsafe fn block(
     }
 }
 
+/// Ragged int8 test operands: `a` (`[m × k]`, rows of three magnitudes), `w` (`[n × k]`, its
+/// first row zero) and smoothing factors `f` (`k`).
+#[cfg(test)]
+pub fn test_operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let a = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 30.0) / 50.0 * (1 + i / k % 3) as f32);
+    let mut w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+    w[..k].iter_mut().for_each(|v| *v = 0.0);
+    let f = (0..k).map(|kk| 0.25 + (kk * 7 % 13) as f32).collect();
+    (a.collect(), w, f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,13 +191,7 @@ mod tests {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         for &(m, n, k) in &[(1, 1, 1), (9, 65, 37), (20, 130, 300), (3, 7, 1030)] {
             for smoothed in [false, true] {
-                let a: Vec<f32> = (0..m * k)
-                    .map(|i| ((i * 37 % 101) as f32 - 30.0) / 50.0 * (1 + i / k % 3) as f32)
-                    .collect();
-                let mut w: Vec<f32> =
-                    (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
-                w[..k].iter_mut().for_each(|v| *v = 0.0);
-                let f: Vec<f32> = (0..k).map(|kk| 0.25 + (kk * 7 % 13) as f32).collect();
+                let (a, w, f) = test_operands(m, n, k);
                 let q = QuantizedRows::new(n, k, &w, smoothed.then_some(&f[..]));
                 let ldc = n + 2;
                 let mut c = vec![9.0f32; m * ldc];

@@ -180,13 +180,7 @@ mod tests {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
         for &(m, n, k) in &[(1, 1, 1), (7, 65, 37), (13, 130, 302), (100, 64, 1030), (3, 200, 4)] {
             for smoothed in [false, true] {
-                let a: Vec<f32> = (0..m * k)
-                    .map(|i| ((i * 37 % 101) as f32 - 30.0) / 50.0 * (1 + i / k % 3) as f32)
-                    .collect();
-                let mut w: Vec<f32> =
-                    (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
-                w[..k].iter_mut().for_each(|v| *v = 0.0);
-                let f: Vec<f32> = (0..k).map(|kk| 0.25 + (kk * 7 % 13) as f32).collect();
+                let (a, w, f) = super::super::kernel_int8::test_operands(m, n, k);
                 let q = QuantizedRows::new(n, k, &w, smoothed.then_some(&f[..]));
                 let packed = VnniWeight::pack(&q);
                 let ldc = n + 3;
