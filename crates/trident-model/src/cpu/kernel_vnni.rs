@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::panel::{self, by_rows, Dot, NR};
+use super::panel::{self, by_rows, NR};
 use super::quant::{self, QuantizedRows, RowQ};
 
 /// Whether this CPU runs the kernel (AVX-512 F/BW and VNNI).
@@ -43,13 +43,33 @@ impl VnniWeight {
     }
 }
 
-struct U8I8;
-
-impl Dot for U8I8 {
-    #[inline(always)]
-    unsafe fn dot(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
-        // SAFETY: VNNI is enabled in the caller (trait contract).
-        unsafe { _mm512_dpbusd_epi32(acc, a, b) }
+/// `R` rows of `a` (4 bytes per group, `groups` groups, row stride `lda` bytes) against the
+/// panel at `b`: the i32 sums of columns `16v..16v + 16` of row `r` in `[r][v]`.
+///
+/// # Safety
+/// AVX512-VNNI is enabled in the caller; `a` holds `R` rows of `4·groups` bytes, `b` one panel.
+#[inline(always)]
+unsafe fn accumulate<const R: usize>(
+    groups: usize,
+    a: *const u8,
+    lda: usize,
+    b: *const u8,
+) -> [[__m512i; 4]; R] {
+    // SAFETY: the caller's contract bounds every read.
+    unsafe {
+        let mut acc = [[_mm512_setzero_si512(); 4]; R];
+        for g in 0..groups {
+            let bg = b.add(g * NR * 4);
+            let w: [__m512i; 4] =
+                std::array::from_fn(|v| _mm512_loadu_si512(bg.add(v * 64) as *const _));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_epi32((a.add(r * lda + 4 * g) as *const i32).read_unaligned());
+                for v in 0..4 {
+                    acc[v] = _mm512_dpbusd_epi32(acc[v], x, w[v]);
+                }
+            }
+        }
+        acc
     }
 }
 
@@ -140,12 +160,8 @@ unsafe fn tile<const R: usize>(
     assert!(qa.len() >= (r0 + R) * lda && codes.len() >= r0 + R);
     // SAFETY: qa holds rows r0..r0 + R of lda bytes, panel one panel; the caller covers c.
     unsafe {
-        let acc = panel::accumulate::<R, U8I8>(
-            groups,
-            qa.as_ptr().add(r0 * lda),
-            lda,
-            panel.as_ptr() as *const u8,
-        );
+        let acc =
+            accumulate::<R>(groups, qa.as_ptr().add(r0 * lda), lda, panel.as_ptr() as *const u8);
         for (r, acc) in acc.iter().enumerate() {
             let code = codes[r0 + r];
             let (zp, si) = (_mm512_set1_epi32(code.zp), _mm512_set1_ps(code.scale));

@@ -51,45 +51,6 @@ pub fn for_each_tile(m: usize, n: usize, tile: impl Fn(usize, usize, usize) + Sy
     });
 }
 
-/// One dot-product instruction: `acc += Σ a_e · b_e` over each lane's group.
-pub trait Dot {
-    /// # Safety
-    /// The instruction's CPU features are enabled in the caller.
-    unsafe fn dot(acc: __m512i, a: __m512i, b: __m512i) -> __m512i;
-}
-
-/// `R` rows of `a` (4 bytes per group, `groups` groups, row stride `lda` bytes) against the
-/// panel at `b`: the accumulators of columns `16v..16v + 16` of row `r` in `[r][v]` (f32 sums
-/// are kept as their bits).
-///
-/// # Safety
-/// The caller enables `D`'s features; `a` holds `R` rows of `4·groups` bytes, `b` one panel.
-#[inline(always)]
-pub unsafe fn accumulate<const R: usize, D: Dot>(
-    groups: usize,
-    a: *const u8,
-    lda: usize,
-    b: *const u8,
-) -> [[__m512i; 4]; R] {
-    // SAFETY: the caller's contract bounds every read.
-    unsafe {
-        let mut acc = [[_mm512_setzero_si512(); 4]; R];
-        for g in 0..groups {
-            let bg = b.add(g * NR * 4);
-            let w: [__m512i; 4] =
-                std::array::from_fn(|v| _mm512_loadu_si512(bg.add(v * 64) as *const _));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = (a.add(r * lda + 4 * g) as *const i32).read_unaligned();
-                let x = _mm512_set1_epi32(x);
-                for v in 0..4 {
-                    acc[v] = D::dot(acc[v], x, w[v]);
-                }
-            }
-        }
-        acc
-    }
-}
-
 /// Stores `y` (16 values) at `c[j..]`, only the columns below `n`.
 ///
 /// # Safety
