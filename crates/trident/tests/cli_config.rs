@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, stderr, tiny, TRIDENT};
+use common::{finish_with_stdin, free_port, stderr, tiny, TRIDENT};
 use serde_json::Value;
 
 /// `trident embed` of three texts with the given config file, environment and flags; the
@@ -17,7 +16,7 @@ fn embed(config: &str, envs: &[(&str, &str)], flags: &[&str]) -> Result<Vec<Valu
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("embed.toml");
     std::fs::write(&file, config).unwrap();
-    let mut child = Command::new(TRIDENT)
+    let child = Command::new(TRIDENT)
         .arg("embed")
         .arg("--config")
         .arg(&file)
@@ -30,8 +29,7 @@ fn embed(config: &str, envs: &[(&str, &str)], flags: &[&str]) -> Result<Vec<Valu
         .unwrap();
     let long = "word ".repeat(40);
     let input = format!("hello world\n{long}\nde trois mots\n");
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = finish_with_stdin(child, input.as_bytes());
     if !out.status.success() {
         return Err(stderr(&out));
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use common::{tiny, TRIDENT};
+use common::{finish_with_stdin, tiny, TRIDENT};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -86,7 +86,7 @@ fn answer(
 
 /// Runs trident with `args`, the hub at `endpoint` and its cache in `home`, `input` on stdin.
 fn with_hub(args: &[&str], endpoint: &str, home: &Path, input: &[u8]) -> Output {
-    let mut child = Command::new(TRIDENT)
+    let child = Command::new(TRIDENT)
         .args(args)
         .env("HF_ENDPOINT", endpoint)
         .env("HF_HOME", home)
@@ -96,11 +96,7 @@ fn with_hub(args: &[&str], endpoint: &str, home: &Path, input: &[u8]) -> Output 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // A run that fails early (e.g. a failed download) may exit before reading its input.
-    if let Err(e) = child.stdin.take().unwrap().write_all(input) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
-    }
-    child.wait_with_output().unwrap()
+    finish_with_stdin(child, input)
 }
 
 fn score(model: &str, endpoint: &str, home: &Path) -> Output {

@@ -3,14 +3,13 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::{expected, hamming_maxsim, tiny, TRIDENT};
+use common::{expected, finish_with_stdin, hamming_maxsim, tiny, TRIDENT};
 use serde_json::Value;
 
 fn score(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(TRIDENT)
+    let child = Command::new(TRIDENT)
         .arg("score")
         .args(args)
         .stdin(Stdio::piped())
@@ -18,11 +17,7 @@ fn score(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // A run that fails early (bad flags, missing model) may exit before reading its input.
-    if let Err(e) = child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
-    }
-    child.wait_with_output().unwrap()
+    finish_with_stdin(child, stdin.as_bytes())
 }
 
 fn lines(out: &Output) -> Vec<Value> {
@@ -163,7 +158,7 @@ fn missing_head_file_is_an_error_not_random_weights() {
 
 /// `trident embed` of `texts` (ids 0..n) with `extra` flags: its JSON objects, in order.
 fn embed(extra: &[&str], texts: &[&str]) -> Vec<Value> {
-    let mut child = Command::new(TRIDENT)
+    let child = Command::new(TRIDENT)
         .args(["embed", "--threads", "1", "--model"])
         .arg(tiny())
         .args(extra)
@@ -177,8 +172,7 @@ fn embed(extra: &[&str], texts: &[&str]) -> Vec<Value> {
         .enumerate()
         .map(|(i, t)| serde_json::json!({"id": i, "text": t}).to_string() + "\n")
         .collect();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = finish_with_stdin(child, input.as_bytes());
     assert!(
         out.status.success(),
         "trident embed {extra:?}: {}",

@@ -4,9 +4,10 @@
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Output};
 
 use serde_json::Value;
 
@@ -39,6 +40,16 @@ pub fn hidden_size() -> u64 {
 /// The Python interpreter: `PYTHON`, default `python3`.
 pub fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Writes `input` to the child's stdin, closes it and waits for the output. A run that fails
+/// early (bad flags or config, missing model) may exit before reading its input: the broken
+/// pipe that leaves is not the test's failure, the exit status and stderr are.
+pub fn finish_with_stdin(mut child: Child, input: &[u8]) -> Output {
+    if let Err(e) = child.stdin.take().expect("stdin is piped").write_all(input) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
+    }
+    child.wait_with_output().unwrap()
 }
 
 pub fn stderr(o: &Output) -> String {
