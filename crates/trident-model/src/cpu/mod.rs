@@ -234,6 +234,14 @@ impl Default for CpuBackend {
     }
 }
 
+/// The parts' weight rows one after another (borrowed when there is one part).
+fn rows_of(parts: &[LinearParts]) -> std::borrow::Cow<'_, [f32]> {
+    match parts {
+        [one] => one.weight.data().into(),
+        _ => parts.iter().flat_map(|p| p.weight.data()).copied().collect::<Vec<_>>().into(),
+    }
+}
+
 fn check_len(op: &str, t: &HostTensor, want: usize) -> BResult<()> {
     if t.len() != want {
         return Err(CpuBackend::err(
@@ -282,32 +290,34 @@ impl Backend for CpuBackend {
             }
             _ => None,
         };
+        let n = bias.len();
+        let linear =
+            |weights| CpuLinear { name: name.to_string(), weights, bias, in_dim, out_dim: n };
+        // int8 and AMX weights are copies: the parts become one weight, so the layer's input is
+        // quantised (or converted to bf16) once, not once per part (Q, K, V).
+        if int8 || amx {
+            let src = rows_of(parts);
+            let weight = self.pool.install(|| {
+                #[cfg(target_arch = "x86_64")]
+                if amx {
+                    let packed = kernel_amx::AmxWeight::pack(n, in_dim, |j, kk| {
+                        kernel_amx::bf16_bits(src[j * in_dim + kk])
+                    });
+                    return PartWeight::Amx(packed);
+                }
+                let q = quant::QuantizedRows::new(n, in_dim, &src, factors.as_deref());
+                #[cfg(target_arch = "x86_64")]
+                if self.amx {
+                    return PartWeight::AmxI8(kernel_amx_int8::AmxI8Weight::pack(&q));
+                }
+                PartWeight::I8(kernel_int8::Int8Weight::new(q))
+            });
+            parts.iter().for_each(|p| p.weight.release_pages());
+            return Ok(linear(vec![weight]));
+        }
         let weights = parts
             .iter()
             .map(|p| {
-                if int8 {
-                    let (n, src) = (p.weight.shape()[0], p.weight.data());
-                    let f = factors.as_deref();
-                    let q = self.pool.install(|| quant::QuantizedRows::new(n, in_dim, src, f));
-                    p.weight.release_pages();
-                    #[cfg(target_arch = "x86_64")]
-                    if self.amx {
-                        let packed = self.pool.install(|| kernel_amx_int8::AmxI8Weight::pack(&q));
-                        return PartWeight::AmxI8(packed);
-                    }
-                    return PartWeight::I8(self.pool.install(|| kernel_int8::Int8Weight::new(q)));
-                }
-                #[cfg(target_arch = "x86_64")]
-                if amx {
-                    let (n, src) = (p.weight.shape()[0], p.weight.data());
-                    let packed = self.pool.install(|| {
-                        kernel_amx::AmxWeight::pack(n, in_dim, |j, kk| {
-                            kernel_amx::bf16_bits(src[j * in_dim + kk])
-                        })
-                    });
-                    p.weight.release_pages();
-                    return PartWeight::Amx(packed);
-                }
                 if bf16 {
                     let src = p.weight.data();
                     let mut v = vec![half::bf16::ZERO; src.len()];
@@ -323,7 +333,7 @@ impl Backend for CpuBackend {
                 }
             })
             .collect();
-        Ok(CpuLinear { name: name.to_string(), weights, out_dim: bias.len(), bias, in_dim })
+        Ok(linear(weights))
     }
 
     fn load_norm(
