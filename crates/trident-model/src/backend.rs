@@ -216,6 +216,12 @@ pub trait Backend: Send + 'static {
     /// Load a linear layer. Several parts are concatenated along the output dimension
     /// (fused QKV: `[Wq; Wk; Wv]`), so the output has `Σ out_i` columns in part order.
     fn load_linear(&self, name: &str, parts: &[LinearParts]) -> BResult<Self::Linear>;
+    /// Load an output head (sparse, ColBERT, MCLS states) as a linear layer. Its error goes
+    /// straight into the outputs and it is a small share of the work, so a backend with a
+    /// reduced precision may keep it at full precision; by default it loads as any layer.
+    fn load_head(&self, name: &str, parts: &[LinearParts]) -> BResult<Self::Linear> {
+        self.load_linear(name, parts)
+    }
     fn load_norm(
         &self,
         name: &str,

@@ -83,8 +83,8 @@ impl<B: Backend> Encoder<B> {
                 out_norm: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
-        let sparse = backend.load_linear("sparse_linear", &[linear(ckpt, "sparse")?])?;
-        let colbert = backend.load_linear("colbert_linear", &[linear(ckpt, "colbert")?])?;
+        let sparse = backend.load_head("sparse_linear", &[linear(ckpt, "sparse")?])?;
+        let colbert = backend.load_head("colbert_linear", &[linear(ckpt, "colbert")?])?;
         Ok(Encoder {
             backend,
             config: c.clone(),
@@ -124,7 +124,7 @@ impl<B: Backend> Encoder<B> {
                 weight: crate::backend::HostTensor::from_vec(w, vec![n + 1, n]),
                 bias: crate::backend::HostTensor::from_vec(b, vec![n + 1]),
             };
-            self.mcls_head = Some(self.backend.load_linear("mcls_states", &[parts])?);
+            self.mcls_head = Some(self.backend.load_head("mcls_states", &[parts])?);
         }
         Ok(())
     }

@@ -1,0 +1,139 @@
+//! Loading a linear layer's weights at a precision: f32 tensors as they are, bf16 converted,
+//! AMX-BF16 and int8 (AMX-INT8, VNNI or portable) packed for their kernels, with the parts of a
+//! fused layer (Q, K, V) made one weight so its input is quantised or converted once.
+
+use rayon::prelude::*;
+
+use super::*;
+
+impl CpuBackend {
+    /// Loads a linear layer at `precision` (the backend's, or f32 for the heads).
+    pub(super) fn load(
+        &self,
+        name: &str,
+        parts: &[LinearParts],
+        precision: CpuPrecision,
+    ) -> BResult<CpuLinear> {
+        let Some(first) = parts.first() else { return Err(Self::err(name, "no weight parts")) };
+        let in_dim = *first.weight.shape().last().unwrap_or(&0);
+        let mut bias = Vec::new();
+        for p in parts {
+            let s = p.weight.shape();
+            if s.len() != 2 || s[1] != in_dim {
+                return Err(Self::err(
+                    name,
+                    format!("weight shape {s:?}, expected [out, {in_dim}]"),
+                ));
+            }
+            check_len(name, &p.bias, s[0])?;
+            bias.extend_from_slice(p.bias.data());
+        }
+        let reduced = precision.reduced();
+        let int8 = precision == CpuPrecision::Int8;
+        let bf16 = reduced && !int8;
+        let amx = bf16 && self.amx;
+        let factors = match &self.smoothing {
+            Some(s) if int8 => {
+                let data: Vec<&[f32]> = parts.iter().map(|p| p.weight.data()).collect();
+                s.factors(name, &data, in_dim)
+            }
+            _ => None,
+        };
+        let n = bias.len();
+        let linear =
+            |weights| CpuLinear { name: name.to_string(), weights, bias, in_dim, out_dim: n };
+        // int8 and AMX weights are copies: the parts become one weight, so the layer's input is
+        // quantised (or converted to bf16) once, not once per part (Q, K, V).
+        if int8 || amx {
+            let src = rows_of(parts);
+            let weight = self.pool.install(|| {
+                #[cfg(target_arch = "x86_64")]
+                if amx {
+                    let packed = kernel_amx::AmxWeight::pack(n, in_dim, |j, kk| {
+                        kernel_amx::bf16_bits(src[j * in_dim + kk])
+                    });
+                    return PartWeight::Amx(packed);
+                }
+                let q = quant::QuantizedRows::new(n, in_dim, &src, factors.as_deref());
+                #[cfg(target_arch = "x86_64")]
+                if self.amx {
+                    return PartWeight::AmxI8(kernel_amx_int8::AmxI8Weight::pack(&q));
+                }
+                PartWeight::I8(kernel_int8::Int8Weight::new(q))
+            });
+            parts.iter().for_each(|p| p.weight.release_pages());
+            return Ok(linear(vec![weight]));
+        }
+        let weights = parts
+            .iter()
+            .map(|p| {
+                if bf16 {
+                    let src = p.weight.data();
+                    let mut v = vec![half::bf16::ZERO; src.len()];
+                    self.pool.install(|| {
+                        v.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| {
+                            d.iter_mut().zip(s).for_each(|(d, &s)| *d = half::bf16::from_f32(s))
+                        })
+                    });
+                    p.weight.release_pages();
+                    PartWeight::Bf16(v)
+                } else {
+                    PartWeight::F32(p.weight.clone())
+                }
+            })
+            .collect();
+        Ok(linear(weights))
+    }
+}
+
+/// The parts' weight rows one after another (borrowed when there is one part).
+fn rows_of(parts: &[LinearParts]) -> std::borrow::Cow<'_, [f32]> {
+    match parts {
+        [one] => one.weight.data().into(),
+        _ => parts.iter().flat_map(|p| p.weight.data()).copied().collect::<Vec<_>>().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(n: usize, k: usize, seed: usize) -> LinearParts {
+        let w = (0..n * k).map(|i| (((i + seed) * 7919 % 1009) as f32 - 504.0) / 500.0).collect();
+        LinearParts {
+            weight: HostTensor::from_vec(w, vec![n, k]),
+            bias: HostTensor::from_vec(vec![0.0; n], vec![n]),
+        }
+    }
+
+    /// An int8 layer's parts load as one weight whose columns equal each part loaded alone
+    /// (per-channel codes do not depend on the neighbours); heads stay f32.
+    #[test]
+    fn int8_parts_load_as_one_weight_and_heads_stay_f32() {
+        let (m, k) = (5, 70);
+        let b = CpuBackend::with_precision(1, CpuPrecision::Int8);
+        let parts = [part(24, k, 1), part(40, k, 2), part(24, k, 3)];
+        let qkv = b.load_linear("qkv", &parts).unwrap();
+        assert_eq!((qkv.weights.len(), qkv.out_dim), (1, 88));
+        assert!(!matches!(qkv.weights[0], PartWeight::F32(_)));
+        let mut x = CpuAct { buf: Pooled::overwritten(&b.buffers, m * k), rows: m, cols: k };
+        x.buf
+            .data
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = ((i * 31 % 17) as f32 - 8.0) / 3.0);
+        let fused = b.matmul(&x, &qkv).unwrap();
+        let mut col = 0;
+        for p in &parts {
+            let alone = b.load_linear("part", std::slice::from_ref(p)).unwrap();
+            let y = b.matmul(&x, &alone).unwrap();
+            let n = alone.out_dim;
+            for r in 0..m {
+                assert_eq!(&fused.data[r * 88 + col..][..n], &y.data[r * n..][..n], "row {r}");
+            }
+            col += n;
+        }
+        let head = b.load_head("colbert_linear", &[part(16, k, 4)]).unwrap();
+        assert!(matches!(head.weights[0], PartWeight::F32(_)));
+    }
+}
