@@ -3,7 +3,7 @@
 //!
 //!     cargo run --release -p trident-model --example gemm_bench -- [ROWS] [THREADS] [MODE]
 //!
-//! MODE: `f32` (default), `amx` (AMX-BF16), `int8` (the int8 kernel below
+//! MODE: `f32` (default; the weight packed on every call), `packed` (f32 packed once), `amx` (AMX-BF16), `int8` (the int8 kernel below
 //! AMX: AVX512-VNNI where present); "GFLOP/s" counts a multiply and an add per product.
 
 use std::time::Instant;
@@ -30,12 +30,17 @@ fn main() {
             use trident_model::cpu::reduced::{Int8Weight, QuantizedRows};
             pool.install(|| Int8Weight::new(QuantizedRows::new(n, k, &w, None)))
         });
+        let packed_f32 = (mode == "packed")
+            .then(|| pool.install(|| trident_model::cpu::PackedF32::pack(n, k, &w)));
         let mut run = || {
             // SAFETY: c is [m × n]; AMX was checked above.
             pool.install(|| unsafe {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(p) = &packed {
                     return trident_model::cpu::amx::matmul_amx(m, &a, p, c.as_mut_ptr(), n);
+                }
+                if let Some(p) = &packed_f32 {
+                    return trident_model::cpu::matmul_packed(m, &a, p, c.as_mut_ptr(), n);
                 }
                 if let Some(p) = &int8 {
                     return trident_model::cpu::reduced::matmul_int8(m, &a, p, c.as_mut_ptr(), n);

@@ -6,7 +6,7 @@ use super::kernel_int8;
 /// The precision of the CPU backend's linear layers (attention, norms and heads stay f32).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CpuPrecision {
-    /// The checkpoint's f32 weights, read in place, f32 arithmetic.
+    /// The checkpoint's f32 weights (packed for the micro-kernels at load), f32 arithmetic.
     #[default]
     F32,
     /// Weights rounded to bf16 at load (half the memory of the linear layers). With AMX the

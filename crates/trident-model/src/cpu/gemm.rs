@@ -15,13 +15,13 @@ use super::{kernel_amx, kernel_amx_int8};
 /// Input features per packed block. Each block reads and writes every tile of `C` once, so fewer,
 /// longer blocks mean less `C` traffic; 512 (a 32 KiB `B` micro-panel) measured ~6 % faster than
 /// 256 on Zen 3 (`examples/gemm_bench.rs`).
-const KC: usize = 512;
+pub(super) const KC: usize = 512;
 /// Activation rows per work item (a multiple of `2·MR`, the AVX-512 tile's height): the packed
 /// `A` block (`MC × KC`, 240 KiB) stays in L2 while the item walks its columns.
 const MC: usize = 120;
 
 thread_local! {
-    static A_PACK: RefCell<Aligned> = RefCell::default();
+    pub(super) static A_PACK: RefCell<Aligned> = RefCell::default();
     static B_PACK: RefCell<Aligned> = RefCell::default();
 }
 
@@ -40,10 +40,44 @@ pub fn with_scratch<R>(
     }
 }
 
-struct Out(*mut f32);
+pub(super) struct Out(pub(super) *mut f32);
 // SAFETY: work items write disjoint tiles of `C`.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
+
+/// The work items of a linear-layer GEMM `C[m × n]`: blocks of `MC` rows times chunks of
+/// `NR`-column panels, enough items for every thread even when there are few rows.
+pub(super) struct Split {
+    row_blocks: usize,
+    col_chunks: usize,
+    chunk: usize,
+    m: usize,
+    panels: usize,
+}
+
+pub(super) fn split(m: usize, n: usize) -> Split {
+    let panels = n.div_ceil(NR);
+    let row_blocks = m.div_ceil(MC);
+    let threads = rayon::current_num_threads();
+    let col_chunks = (2 * threads).div_ceil(row_blocks).min(panels).max(1);
+    // With AVX-512, even: its pairs of panels then never straddle two items.
+    let pair = if isa() >= Isa::Avx512 { 2 } else { 1 };
+    let chunk = panels.div_ceil(col_chunks).next_multiple_of(pair);
+    Split { row_blocks, col_chunks: panels.div_ceil(chunk), chunk, m, panels }
+}
+
+impl Split {
+    pub(super) fn items(&self) -> usize {
+        self.row_blocks * self.col_chunks
+    }
+
+    /// Item `i`'s first row and row count, and its range of panels.
+    pub(super) fn item(&self, i: usize) -> ((usize, usize), (usize, usize)) {
+        let (rb, cc) = (i / self.col_chunks, i % self.col_chunks);
+        let r0 = rb * MC;
+        ((r0, MC.min(self.m - r0)), (cc * self.chunk, ((cc + 1) * self.chunk).min(self.panels)))
+    }
+}
 
 /// `c[m × n] = a[m × k] · wᵀ` where `w` is `[n × k]`; `c` has row stride `ldc` (so a layer of
 /// several parts can write each part into its column slice). Runs on the current rayon pool.
@@ -70,15 +104,8 @@ pub unsafe fn matmul_wt<T: Element>(
         }
         return;
     }
+    let s = split(m, n);
     let panels = n.div_ceil(NR);
-    let row_blocks = m.div_ceil(MC);
-    // Enough work items for every thread even when there are few rows: split the columns too.
-    let threads = rayon::current_num_threads();
-    let col_chunks = (2 * threads).div_ceil(row_blocks).min(panels).max(1);
-    // With AVX-512, even: its pairs of panels then never straddle two items.
-    let pair = if isa() >= Isa::Avx512 { 2 } else { 1 };
-    let chunk = panels.div_ceil(col_chunks).next_multiple_of(pair);
-    let col_chunks = panels.div_ceil(chunk);
     let out = Out(c);
     with_scratch(&B_PACK, |bbuf| {
         let mut pc = 0;
@@ -91,10 +118,8 @@ pub unsafe fn matmul_wt<T: Element>(
             let bp: &[f32] = bp;
             let accumulate = pc > 0;
             let out = &out;
-            (0..row_blocks * col_chunks).into_par_iter().for_each(|item| {
-                let (rb, cc) = (item / col_chunks, item % col_chunks);
-                let (r0, rows) = (rb * MC, MC.min(m - rb * MC));
-                let (p0, p1) = (cc * chunk, ((cc + 1) * chunk).min(panels));
+            (0..s.items()).into_par_iter().for_each(|item| {
+                let ((r0, rows), (p0, p1)) = s.item(item);
                 with_scratch(&A_PACK, |abuf| {
                     let ap = abuf.get(rows.div_ceil(MR) * kc * MR);
                     pack_a(a, k, r0, rows, pc, kc, 1.0, ap);

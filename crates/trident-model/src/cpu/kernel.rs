@@ -47,6 +47,11 @@ impl Aligned {
         }
         &mut self.raw[self.off..self.off + len]
     }
+
+    /// Everything [`Aligned::get`] last gave out (and any slack after it).
+    pub fn slice(&self) -> &[f32] {
+        self.raw.get(self.off..).unwrap_or_default()
+    }
 }
 
 /// Packs rows `r0..r0+rows` (row stride `ld`), columns `c0..c0+kc` of `src` as `A` micro-panels:

@@ -1,7 +1,7 @@
 //! The CPU backend: f32 by default, GEMMs on trident's own packed micro-kernels (`kernel.rs`:
 //! AVX2 6 × 16, `kernel_avx512.rs`: AVX-512 12 × 32, chosen at run time by `isa.rs`) on a
-//! dedicated rayon pool, weights read in place (memory-mapped when the checkpoint is
-//! safetensors), element-wise work fused into one pass after each GEMM. At bf16 precision on a
+//! dedicated rayon pool, f32 weights packed once at load into the kernels' panels
+//! (`packed.rs`), element-wise work fused into one pass after each GEMM. At bf16 precision on a
 //! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`); at int8
 //! the linear layers run on AMX-INT8 (`kernel_amx_int8.rs`) and attention stays on AMX-BF16, or,
 //! below AMX, on AVX512-VNNI (`kernel_vnni.rs`) or portable code, with the same results.
@@ -22,6 +22,7 @@ mod kernel_int8;
 mod kernel_vnni;
 mod load;
 mod ops;
+mod packed;
 #[cfg(target_arch = "x86_64")]
 mod panel;
 mod pool;
@@ -45,6 +46,8 @@ pub use describe::{kernels_for, CpuPrecision};
 #[doc(hidden)]
 pub use gemm::matmul_wt;
 pub use isa::{force_isa, kernel_name, Isa};
+#[doc(hidden)]
+pub use packed::{matmul_packed, PackedF32};
 pub use smooth::{Recorder, Smoothing};
 
 /// The AMX-BF16 GEMM and its weight packing, public for `examples/gemm_bench.rs`.
@@ -78,7 +81,10 @@ impl CpuAct {
 
 /// One part of a linear layer's weight, `[out_i × in]`.
 enum PartWeight {
+    /// As loaded (a layer narrower than one `B` micro-panel: the sparse head).
     F32(HostTensor),
+    /// f32, packed once into the micro-kernels' `B` panels.
+    Packed(packed::PackedF32),
     Bf16(Vec<half::bf16>),
     /// bf16 in AMX tile order.
     #[cfg(target_arch = "x86_64")]
@@ -94,6 +100,7 @@ impl PartWeight {
     fn rows(&self, in_dim: usize) -> usize {
         match self {
             PartWeight::F32(t) => t.shape()[0],
+            PartWeight::Packed(w) => w.n,
             PartWeight::Bf16(v) => v.len() / in_dim.max(1),
             #[cfg(target_arch = "x86_64")]
             PartWeight::Amx(w) => w.n,
@@ -214,6 +221,7 @@ impl CpuBackend {
                     PartWeight::F32(t) => {
                         gemm::matmul_wt(m, out_i, w.in_dim, x.data(), t.data(), dst, n)
                     }
+                    PartWeight::Packed(p) => packed::matmul_packed(m, x.data(), p, dst, n),
                     PartWeight::Bf16(v) => gemm::matmul_wt(m, out_i, w.in_dim, x.data(), v, dst, n),
                     // (Packed only when kernel_amx::available().)
                     #[cfg(target_arch = "x86_64")]

@@ -1,0 +1,117 @@
+//! f32 linear-layer weights packed once, at load, into the `B` micro-panels of `kernel.rs`, and
+//! the GEMM on them. Against [`super::gemm::matmul_wt`] (which packs the weight on every call,
+//! one input block at a time, with a barrier after each) a work item here runs its rows through
+//! every input block on its own: no repacking, no barriers, and the item's tile of `C` stays in
+//! L2 between blocks. The arithmetic, and so every output bit, is the same.
+
+use rayon::prelude::*;
+
+use super::gemm::{split, with_scratch, Out, A_PACK, KC};
+use super::kernel::{block, pack_a, pack_b_rows_panel, Aligned, MR, NR};
+
+/// A `[n × k]` weight as `B` micro-panels: for each block of `KC` input features (the last one
+/// shorter), its `⌈n / NR⌉` panels of `[kc][NR]` one after another.
+pub struct PackedF32 {
+    pub n: usize,
+    pub k: usize,
+    data: Aligned,
+}
+
+impl PackedF32 {
+    /// Packs `w` (`[n × k]`, row-major, as PyTorch stores a linear layer) on the current pool.
+    pub fn pack(n: usize, k: usize, w: &[f32]) -> Self {
+        assert!(w.len() >= n * k, "PackedF32::pack: weight has {} of {n}×{k}", w.len());
+        let panels = n.div_ceil(NR);
+        let mut data = Aligned::default();
+        let all = data.get(panels * NR * k);
+        let mut pc = 0;
+        for blk in all.chunks_mut(panels * NR * KC) {
+            let kc = KC.min(k - pc);
+            blk.par_chunks_mut(kc * NR).enumerate().for_each(|(p, panel)| {
+                pack_b_rows_panel(w, k, p * NR, (n - p * NR).min(NR), pc, kc, panel)
+            });
+            pc += kc;
+        }
+        Self { n, k, data }
+    }
+
+    /// The panels of the input block starting at feature `pc`.
+    fn block(&self, pc: usize) -> &[f32] {
+        let panels = self.n.div_ceil(NR);
+        &self.data.slice()[panels * NR * pc..][..panels * NR * KC.min(self.k - pc)]
+    }
+}
+
+/// `c[m × w.n] = a[m × w.k] · wᵀ`, row stride `ldc`, on the current rayon pool.
+///
+/// # Safety
+/// `c` must be valid for `m` rows of `w.n` elements at stride `ldc` and must not alias `a`.
+pub unsafe fn matmul_packed(m: usize, a: &[f32], w: &PackedF32, c: *mut f32, ldc: usize) {
+    let (n, k) = (w.n, w.k);
+    assert!(a.len() >= m * k, "matmul_packed operand sizes");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            // SAFETY: row i of c per the contract.
+            unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
+        }
+        return;
+    }
+    let s = split(m, n);
+    let out = Out(c);
+    (0..s.items()).into_par_iter().for_each(|item| {
+        let ((r0, rows), (p0, p1)) = s.item(item);
+        let (j0, cols) = (p0 * NR, (n - p0 * NR).min((p1 - p0) * NR));
+        let out = &out;
+        with_scratch(&A_PACK, |abuf| {
+            let mut pc = 0;
+            while pc < k {
+                let kc = KC.min(k - pc);
+                let ap = abuf.get(rows.div_ceil(MR) * kc * MR);
+                pack_a(a, k, r0, rows, pc, kc, 1.0, ap);
+                let bp = w.block(pc);
+                // SAFETY: panels of the packed sizes; the block lies inside c.
+                unsafe {
+                    block(
+                        kc,
+                        (ap.as_ptr(), kc * MR),
+                        (bp[p0 * kc * NR..].as_ptr(), kc * NR),
+                        out.0.add(r0 * ldc + j0),
+                        ldc,
+                        rows,
+                        cols,
+                        pc > 0,
+                    )
+                }
+                pc += kc;
+            }
+        })
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bit for bit the same as packing on every call, on ragged shapes (a short last input
+    /// block, a lone last panel, rows not a multiple of the tile).
+    #[test]
+    fn packed_weights_give_the_same_bits_as_per_call_packing() {
+        for (m, n, k) in [(1, 1, 1), (13, 40, 700), (130, 72, 1100), (25, 33, 512)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+            let (mut x, mut y) = (vec![0f32; m * n], vec![1f32; m * n]);
+            let p = PackedF32::pack(n, k, &w);
+            // SAFETY: x and y are [m × n].
+            unsafe {
+                super::super::gemm::matmul_wt(m, n, k, &a, &w, x.as_mut_ptr(), n);
+                matmul_packed(m, &a, &p, y.as_mut_ptr(), n);
+            }
+            assert_eq!(x, y, "{m}×{n}×{k}");
+            let want: f64 = (0..k).map(|kk| a[kk] as f64 * w[(n - 1) * k + kk] as f64).sum();
+            assert!((y[n - 1] as f64 - want).abs() < 1e-3 * (1.0 + want.abs()), "{m}×{n}×{k}");
+        }
+    }
+}
