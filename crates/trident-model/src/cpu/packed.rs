@@ -1,8 +1,7 @@
 //! f32 linear-layer weights packed once, at load, into the `B` micro-panels of `kernel.rs`, and
-//! the GEMM on them. Against [`super::gemm::matmul_wt`] (which packs the weight on every call,
-//! one input block at a time, with a barrier after each) a work item here runs its rows through
-//! every input block on its own: no repacking, no barriers, and the item's tile of `C` stays in
-//! L2 between blocks. The arithmetic, and so every output bit, is the same.
+//! the GEMM on them: [`super::gemm::matmul_wt`] without its packing pass over the whole weight
+//! on every call, which costs as much as the arithmetic on a batch of a few dozen tokens. The
+//! arithmetic, and so every output bit, is the same.
 
 use rayon::prelude::*;
 
@@ -61,17 +60,19 @@ pub unsafe fn matmul_packed(m: usize, a: &[f32], w: &PackedF32, c: *mut f32, ldc
     }
     let s = split(m, n);
     let out = Out(c);
-    (0..s.items()).into_par_iter().for_each(|item| {
-        let ((r0, rows), (p0, p1)) = s.item(item);
-        let (j0, cols) = (p0 * NR, (n - p0 * NR).min((p1 - p0) * NR));
-        let out = &out;
-        with_scratch(&A_PACK, |abuf| {
-            let mut pc = 0;
-            while pc < k {
-                let kc = KC.min(k - pc);
+    let out = &out;
+    // Input blocks outermost, as in `matmul_wt`: while the threads walk their rows through a
+    // block, its panels stay in their caches (per-item loops over all blocks measured no better).
+    let mut pc = 0;
+    while pc < k {
+        let kc = KC.min(k - pc);
+        let bp = w.block(pc);
+        (0..s.items()).into_par_iter().for_each(|item| {
+            let ((r0, rows), (p0, p1)) = s.item(item);
+            let (j0, cols) = (p0 * NR, (n - p0 * NR).min((p1 - p0) * NR));
+            with_scratch(&A_PACK, |abuf| {
                 let ap = abuf.get(rows.div_ceil(MR) * kc * MR);
                 pack_a(a, k, r0, rows, pc, kc, 1.0, ap);
-                let bp = w.block(pc);
                 // SAFETY: panels of the packed sizes; the block lies inside c.
                 unsafe {
                     block(
@@ -85,10 +86,10 @@ pub unsafe fn matmul_packed(m: usize, a: &[f32], w: &PackedF32, c: *mut f32, ldc
                         pc > 0,
                     )
                 }
-                pc += kc;
-            }
-        })
-    });
+            })
+        });
+        pc += kc;
+    }
 }
 
 #[cfg(test)]
