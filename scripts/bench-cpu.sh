@@ -59,6 +59,7 @@ python3 -c "import onnxruntime, onnx" 2>/dev/null && HAVE_ORT=1
 # shared machine hits a round's columns alike; ratios are taken within a round.
 for round in $(seq 1 "$ROUNDS"); do
     out=$WORK/round$round
+    rm -rf "$out" # an earlier run's files (a baseline not run this time) must not reach the table
     mkdir -p "$out"
     for mix in $MIXES; do
         corpus=$WORK/$mix.jsonl
