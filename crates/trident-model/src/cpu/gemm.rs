@@ -21,7 +21,7 @@ pub(super) const KC: usize = 512;
 const MC: usize = 120;
 
 thread_local! {
-    pub(super) static A_PACK: RefCell<Aligned> = RefCell::default();
+    static A_PACK: RefCell<Aligned> = RefCell::default();
     static B_PACK: RefCell<Aligned> = RefCell::default();
 }
 
@@ -40,14 +40,14 @@ pub fn with_scratch<R>(
     }
 }
 
-pub(super) struct Out(pub(super) *mut f32);
+struct Out(*mut f32);
 // SAFETY: work items write disjoint tiles of `C`.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 /// The work items of a linear-layer GEMM `C[m × n]`: blocks of `MC` rows times chunks of
 /// `NR`-column panels, enough items for every thread even when there are few rows.
-pub(super) struct Split {
+struct Split {
     row_blocks: usize,
     col_chunks: usize,
     chunk: usize,
@@ -55,7 +55,7 @@ pub(super) struct Split {
     panels: usize,
 }
 
-pub(super) fn split(m: usize, n: usize) -> Split {
+fn split(m: usize, n: usize) -> Split {
     let panels = n.div_ceil(NR);
     let row_blocks = m.div_ceil(MC);
     let threads = rayon::current_num_threads();
@@ -67,12 +67,12 @@ pub(super) fn split(m: usize, n: usize) -> Split {
 }
 
 impl Split {
-    pub(super) fn items(&self) -> usize {
+    fn items(&self) -> usize {
         self.row_blocks * self.col_chunks
     }
 
     /// Item `i`'s first row and row count, and its range of panels.
-    pub(super) fn item(&self, i: usize) -> ((usize, usize), (usize, usize)) {
+    fn item(&self, i: usize) -> ((usize, usize), (usize, usize)) {
         let (rb, cc) = (i / self.col_chunks, i % self.col_chunks);
         let r0 = rb * MC;
         ((r0, MC.min(self.m - r0)), (cc * self.chunk, ((cc + 1) * self.chunk).min(self.panels)))
@@ -93,7 +93,40 @@ pub unsafe fn matmul_wt<T: Element>(
     c: *mut f32,
     ldc: usize,
 ) {
-    assert!(a.len() >= m * k && w.len() >= n * k, "matmul_wt operand sizes");
+    assert!(w.len() >= n * k, "matmul_wt operand sizes");
+    let panels = n.div_ceil(NR);
+    with_scratch(&B_PACK, |bbuf| {
+        // SAFETY: the caller's contract.
+        unsafe {
+            gemm_blocks(m, n, k, a, c, ldc, |pc, kc, run| {
+                let bp = bbuf.get(panels * kc * NR);
+                bp.par_chunks_mut(kc * NR).enumerate().for_each(|(p, panel)| {
+                    pack_b_rows_panel(w, k, p * NR, (n - p * NR).min(NR), pc, kc, panel)
+                });
+                run(bp)
+            })
+        }
+    });
+}
+
+/// The driver of the f32 linear-layer GEMMs: `c[m × n] = a[m × k] · Wᵀ`, one block of `KC`
+/// input features at a time (outermost, so a block's `B` panels stay in the threads' caches
+/// while all rows pass), each handed to `run` by `panels(pc, kc, run)` as the `⌈n / NR⌉`
+/// micro-panels of features `pc..pc + kc`.
+///
+/// # Safety
+/// `c` must be valid for `m` rows of `n` elements at stride `ldc` and must not alias `a` or the
+/// panels.
+pub(super) unsafe fn gemm_blocks(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    mut panels: impl FnMut(usize, usize, &mut dyn FnMut(&[f32])),
+) {
+    assert!(a.len() >= m * k, "GEMM input has {} of {m}×{k}", a.len());
     if m == 0 || n == 0 {
         return;
     }
@@ -105,25 +138,18 @@ pub unsafe fn matmul_wt<T: Element>(
         return;
     }
     let s = split(m, n);
-    let panels = n.div_ceil(NR);
     let out = Out(c);
-    with_scratch(&B_PACK, |bbuf| {
-        let mut pc = 0;
-        while pc < k {
-            let kc = KC.min(k - pc);
-            let bp = bbuf.get(panels * kc * NR);
-            bp.par_chunks_mut(kc * NR).enumerate().for_each(|(p, panel)| {
-                pack_b_rows_panel(w, k, p * NR, (n - p * NR).min(NR), pc, kc, panel)
-            });
-            let bp: &[f32] = bp;
-            let accumulate = pc > 0;
-            let out = &out;
+    let out = &out;
+    let mut pc = 0;
+    while pc < k {
+        let kc = KC.min(k - pc);
+        panels(pc, kc, &mut |bp: &[f32]| {
             (0..s.items()).into_par_iter().for_each(|item| {
                 let ((r0, rows), (p0, p1)) = s.item(item);
+                let (j0, cols) = (p0 * NR, (n - p0 * NR).min((p1 - p0) * NR));
                 with_scratch(&A_PACK, |abuf| {
                     let ap = abuf.get(rows.div_ceil(MR) * kc * MR);
                     pack_a(a, k, r0, rows, pc, kc, 1.0, ap);
-                    let (j0, cols) = (p0 * NR, (n - p0 * NR).min((p1 - p0) * NR));
                     // SAFETY: panels of the packed sizes; the block lies inside c.
                     unsafe {
                         block(
@@ -134,14 +160,14 @@ pub unsafe fn matmul_wt<T: Element>(
                             ldc,
                             rows,
                             cols,
-                            accumulate,
+                            pc > 0,
                         )
                     }
                 })
-            });
-            pc += kc;
-        }
-    });
+            })
+        });
+        pc += kc;
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{split, with_scratch, Out, A_PACK, KC};
-use super::kernel::{block, pack_a, pack_b_rows_panel, Aligned, MR, NR};
+use super::gemm::{gemm_blocks, KC};
+use super::kernel::{pack_b_rows_panel, Aligned, NR};
 
 /// A `[n × k]` weight as `B` micro-panels: for each block of `KC` input features (the last one
 /// shorter), its `⌈n / NR⌉` panels of `[kc][NR]` one after another.
@@ -46,50 +46,8 @@ impl PackedF32 {
 /// # Safety
 /// `c` must be valid for `m` rows of `w.n` elements at stride `ldc` and must not alias `a`.
 pub unsafe fn matmul_packed(m: usize, a: &[f32], w: &PackedF32, c: *mut f32, ldc: usize) {
-    let (n, k) = (w.n, w.k);
-    assert!(a.len() >= m * k, "matmul_packed operand sizes");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        for i in 0..m {
-            // SAFETY: row i of c per the contract.
-            unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
-        }
-        return;
-    }
-    let s = split(m, n);
-    let out = Out(c);
-    let out = &out;
-    // Input blocks outermost, as in `matmul_wt`: while the threads walk their rows through a
-    // block, its panels stay in their caches (per-item loops over all blocks measured no better).
-    let mut pc = 0;
-    while pc < k {
-        let kc = KC.min(k - pc);
-        let bp = w.block(pc);
-        (0..s.items()).into_par_iter().for_each(|item| {
-            let ((r0, rows), (p0, p1)) = s.item(item);
-            let (j0, cols) = (p0 * NR, (n - p0 * NR).min((p1 - p0) * NR));
-            with_scratch(&A_PACK, |abuf| {
-                let ap = abuf.get(rows.div_ceil(MR) * kc * MR);
-                pack_a(a, k, r0, rows, pc, kc, 1.0, ap);
-                // SAFETY: panels of the packed sizes; the block lies inside c.
-                unsafe {
-                    block(
-                        kc,
-                        (ap.as_ptr(), kc * MR),
-                        (bp[p0 * kc * NR..].as_ptr(), kc * NR),
-                        out.0.add(r0 * ldc + j0),
-                        ldc,
-                        rows,
-                        cols,
-                        pc > 0,
-                    )
-                }
-            })
-        });
-        pc += kc;
-    }
+    // SAFETY: the caller's contract; the panels are w's, of its shape.
+    unsafe { gemm_blocks(m, w.n, w.k, a, c, ldc, |pc, _, run| run(w.block(pc))) }
 }
 
 #[cfg(test)]
