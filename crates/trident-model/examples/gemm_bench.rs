@@ -3,8 +3,8 @@
 //!
 //!     cargo run --release -p trident-model --example gemm_bench -- [ROWS] [THREADS] [MODE]
 //!
-//! MODE: `f32` (default; the weight packed on every call), `packed` (f32 packed once), `amx` (AMX-BF16), `int8` (the int8 kernel below
-//! AMX: AVX512-VNNI where present); "GFLOP/s" counts a multiply and an add per product.
+//! MODE: `f32` (default; the weight packed on every call), `packed` (f32 packed once), `amx`
+//! (AMX-BF16), `int8` (the int8 kernel below AMX: AVX512-VNNI where present); "GFLOP/s" counts a multiply and an add per product.
 
 use std::time::Instant;
 

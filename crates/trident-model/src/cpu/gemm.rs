@@ -100,12 +100,25 @@ pub unsafe fn matmul_wt<T: Element>(
         unsafe {
             gemm_blocks(m, n, k, a, c, ldc, |pc, kc, run| {
                 let bp = bbuf.get(panels * kc * NR);
-                bp.par_chunks_mut(kc * NR).enumerate().for_each(|(p, panel)| {
-                    pack_b_rows_panel(w, k, p * NR, (n - p * NR).min(NR), pc, kc, panel)
-                });
+                pack_weight_block(w, n, k, pc, kc, bp);
                 run(bp)
             })
         }
+    });
+}
+
+/// Packs input features `pc..pc + kc` of the `[n × k]` weight `w` as the `⌈n / NR⌉` `B`
+/// micro-panels `dst` (`[kc][NR]` each), in parallel on the current pool.
+pub(super) fn pack_weight_block<T: Element>(
+    w: &[T],
+    n: usize,
+    k: usize,
+    pc: usize,
+    kc: usize,
+    dst: &mut [f32],
+) {
+    dst.par_chunks_mut(kc * NR).enumerate().for_each(|(p, panel)| {
+        pack_b_rows_panel(w, k, p * NR, (n - p * NR).min(NR), pc, kc, panel)
     });
 }
 

@@ -3,10 +3,8 @@
 //! on every call, which costs as much as the arithmetic on a batch of a few dozen tokens. The
 //! arithmetic, and so every output bit, is the same.
 
-use rayon::prelude::*;
-
-use super::gemm::{gemm_blocks, KC};
-use super::kernel::{pack_b_rows_panel, Aligned, NR};
+use super::gemm::{gemm_blocks, pack_weight_block, KC};
+use super::kernel::{Aligned, NR};
 
 /// A `[n × k]` weight as `B` micro-panels: for each block of `KC` input features (the last one
 /// shorter), its `⌈n / NR⌉` panels of `[kc][NR]` one after another.
@@ -26,9 +24,7 @@ impl PackedF32 {
         let mut pc = 0;
         for blk in all.chunks_mut(panels * NR * KC) {
             let kc = KC.min(k - pc);
-            blk.par_chunks_mut(kc * NR).enumerate().for_each(|(p, panel)| {
-                pack_b_rows_panel(w, k, p * NR, (n - p * NR).min(NR), pc, kc, panel)
-            });
+            pack_weight_block(w, n, k, pc, kc, blk);
             pc += kc;
         }
         Self { n, k, data }
