@@ -3,8 +3,11 @@
 //!
 //!     cargo run --release -p trident-model --example gemm_bench -- [ROWS] [THREADS] [MODE]
 //!
-//! MODE: `f32` (default; the weight packed on every call), `packed` (f32 packed once), `amx`
-//! (AMX-BF16), `int8` (the int8 kernel below AMX: AVX512-VNNI where present); "GFLOP/s" counts a multiply and an add per product.
+//! MODE: `f32` (default; the weight packed on every call), `packed` (f32 packed once),
+//! `bf16-call` (bf16 weights widened and packed on every call), `bf16` (bf16 packed once, widened
+//! by the kernel as it loads, or from 256 rows once per block), `amx` (AMX-BF16), `int8` (the
+//! int8 kernel below AMX: AVX512-VNNI where present); "GFLOP/s" counts a multiply and an add per
+//! product.
 
 use std::time::Instant;
 
@@ -32,6 +35,10 @@ fn main() {
         });
         let packed_f32 = (mode == "packed")
             .then(|| pool.install(|| trident_model::cpu::PackedF32::pack(n, k, &w)));
+        let packed_bf16 = (mode == "bf16")
+            .then(|| pool.install(|| trident_model::cpu::Packed::<half::bf16>::pack(n, k, &w)));
+        let call_bf16 = (mode == "bf16-call")
+            .then(|| w.iter().map(|&x| half::bf16::from_f32(x)).collect::<Vec<_>>());
         let mut run = || {
             // SAFETY: c is [m × n]; AMX was checked above.
             pool.install(|| unsafe {
@@ -41,6 +48,12 @@ fn main() {
                 }
                 if let Some(p) = &packed_f32 {
                     return trident_model::cpu::matmul_packed(m, &a, p, c.as_mut_ptr(), n);
+                }
+                if let Some(p) = &packed_bf16 {
+                    return trident_model::cpu::matmul_packed(m, &a, p, c.as_mut_ptr(), n);
+                }
+                if let Some(wb) = &call_bf16 {
+                    return trident_model::cpu::matmul_wt(m, n, k, &a, wb, c.as_mut_ptr(), n);
                 }
                 if let Some(p) = &int8 {
                     return trident_model::cpu::reduced::matmul_int8(m, &a, p, c.as_mut_ptr(), n);

@@ -22,7 +22,7 @@ const MC: usize = 120;
 
 thread_local! {
     static A_PACK: RefCell<Aligned> = RefCell::default();
-    static B_PACK: RefCell<Aligned> = RefCell::default();
+    pub(super) static B_PACK: RefCell<Aligned> = RefCell::default();
 }
 
 /// Runs `f` on this thread's buffer in `key` (a fresh one if it is in use further up the stack,
@@ -100,7 +100,7 @@ pub unsafe fn matmul_wt<T: Element>(
         unsafe {
             gemm_blocks(m, n, k, a, c, ldc, |pc, kc, run| {
                 let bp = bbuf.get(panels * kc * NR);
-                pack_weight_block(w, n, k, pc, kc, bp);
+                pack_weight_block(w, n, k, pc, kc, bp, T::to_f32);
                 run(bp)
             })
         }
@@ -108,36 +108,39 @@ pub unsafe fn matmul_wt<T: Element>(
 }
 
 /// Packs input features `pc..pc + kc` of the `[n × k]` weight `w` as the `⌈n / NR⌉` `B`
-/// micro-panels `dst` (`[kc][NR]` each), in parallel on the current pool.
-pub(super) fn pack_weight_block<T: Element>(
-    w: &[T],
+/// micro-panels `dst` (`[kc][NR]` each, each value converted by `conv`), in parallel on the
+/// current pool.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack_weight_block<S: Copy + Sync, D: Element>(
+    w: &[S],
     n: usize,
     k: usize,
     pc: usize,
     kc: usize,
-    dst: &mut [f32],
+    dst: &mut [D],
+    conv: impl Fn(S) -> D + Copy + Sync,
 ) {
     dst.par_chunks_mut(kc * NR).enumerate().for_each(|(p, panel)| {
-        pack_b_rows_panel(w, k, p * NR, (n - p * NR).min(NR), pc, kc, panel)
+        pack_b_rows_panel(w, k, p * NR, (n - p * NR).min(NR), pc, kc, panel, conv)
     });
 }
 
 /// The driver of the f32 linear-layer GEMMs: `c[m × n] = a[m × k] · Wᵀ`, one block of `KC`
 /// input features at a time (outermost, so a block's `B` panels stay in the threads' caches
 /// while all rows pass), each handed to `run` by `panels(pc, kc, run)` as the `⌈n / NR⌉`
-/// micro-panels of features `pc..pc + kc`.
+/// micro-panels of features `pc..pc + kc` (f32, or bf16 the kernels widen as they load it).
 ///
 /// # Safety
 /// `c` must be valid for `m` rows of `n` elements at stride `ldc` and must not alias `a` or the
 /// panels.
-pub(super) unsafe fn gemm_blocks(
+pub(super) unsafe fn gemm_blocks<T: Element>(
     m: usize,
     n: usize,
     k: usize,
     a: &[f32],
     c: *mut f32,
     ldc: usize,
-    mut panels: impl FnMut(usize, usize, &mut dyn FnMut(&[f32])),
+    mut panels: impl FnMut(usize, usize, &mut dyn FnMut(&[T])),
 ) {
     assert!(a.len() >= m * k, "GEMM input has {} of {m}×{k}", a.len());
     if m == 0 || n == 0 {
@@ -156,7 +159,7 @@ pub(super) unsafe fn gemm_blocks(
     let mut pc = 0;
     while pc < k {
         let kc = KC.min(k - pc);
-        panels(pc, kc, &mut |bp: &[f32]| {
+        panels(pc, kc, &mut |bp: &[T]| {
             (0..s.items()).into_par_iter().for_each(|item| {
                 let ((r0, rows), (p0, p1)) = s.item(item);
                 let (j0, cols) = (p0 * NR, (n - p0 * NR).min((p1 - p0) * NR));

@@ -11,45 +11,96 @@ use super::isa::{isa, Isa};
 #[cfg(target_arch = "x86_64")]
 use super::kernel_avx512::tile_avx512;
 
-/// A stored weight element, widened to f32 while packing (the micro-kernel computes in f32).
-pub trait Element: Copy + Send + Sync + 'static {
+/// A weight element as stored, and as the micro-kernels read it from a packed `B` panel: f32,
+/// or bf16 widened in registers (exact: bf16 is the top half of an f32), so bf16 panels give
+/// the same bits as f32 panels of the widened values at half the memory traffic.
+pub trait Element: Copy + Default + Send + Sync + 'static {
+    /// Whether the element is bf16 (the kernels' loads widen it).
+    const BF16: bool;
     fn to_f32(self) -> f32;
+    /// The element nearest `x` (round to nearest even).
+    fn from_f32(x: f32) -> Self;
 }
 
 impl Element for f32 {
+    const BF16: bool = false;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
     }
+    #[inline(always)]
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
 }
 
 impl Element for half::bf16 {
+    const BF16: bool = true;
     /// bf16 is the top half of an f32: widening is a shift (exact).
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f32::from_bits((self.to_bits() as u32) << 16)
     }
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
 }
 
-/// A 64-byte aligned, reusable f32 buffer (aligned so panel loads never split cache lines).
+/// Eight `B` values from `p` as f32 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn load8<T: Element>(p: *const T) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's panel holds eight elements at p.
+    unsafe {
+        if T::BF16 {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        } else {
+            _mm256_loadu_ps(p as *const f32)
+        }
+    }
+}
+
+/// Sixteen `B` values from `p` as f32 lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn load16<T: Element>(p: *const T) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's panel holds sixteen elements at p.
+    unsafe {
+        if T::BF16 {
+            let h = _mm256_loadu_si256(p as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        } else {
+            _mm512_loadu_ps(p as *const f32)
+        }
+    }
+}
+
+/// A 64-byte aligned, reusable buffer (aligned so panel loads never split cache lines).
 #[derive(Default)]
-pub struct Aligned {
-    raw: Vec<f32>,
+pub struct Aligned<T = f32> {
+    raw: Vec<T>,
     off: usize,
 }
 
-impl Aligned {
-    /// A slice of `len` floats (contents unspecified), growing the buffer when needed.
-    pub fn get(&mut self, len: usize) -> &mut [f32] {
-        if self.raw.len() < len + 16 {
-            self.raw = vec![0.0; len + 16];
-            self.off = self.raw.as_ptr().align_offset(64).min(15);
+impl<T: Copy + Default> Aligned<T> {
+    /// A slice of `len` elements (contents unspecified), growing the buffer when needed.
+    pub fn get(&mut self, len: usize) -> &mut [T] {
+        let slack = 64 / size_of::<T>();
+        if self.raw.len() < len + slack {
+            self.raw = vec![T::default(); len + slack];
+            self.off = self.raw.as_ptr().align_offset(64).min(slack - 1);
         }
         &mut self.raw[self.off..self.off + len]
     }
 
     /// Everything [`Aligned::get`] last gave out (and any slack after it).
-    pub fn slice(&self) -> &[f32] {
+    pub fn slice(&self) -> &[T] {
         self.raw.get(self.off..).unwrap_or_default()
     }
 }
@@ -100,29 +151,33 @@ pub fn pack_b_rows<T: Element>(
     dst: &mut [f32],
 ) {
     for (p, panel) in dst.chunks_exact_mut(kc * NR).take(cols.div_ceil(NR)).enumerate() {
-        pack_b_rows_panel(src, ld, j0 + p * NR, (cols - p * NR).min(NR), c0, kc, panel);
+        let cols = (cols - p * NR).min(NR);
+        pack_b_rows_panel(src, ld, j0 + p * NR, cols, c0, kc, panel, T::to_f32);
     }
 }
 
-/// One `B` micro-panel of [`pack_b_rows`].
-pub fn pack_b_rows_panel<T: Element>(
-    src: &[T],
+/// One `B` micro-panel of [`pack_b_rows`], each value converted by `conv` (widened to f32, or
+/// rounded to the element a packed weight keeps).
+#[allow(clippy::too_many_arguments)]
+pub fn pack_b_rows_panel<S: Copy, D: Copy + Default>(
+    src: &[S],
     ld: usize,
     j0: usize,
     cols: usize,
     c0: usize,
     kc: usize,
-    panel: &mut [f32],
+    panel: &mut [D],
+    conv: impl Fn(S) -> D,
 ) {
     for j in 0..NR {
         if j < cols {
             let row = &src[(j0 + j) * ld + c0..][..kc];
             for (kk, &v) in row.iter().enumerate() {
-                panel[kk * NR + j] = v.to_f32();
+                panel[kk * NR + j] = conv(v);
             }
         } else {
             for kk in 0..kc {
-                panel[kk * NR + j] = 0.0;
+                panel[kk * NR + j] = D::default();
             }
         }
     }
@@ -147,13 +202,13 @@ pub fn pack_b_cols(src: &[f32], ld: usize, r0: usize, kc: usize, cols: usize, ds
 /// Panels of `B` are the outer loop, so each stays in cache while the `A` panels stream past.
 ///
 /// # Safety
-/// `ap + t·sa` must hold `kc·MR` floats for every `t < ⌈rows/MR⌉`, `bp + p·sb` `kc·NR` floats
+/// `ap + t·sa` must hold `kc·MR` floats for every `t < ⌈rows/MR⌉`, `bp + p·sb` `kc·NR` elements
 /// for every `p < ⌈cols/NR⌉`; `c` must be valid for `rows × cols` elements at stride `ldc`.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn block(
+pub unsafe fn block<T: Element>(
     kc: usize,
     (ap, sa): (*const f32, usize),
-    (bp, sb): (*const f32, usize),
+    (bp, sb): (*const T, usize),
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -169,11 +224,11 @@ pub unsafe fn block(
 /// # Safety
 /// As [`block`], and the CPU must have `isa`'s instructions.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn block_on(
+pub unsafe fn block_on<T: Element>(
     isa: Isa,
     kc: usize,
     (ap, sa): (*const f32, usize),
-    (bp, sb): (*const f32, usize),
+    (bp, sb): (*const T, usize),
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -210,8 +265,8 @@ pub unsafe fn block_on(
     }
     let tile = match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 | Isa::Amx => tile_avx2,
-        _ => tile_generic,
+        Isa::Avx2 | Isa::Avx512 | Isa::Amx => tile_avx2::<T>,
+        _ => tile_generic::<T>,
     };
     for p in 0..panels {
         for t in 0..tiles {
@@ -259,13 +314,13 @@ unsafe fn store(
 /// Portable (CPUs without AVX2+FMA).
 ///
 /// # Safety
-/// `ap`/`bp` must hold `kc·MR` / `kc·NR` floats; `c` must be valid for `rows × cols` elements
+/// `ap`/`bp` must hold `kc·MR` / `kc·NR` elements; `c` must be valid for `rows × cols` elements
 /// at stride `ldc`, with `rows ≤ MR`, `cols ≤ NR`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_generic(
+unsafe fn tile_generic<T: Element>(
     kc: usize,
     ap: *const f32,
-    bp: *const f32,
+    bp: *const T,
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -280,7 +335,7 @@ unsafe fn tile_generic(
     for (ak, bk) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
         for i in 0..MR {
             for j in 0..NR {
-                acc[i][j] = ak[i].mul_add(bk[j], acc[i][j]);
+                acc[i][j] = ak[i].mul_add(bk[j].to_f32(), acc[i][j]);
             }
         }
     }
@@ -292,10 +347,10 @@ unsafe fn tile_generic(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2(
+unsafe fn tile_avx2<T: Element>(
     kc: usize,
     ap: *const f32,
-    bp: *const f32,
+    bp: *const T,
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -317,8 +372,8 @@ unsafe fn tile_avx2(
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(4 * NR - 1));
         }
         for _ in 0..kc {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
+            let b0 = load8(b);
+            let b1 = load8(b.add(8));
             // Row i of the tile: broadcast A[i] against both halves of the B row.
             macro_rules! row {
                 ($i:expr, $lo:ident, $hi:ident) => {
@@ -430,6 +485,41 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// bf16 `B` panels, widened as each kernel loads them, give the bits of f32 panels of the
+    /// widened values, on every kernel the CPU has (clipped tiles, a lone panel, k = 1).
+    #[test]
+    fn bf16_panels_give_the_bits_of_their_widened_values() {
+        for (m, n, k) in [(1, 1, 1), (13, 33, 100), (29, 70, 257), (12, 32, 64)] {
+            let a = rand(m * k, 4);
+            let s: Vec<half::bf16> = rand(n * k, 5).into_iter().map(half::bf16::from_f32).collect();
+            let mut ap = vec![0.0; m.div_ceil(MR) * MR * k];
+            pack_a(&a, k, 0, m, 0, k, 1.0, &mut ap);
+            let mut wide = vec![0.0; n.div_ceil(NR) * NR * k];
+            pack_b_rows(&s, k, 0, n, 0, k, &mut wide);
+            let mut narrow = vec![half::bf16::ZERO; wide.len()];
+            for (p, panel) in narrow.chunks_exact_mut(k * NR).enumerate() {
+                pack_b_rows_panel(&s, k, p * NR, (n - p * NR).min(NR), 0, k, panel, |v| v);
+            }
+            for isa in [Isa::Generic, Isa::Avx2, Isa::Avx512] {
+                if isa > super::super::isa::detected() {
+                    println!("skipped: this CPU lacks the instructions of {}", isa.kernel_name());
+                    continue;
+                }
+                let (mut x, mut y) = (vec![0f32; m * n], vec![1f32; m * n]);
+                // SAFETY: panels of the packed sizes, x and y are [m × n]; the CPU has `isa`.
+                unsafe {
+                    let a = (ap.as_ptr(), k * MR);
+                    block_on(isa, k, a, (wide.as_ptr(), k * NR), x.as_mut_ptr(), n, m, n, false);
+                    block_on(isa, k, a, (narrow.as_ptr(), k * NR), y.as_mut_ptr(), n, m, n, false);
+                }
+                let name = isa.kernel_name();
+                assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name}");
+                let want: f64 = (0..k).map(|kk| a[kk] as f64 * s[(n - 1) * k + kk].to_f64()).sum();
+                assert!((y[n - 1] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{name}");
             }
         }
     }

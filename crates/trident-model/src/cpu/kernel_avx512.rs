@@ -1,11 +1,12 @@
 //! The AVX-512 f32 micro-kernel: a 12 × 32 tile of `C` in 24 zmm accumulators. It reads the
 //! same packed panels as the AVX2 kernel — two `A` micro-panels (`[kc][6]` each, rows 0–5 and
-//! 6–11) and two `B` micro-panels (`[kc][16]` each, columns 0–15 and 16–31) — so packing stays
-//! one scheme for every ISA. Per step it issues 24 FMAs for 2 vector loads and 12 broadcasts,
+//! 6–11) and two `B` micro-panels (`[kc][16]` each, columns 0–15 and 16–31; f32, or bf16 widened as
+//! loaded) — so packing stays one scheme for every ISA. Per step it issues 24 FMAs for 2 vector loads and 12 broadcasts,
 //! against 12 FMAs for 2 loads and 6 broadcasts in the AVX2 tile.
 
 use std::arch::x86_64::*;
 
+use super::kernel::{load16, Element};
 use super::tile::{MR, NR};
 
 /// `C[rows × cols] (+)= A·B` for one 12 × 32 tile.
@@ -17,10 +18,10 @@ use super::tile::{MR, NR};
 /// `cols ≤ 2·NR`.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn tile_avx512(
+pub unsafe fn tile_avx512<T: Element>(
     kc: usize,
     (a0, a1): (*const f32, *const f32),
-    (b0, b1): (*const f32, *const f32),
+    (b0, b1): (*const T, *const T),
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -43,8 +44,8 @@ pub unsafe fn tile_avx512(
         }
         let (mut pa0, mut pa1, mut pb0, mut pb1) = (a0, a1, b0, b1);
         for _ in 0..kc {
-            let lo = _mm512_loadu_ps(pb0);
-            let hi = _mm512_loadu_ps(pb1);
+            let lo = load16(pb0);
+            let hi = load16(pb1);
             macro_rules! row {
                 ($a:ident, $i:expr, $l:ident, $h:ident) => {
                     let x = _mm512_set1_ps(*$a.add($i));

@@ -1,8 +1,6 @@
-//! Loading a linear layer's weights at a precision: f32 packed for the micro-kernels, bf16 converted,
+//! Loading a linear layer's weights at a precision: f32 or bf16 packed for the micro-kernels,
 //! AMX-BF16 and int8 (AMX-INT8, VNNI or portable) packed for their kernels, with the parts of a
 //! fused layer (Q, K, V) made one weight so its input is quantised or converted once.
-
-use rayon::prelude::*;
 
 use super::*;
 
@@ -64,33 +62,22 @@ impl CpuBackend {
             parts.iter().for_each(|p| p.weight.release_pages());
             return Ok(linear(vec![weight]));
         }
-        // f32 weights are packed once here rather than on every call (3x faster GEMMs on a
-        // 16-row batch, `examples/gemm_bench.rs`), the parts as one weight as above; a layer
-        // narrower than one panel (the sparse head, a dot product) stays as it is.
-        if !bf16 && n >= kernel::NR {
+        // f32 and bf16 weights are packed once here rather than on every call (3x faster GEMMs
+        // on a 16-row batch, `examples/gemm_bench.rs`), the parts as one weight as above; an f32
+        // layer narrower than one panel (the sparse head, a dot product) stays as it is.
+        if bf16 || n >= kernel::NR {
             let src = rows_of(parts);
-            let weight = self.pool.install(|| packed::PackedF32::pack(n, in_dim, &src));
-            parts.iter().for_each(|p| p.weight.release_pages());
-            return Ok(linear(vec![PartWeight::Packed(weight)]));
-        }
-        let weights = parts
-            .iter()
-            .map(|p| {
+            let weight = self.pool.install(|| {
                 if bf16 {
-                    let src = p.weight.data();
-                    let mut v = vec![half::bf16::ZERO; src.len()];
-                    self.pool.install(|| {
-                        v.par_chunks_mut(1 << 16).zip(src.par_chunks(1 << 16)).for_each(|(d, s)| {
-                            d.iter_mut().zip(s).for_each(|(d, &s)| *d = half::bf16::from_f32(s))
-                        })
-                    });
-                    p.weight.release_pages();
-                    PartWeight::Bf16(v)
+                    PartWeight::PackedBf16(packed::Packed::pack(n, in_dim, &src))
                 } else {
-                    PartWeight::F32(p.weight.clone())
+                    PartWeight::Packed(packed::PackedF32::pack(n, in_dim, &src))
                 }
-            })
-            .collect();
+            });
+            parts.iter().for_each(|p| p.weight.release_pages());
+            return Ok(linear(vec![weight]));
+        }
+        let weights = parts.iter().map(|p| PartWeight::F32(p.weight.clone())).collect();
         Ok(linear(weights))
     }
 }

@@ -47,7 +47,7 @@ pub use describe::{kernels_for, CpuPrecision};
 pub use gemm::matmul_wt;
 pub use isa::{force_isa, kernel_name, Isa};
 #[doc(hidden)]
-pub use packed::{matmul_packed, PackedF32};
+pub use packed::{matmul_packed, Packed, PackedF32};
 pub use smooth::{Recorder, Smoothing};
 
 /// The AMX-BF16 GEMM and its weight packing, public for `examples/gemm_bench.rs`.
@@ -85,7 +85,8 @@ enum PartWeight {
     F32(HostTensor),
     /// f32, packed once into the micro-kernels' `B` panels.
     Packed(packed::PackedF32),
-    Bf16(Vec<half::bf16>),
+    /// bf16 below AMX, packed once into the same panels (the kernels widen it as they load it).
+    PackedBf16(packed::Packed<half::bf16>),
     /// bf16 in AMX tile order.
     #[cfg(target_arch = "x86_64")]
     Amx(kernel_amx::AmxWeight),
@@ -97,11 +98,11 @@ enum PartWeight {
 }
 
 impl PartWeight {
-    fn rows(&self, in_dim: usize) -> usize {
+    fn rows(&self) -> usize {
         match self {
             PartWeight::F32(t) => t.shape()[0],
             PartWeight::Packed(w) => w.n,
-            PartWeight::Bf16(v) => v.len() / in_dim.max(1),
+            PartWeight::PackedBf16(w) => w.n,
             #[cfg(target_arch = "x86_64")]
             PartWeight::Amx(w) => w.n,
             #[cfg(target_arch = "x86_64")]
@@ -213,7 +214,7 @@ impl CpuBackend {
         let mut y = Pooled::overwritten(&self.buffers, m * n);
         let mut col = 0;
         for part in &w.weights {
-            let out_i = part.rows(w.in_dim);
+            let out_i = part.rows();
             let dst = y.data[col..].as_mut_ptr();
             // SAFETY: x is [m × in], the part is [out_i × in], y has room for columns col..col+out_i.
             unsafe {
@@ -222,7 +223,7 @@ impl CpuBackend {
                         gemm::matmul_wt(m, out_i, w.in_dim, x.data(), t.data(), dst, n)
                     }
                     PartWeight::Packed(p) => packed::matmul_packed(m, x.data(), p, dst, n),
-                    PartWeight::Bf16(v) => gemm::matmul_wt(m, out_i, w.in_dim, x.data(), v, dst, n),
+                    PartWeight::PackedBf16(p) => packed::matmul_packed(m, x.data(), p, dst, n),
                     // (Packed only when kernel_amx::available().)
                     #[cfg(target_arch = "x86_64")]
                     PartWeight::Amx(p) => gemm::matmul_amx(m, x.data(), p, dst, n),
