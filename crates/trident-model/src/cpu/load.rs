@@ -1,8 +1,26 @@
 //! Loading a linear layer's weights at a precision: f32 or bf16 packed for the micro-kernels,
 //! AMX-BF16 and int8 (AMX-INT8, VNNI or portable) packed for their kernels, with the parts of a
-//! fused layer (Q, K, V) made one weight so its input is quantised or converted once.
+//! fused layer (Q, K, V) made one weight so its input is quantised or converted once. The workers
+//! of one model share these copies ([`SharedWeights`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use super::*;
+
+/// The packed linear-layer weights of one model's workers, by layer name: packing at load makes
+/// a copy (the mapped checkpoint's pages are then dropped), and N workers with a copy each would
+/// hold N times the weights where they used to share one mapping.
+#[derive(Clone, Default)]
+pub struct SharedWeights(Arc<Mutex<HashMap<String, Shared>>>);
+
+/// A shared weight and what it was packed from (checked on every take, so a name reused for
+/// other weights packs its own).
+struct Shared {
+    source: (usize, usize, usize),
+    precision: CpuPrecision,
+    weight: Arc<PartWeight>,
+}
 
 impl CpuBackend {
     /// Loads a linear layer at `precision` (the backend's, or f32 for the heads).
@@ -30,55 +48,57 @@ impl CpuBackend {
         let int8 = precision == CpuPrecision::Int8;
         let bf16 = reduced && !int8;
         let amx = bf16 && self.amx;
-        let factors = match &self.smoothing {
-            Some(s) if int8 => {
-                let data: Vec<&[f32]> = parts.iter().map(|p| p.weight.data()).collect();
-                s.factors(name, &data, in_dim)
-            }
-            _ => None,
-        };
         let n = bias.len();
         let linear =
             |weights| CpuLinear { name: name.to_string(), weights, bias, in_dim, out_dim: n };
-        // int8 and AMX weights are copies: the parts become one weight, so the layer's input is
-        // quantised (or converted to bf16) once, not once per part (Q, K, V).
-        if int8 || amx {
-            let src = rows_of(parts);
-            let weight = self.pool.install(|| {
-                #[cfg(target_arch = "x86_64")]
-                if amx {
-                    let packed = kernel_amx::AmxWeight::pack(n, in_dim, |j, kk| {
-                        kernel_amx::bf16_bits(src[j * in_dim + kk])
-                    });
-                    return PartWeight::Amx(packed);
-                }
+        // int8, AMX and packed f32/bf16 weights are copies: the parts become one weight, so the
+        // layer's input is quantised (or converted) once, not once per part (Q, K, V). An f32
+        // layer narrower than one panel (the sparse head, a dot product) stays as loaded.
+        if !(int8 || bf16 || n >= kernel::NR) {
+            return Ok(linear(
+                parts.iter().map(|p| Arc::new(PartWeight::F32(p.weight.clone()))).collect(),
+            ));
+        }
+        let source = (first.weight.data().as_ptr() as usize, n, in_dim);
+        // Held while packing: a second worker waits for the first one's copy.
+        let mut shared =
+            self.shared.as_ref().map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(s) = shared.as_ref().and_then(|m| m.get(name)) {
+            if s.source == source && s.precision == precision {
+                return Ok(linear(vec![s.weight.clone()]));
+            }
+        }
+        let src = rows_of(parts);
+        let weight = Arc::new(self.pool.install(|| {
+            #[cfg(target_arch = "x86_64")]
+            if amx {
+                let packed = kernel_amx::AmxWeight::pack(n, in_dim, |j, kk| {
+                    kernel_amx::bf16_bits(src[j * in_dim + kk])
+                });
+                return PartWeight::Amx(packed);
+            }
+            if int8 {
+                let factors = self.smoothing.as_ref().and_then(|s| {
+                    let data: Vec<&[f32]> = parts.iter().map(|p| p.weight.data()).collect();
+                    s.factors(name, &data, in_dim)
+                });
                 let q = quant::QuantizedRows::new(n, in_dim, &src, factors.as_deref());
                 #[cfg(target_arch = "x86_64")]
                 if self.amx {
                     return PartWeight::AmxI8(kernel_amx_int8::AmxI8Weight::pack(&q));
                 }
-                PartWeight::I8(kernel_int8::Int8Weight::new(q))
-            });
-            parts.iter().for_each(|p| p.weight.release_pages());
-            return Ok(linear(vec![weight]));
+                return PartWeight::I8(kernel_int8::Int8Weight::new(q));
+            }
+            if bf16 {
+                return PartWeight::PackedBf16(packed::Packed::pack(n, in_dim, &src));
+            }
+            PartWeight::Packed(packed::PackedF32::pack(n, in_dim, &src))
+        }));
+        parts.iter().for_each(|p| p.weight.release_pages());
+        if let Some(m) = shared.as_mut() {
+            m.insert(name.to_string(), Shared { source, precision, weight: weight.clone() });
         }
-        // f32 and bf16 weights are packed once here rather than on every call (3x faster GEMMs
-        // on a 16-row batch, `examples/gemm_bench.rs`), the parts as one weight as above; an f32
-        // layer narrower than one panel (the sparse head, a dot product) stays as it is.
-        if bf16 || n >= kernel::NR {
-            let src = rows_of(parts);
-            let weight = self.pool.install(|| {
-                if bf16 {
-                    PartWeight::PackedBf16(packed::Packed::pack(n, in_dim, &src))
-                } else {
-                    PartWeight::Packed(packed::PackedF32::pack(n, in_dim, &src))
-                }
-            });
-            parts.iter().for_each(|p| p.weight.release_pages());
-            return Ok(linear(vec![weight]));
-        }
-        let weights = parts.iter().map(|p| PartWeight::F32(p.weight.clone())).collect();
-        Ok(linear(weights))
+        Ok(linear(vec![weight]))
     }
 }
 
@@ -111,7 +131,7 @@ mod tests {
         let parts = [part(24, k, 1), part(40, k, 2), part(24, k, 3)];
         let qkv = b.load_linear("qkv", &parts).unwrap();
         assert_eq!((qkv.weights.len(), qkv.out_dim), (1, 88));
-        assert!(!matches!(qkv.weights[0], PartWeight::F32(_)));
+        assert!(!matches!(*qkv.weights[0], PartWeight::F32(_)));
         let mut x = CpuAct { buf: Pooled::overwritten(&b.buffers, m * k), rows: m, cols: k };
         x.buf
             .data
@@ -130,8 +150,26 @@ mod tests {
             col += n;
         }
         let head = b.load_head("colbert_linear", &[part(16, k, 4)]).unwrap();
-        assert!(matches!(head.weights[0], PartWeight::Packed(_)));
+        assert!(matches!(*head.weights[0], PartWeight::Packed(_)));
         let sparse = b.load_head("sparse_linear", &[part(1, k, 5)]).unwrap();
-        assert!(matches!(sparse.weights[0], PartWeight::F32(_)));
+        assert!(matches!(*sparse.weights[0], PartWeight::F32(_)));
+    }
+
+    /// Backends given one `SharedWeights` pack each layer once; a name reused for other weights,
+    /// or another precision, packs its own.
+    #[test]
+    fn workers_share_packed_weights() {
+        let shared = SharedWeights::default();
+        for precision in [CpuPrecision::F32, CpuPrecision::Bf16, CpuPrecision::Int8] {
+            let backend = || CpuBackend::with_precision(1, precision).sharing(shared.clone());
+            let (a, b) = (backend(), backend());
+            let (w, other) = ([part(32, 40, 1)], [part(32, 40, 2)]);
+            let (x, y) = (a.load_linear("l", &w).unwrap(), b.load_linear("l", &w).unwrap());
+            assert!(Arc::ptr_eq(&x.weights[0], &y.weights[0]), "{precision:?}");
+            let z = b.load_linear("l", &other).unwrap();
+            assert!(!Arc::ptr_eq(&x.weights[0], &z.weights[0]), "{precision:?}");
+            let alone = CpuBackend::with_precision(1, precision).load_linear("l", &w).unwrap();
+            assert!(!Arc::ptr_eq(&x.weights[0], &alone.weights[0]));
+        }
     }
 }

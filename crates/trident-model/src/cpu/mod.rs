@@ -46,6 +46,7 @@ pub use describe::{kernels_for, CpuPrecision};
 #[doc(hidden)]
 pub use gemm::matmul_wt;
 pub use isa::{force_isa, kernel_name, Isa};
+pub use load::SharedWeights;
 #[doc(hidden)]
 pub use packed::{matmul_packed, Packed, PackedF32};
 pub use smooth::{Recorder, Smoothing};
@@ -115,7 +116,7 @@ impl PartWeight {
 /// A linear layer: the parts' weights (`[out_i × in]` each), their biases concatenated.
 pub struct CpuLinear {
     name: String,
-    weights: Vec<PartWeight>,
+    weights: Vec<Arc<PartWeight>>,
     bias: Vec<f32>,
     in_dim: usize,
     out_dim: usize,
@@ -146,6 +147,8 @@ pub struct CpuBackend {
     recorder: Option<Arc<Recorder>>,
     /// int8: the calibrated smoothing applied to the weights as they are quantised.
     smoothing: Option<Arc<Smoothing>>,
+    /// The packed weights of the workers of one model, made by the first to load each layer.
+    shared: Option<SharedWeights>,
 }
 
 impl CpuBackend {
@@ -175,6 +178,7 @@ impl CpuBackend {
             buffers: Arc::default(),
             recorder: None,
             smoothing: None,
+            shared: None,
         }
     }
 
@@ -187,6 +191,14 @@ impl CpuBackend {
     /// Smooths the int8 precision's linear layers with `smoothing` as they load.
     pub fn with_smoothing(mut self, smoothing: Arc<Smoothing>) -> Self {
         self.smoothing = Some(smoothing);
+        self
+    }
+
+    /// Takes packed linear-layer weights from `shared` (and puts the ones it packs there), so
+    /// the workers of one model keep one copy. Every backend given the same `shared` must load
+    /// the same checkpoint at the same precision and smoothing.
+    pub fn sharing(mut self, shared: SharedWeights) -> Self {
+        self.shared = Some(shared);
         self
     }
 
@@ -213,7 +225,7 @@ impl CpuBackend {
         // Every part writes all rows of its columns, and the parts cover all n columns.
         let mut y = Pooled::overwritten(&self.buffers, m * n);
         let mut col = 0;
-        for part in &w.weights {
+        for part in w.weights.iter().map(|p| &**p) {
             let out_i = part.rows();
             let dst = y.data[col..].as_mut_ptr();
             // SAFETY: x is [m × in], the part is [out_i × in], y has room for columns col..col+out_i.
@@ -449,7 +461,7 @@ impl Backend for CpuBackend {
                     ),
                 ));
             }
-            let PartWeight::F32(w) = &sparse.weights[0] else {
+            let PartWeight::F32(w) = &*sparse.weights[0] else {
                 return Err(Self::err("sparse head", "weight is not f32"));
             };
             let (w, b) = (w.data(), sparse.bias[0]);

@@ -110,8 +110,8 @@ pub fn build_workers(
 
 /// The worker specs for a checkpoint: `--workers` CPU workers, or `--workers` per CUDA device
 /// (each with its own backend: stream, weights, buffers). A restarted worker builds a fresh
-/// encoder over the same shared checkpoint. At int8 the checkpoint is calibrated once, here,
-/// for every worker (`trident_model::calibrate`).
+/// encoder over the same shared checkpoint; CPU workers share one packed copy of its weights.
+/// At int8 the checkpoint is calibrated once, here, for every worker (`trident_model::calibrate`).
 pub fn workers(
     placement: &Placement,
     args: &PlacementArgs,
@@ -132,13 +132,17 @@ pub fn workers(
             } else {
                 None
             };
+            // One packed copy of the weights for all workers (and their restarts).
+            let shared = trident_model::cpu::SharedWeights::default();
             Ok((0..args.workers)
                 .map(|i| {
                     let (ckpt, smoothing) = (ckpt.clone(), smoothing.clone());
+                    let shared = shared.clone();
                     WorkerSpec {
                         name: format!("cpu-{i}"),
                         factory: Arc::new(move || {
-                            let mut backend = CpuBackend::with_precision(threads, precision);
+                            let mut backend = CpuBackend::with_precision(threads, precision)
+                                .sharing(shared.clone());
                             if let Some(s) = &smoothing {
                                 backend = backend.with_smoothing(s.clone());
                             }
