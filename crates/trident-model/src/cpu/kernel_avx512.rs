@@ -6,8 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernel::{load16, Element};
-use super::tile::{MR, NR};
+use super::tile::{load16, Element, MR, NR};
 
 /// `C[rows × cols] (+)= A·B` for one 12 × 32 tile.
 ///
