@@ -62,6 +62,11 @@ impl HostTensor {
         Some(HostTensor { storage: map, offset: byte_offset / 4, shape })
     }
 
+    /// Whether the data is read in place from a mapped file (not a copy).
+    pub fn is_mapped(&self) -> bool {
+        matches!(&*self.storage, Storage::Mapped(_))
+    }
+
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }

@@ -1,5 +1,5 @@
-//! A BGE-M3 checkpoint on the host: the encoder tensors from `model.safetensors` (memory-mapped,
-//! f32 used in place) or `pytorch_model.bin`, and the two head files (`colbert_linear.pt`,
+//! A BGE-M3 checkpoint on the host: the encoder tensors from `model.safetensors` or
+//! `pytorch_model.bin` (both memory-mapped, f32 used in place), and the two head files (`colbert_linear.pt`,
 //! `sparse_linear.pt`). Every tensor's shape is checked against `config.json` when opening.
 
 use std::collections::HashMap;
@@ -303,45 +303,103 @@ fn strip_prefix(name: &str) -> &str {
     name.strip_prefix("roberta.").or_else(|| name.strip_prefix("model.")).unwrap_or(name)
 }
 
-/// Reads a PyTorch zip pickle (`torch.save` of a state dict) with candle's pickle reader,
-/// converting every floating tensor to owned f32 and prefixing its name.
+/// Reads a PyTorch zip pickle (`torch.save` of a state dict; tensor metadata by candle's pickle
+/// reader) and prefixes its names. torch stores each tensor's bytes uncompressed and 64-byte
+/// aligned, so f32 tensors are used in place from a mapping of the file, like safetensors — a
+/// copy would leave a CPU worker holding the weights twice (the copy and its packed form) and
+/// cost the read. Other dtypes and layouts are converted to owned f32.
 fn read_pickle(
     path: &Path,
     prefix: &str,
     out: &mut HashMap<String, (HostTensor, PathBuf)>,
 ) -> Result<(), ModelError> {
     use candle_core::pickle::PthTensors;
-    let corrupt = |e: candle_core::Error| ModelError::CorruptFile {
-        path: path.to_path_buf(),
-        msg: e.to_string(),
-    };
-    let pth = PthTensors::new(path, None).map_err(corrupt)?;
+    let corrupt = |msg: String| ModelError::CorruptFile { path: path.to_path_buf(), msg };
+    let pth = PthTensors::new(path, None).map_err(|e| corrupt(e.to_string()))?;
     if pth.tensor_infos().is_empty() {
-        return Err(ModelError::CorruptFile {
-            path: path.to_path_buf(),
-            msg: "no tensors found (expected a torch.save'd state dict with */data.pkl)".into(),
-        });
+        return Err(corrupt(
+            "no tensors found (expected a torch.save'd state dict with */data.pkl)".into(),
+        ));
     }
+    let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    // SAFETY: read-only, and (as for safetensors) nobody truncates the file while in use.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    let storage = Arc::new(Storage::Mapped(map));
+    let Storage::Mapped(bytes) = &*storage else { unreachable!() };
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..]))
+        .map_err(|e| corrupt(e.to_string()))?;
     let mut names: Vec<&String> = pth.tensor_infos().keys().collect();
     names.sort();
     for name in names {
         if name.ends_with("position_ids") {
             continue;
         }
-        let t = pth.get(name).map_err(corrupt)?.ok_or_else(|| ModelError::MissingTensor {
-            path: path.to_path_buf(),
-            tensor: name.clone(),
-        })?;
-        let shape = t.dims().to_vec();
-        let data = t
-            .to_dtype(candle_core::DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(corrupt)?;
-        out.insert(
-            format!("{prefix}{}", strip_prefix(name)),
-            (HostTensor::from_vec(data, shape), path.to_path_buf()),
-        );
+        let info = &pth.tensor_infos()[name];
+        let t = match mapped_f32(&mut zip, info, &storage) {
+            Some(t) => t,
+            None => {
+                let t = pth.get(name).map_err(|e| corrupt(e.to_string()))?.ok_or_else(|| {
+                    ModelError::MissingTensor { path: path.to_path_buf(), tensor: name.clone() }
+                })?;
+                let shape = t.dims().to_vec();
+                let data = t
+                    .to_dtype(candle_core::DType::F32)
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| corrupt(e.to_string()))?;
+                HostTensor::from_vec(data, shape)
+            }
+        };
+        out.insert(format!("{prefix}{}", strip_prefix(name)), (t, path.to_path_buf()));
     }
     Ok(())
+}
+
+/// A view of an f32, row-major tensor stored uncompressed in the mapped archive; `None` when
+/// it is anything else (or does not fit its entry), which the caller then copies.
+fn mapped_f32(
+    zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    info: &candle_core::pickle::TensorInfo,
+    storage: &Arc<Storage>,
+) -> Option<HostTensor> {
+    let layout = &info.layout;
+    if info.dtype != candle_core::DType::F32 || !layout.is_contiguous() {
+        return None;
+    }
+    let entry = zip.by_name(&info.path).ok()?;
+    if entry.compression() != zip::CompressionMethod::Stored {
+        return None;
+    }
+    // candle gives torch's storage offset in bytes.
+    let (start, n) = (layout.start_offset(), layout.shape().elem_count());
+    if start + 4 * n > entry.size() as usize {
+        return None;
+    }
+    let data = entry.data_start()? as usize + start;
+    HostTensor::from_mmap(storage.clone(), data, layout.dims().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tests/data/views.pt`: torch.save of views into one f32 storage `0..20` (at offset 0, at
+    /// offset 7 elements, and a transposed one) and an f16 tensor. Row-major f32 views are
+    /// mapped at their offsets; the others are converted copies.
+    #[test]
+    fn pickle_views_are_mapped_at_their_offsets() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/views.pt");
+        let mut out = HashMap::new();
+        read_pickle(&path, "p.", &mut out).unwrap();
+        let t = |n: &str| &out[&format!("p.{n}")].0;
+        let iota = |r: std::ops::Range<usize>| r.map(|x| x as f32).collect::<Vec<_>>();
+        assert!(t("a").is_mapped() && t("b").is_mapped());
+        assert_eq!((t("a").shape(), t("a").data()), (&[2, 3][..], &iota(0..6)[..]));
+        assert_eq!((t("b").shape(), t("b").data()), (&[3, 4][..], &iota(7..19)[..]));
+        let transposed: Vec<f32> = (0..12).map(|i| ((i % 3) * 4 + i / 3) as f32).collect();
+        assert!(!t("t").is_mapped());
+        assert_eq!((t("t").shape(), t("t").data()), (&[4, 3][..], &transposed[..]));
+        assert!(!t("h").is_mapped());
+        assert_eq!(t("h").data(), &[0.0, 0.5, 1.0, 1.5]);
+    }
 }

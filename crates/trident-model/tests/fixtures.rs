@@ -119,6 +119,25 @@ fn every_kernel_matches_reference_bit_for_bit() {
     force_isa(None);
 }
 
+/// torch's archive stores f32 tensors uncompressed: they are mapped in place, not copied, and
+/// hold the same values as the safetensors file.
+#[test]
+fn pytorch_bin_tensors_are_mapped_in_place() {
+    let dir = copy_without(&["model.safetensors"]);
+    let (bin, st) = (Checkpoint::open(dir.path()).unwrap(), Checkpoint::open(&tiny()).unwrap());
+    for name in [
+        "embeddings.word_embeddings.weight",
+        "encoder.layer.0.attention.self.query.weight",
+        "encoder.layer.1.output.dense.bias",
+        "colbert.weight",
+        "sparse.weight",
+    ] {
+        let (a, b) = (bin.tensor(name).unwrap(), st.tensor(name).unwrap());
+        assert!(a.is_mapped(), "{name} was copied");
+        assert_eq!((a.shape(), a.data()), (b.shape(), b.data()), "{name}");
+    }
+}
+
 #[test]
 fn pytorch_bin_alone_gives_the_same() {
     let dir = copy_without(&["model.safetensors"]);
