@@ -5,8 +5,8 @@
 # Redis and the tansu Kafka broker (scripts/test-services.sh), the pinned NVIDIA NVRTC 13.0
 # wheels for compiling kernels without a GPU, helm/kubernetes-validate/hadolint for the deploy
 # checks — then runs: rustfmt check, deploy and kernel checks, every workspace test (one dev
-# build, cargo-nextest) and clippy. Installs are skipped when already present. Any failing step
-# fails the script.
+# build, cargo-nextest), the model tests once more with AMX emulated, and clippy. Installs are
+# skipped when already present. Any failing step fails the script.
 #
 #   bash scripts/test.sh                 # everything
 #   TRIDENT_SKIP_CLIPPY=1 bash scripts/test.sh
@@ -134,6 +134,11 @@ echo "target/ holds $(du -sh target 2>/dev/null | cut -f1); $(df -h . | awk 'NR=
 
 section "tests (cargo nextest run --workspace)"
 cargo nextest run --workspace --locked --no-fail-fast
+
+section "model tests again with AMX tiles emulated in software (TRIDENT_AMX_EMULATE=1)"
+# The AMX kernels' packing, block loops, zero points and scaling, checked on CPUs without AMX
+# (on AVX512-BF16 CPUs; elsewhere the AMX tests skip with a message, as in the run above).
+TRIDENT_AMX_EMULATE=1 cargo nextest run -p trident-model --locked --no-fail-fast
 
 if [ -z "${TRIDENT_SKIP_CLIPPY:-}" ]; then
     section "clippy (all targets, warnings are errors)"

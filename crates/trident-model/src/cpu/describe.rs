@@ -65,13 +65,16 @@ pub(super) fn amx_for(precision: CpuPrecision) -> bool {
 pub(super) fn kernels(precision: CpuPrecision, amx: bool) -> String {
     match precision {
         CpuPrecision::F32 => format!("f32, {}", kernel_name()),
-        CpuPrecision::Bf16 if amx => {
-            format!("bf16: amx bf16 32x32 (linear layers and attention), {}", kernel_name())
-        }
+        CpuPrecision::Bf16 if amx => format!(
+            "bf16: amx bf16 32x32{} (linear layers and attention), {}",
+            emulated(),
+            kernel_name()
+        ),
         CpuPrecision::Bf16 => format!("bf16 weights, f32 math, {}", kernel_name()),
         CpuPrecision::Int8 if amx => format!(
-            "int8: amx int8 32x32 (linear layers, smoothed per-channel weights, per-token u8 \
-             activations), amx bf16 attention, {}",
+            "int8: amx int8 32x32{0} (linear layers, smoothed per-channel weights, per-token u8 \
+             activations), amx bf16{0} attention, {1}",
+            emulated(),
             kernel_name()
         ),
         CpuPrecision::Int8 => format!(
@@ -80,4 +83,13 @@ pub(super) fn kernels(precision: CpuPrecision, amx: bool) -> String {
             kernel_name()
         ),
     }
+}
+
+/// Marks AMX kernels that run in software (`TRIDENT_AMX_EMULATE`, tests only).
+fn emulated() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if super::kernel_amx::emulated() {
+        return " (emulated in software)";
+    }
+    ""
 }

@@ -369,7 +369,7 @@ mod tests {
     fn amx_int8_matches_the_exact_sums_of_its_quantised_operands() {
         use crate::cpu::kernel_amx_int8::{available, AmxI8Weight};
         if !available() {
-            println!("skipped: this CPU (or its kernel) gives no AMX-INT8");
+            println!("skipped: no AMX-INT8 here (TRIDENT_AMX_EMULATE=1 runs it in software)");
             return;
         }
         // The reference quantises as documented (quant.rs: per row of `w` at load, symmetric;
@@ -443,7 +443,7 @@ mod tests {
     fn amx_matches_f64_of_bf16_operands_on_ragged_shapes() {
         use crate::cpu::kernel_amx::{available, bf16_bits, AmxWeight};
         if !available() {
-            println!("skipped: this CPU (or its kernel) gives no AMX-BF16");
+            println!("skipped: no AMX-BF16 here (TRIDENT_AMX_EMULATE=1 runs it in software)");
             return;
         }
         let widen = |b: u16| f32::from_bits((b as u32) << 16) as f64;

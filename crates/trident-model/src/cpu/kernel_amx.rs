@@ -64,10 +64,11 @@ impl Strided<'_> {
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        cpu_has_amx_bf16()
-            && is_x86_feature_detected!("avx512bf16")
-            && is_x86_feature_detected!("avx512bw")
-            && request_tile_permission()
+        emulated()
+            || cpu_has_amx_bf16()
+                && is_x86_feature_detected!("avx512bf16")
+                && is_x86_feature_detected!("avx512bw")
+                && request_tile_permission()
     })
 }
 
@@ -347,11 +348,108 @@ macro_rules! tile_block {
 }
 pub(super) use tile_block;
 
+/// Whether the tile products run in software ([`emulated_block`]): `TRIDENT_AMX_EMULATE=1` on a
+/// CPU with the AVX-512 (F, BW, BF16) the packers use. For tests of everything around the tile
+/// unit — packing, block loops, zero points, scaling — on machines without AMX (scripts/test.sh
+/// runs the model tests once more so); far slower than the hardware, never for serving.
+pub fn emulated() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var("TRIDENT_AMX_EMULATE").is_ok_and(|v| v == "1")
+            && is_x86_feature_detected!("avx512bf16")
+            && is_x86_feature_detected!("avx512bw")
+    })
+}
+
+/// The tile product an [`emulated_block`] computes.
+#[derive(Clone, Copy)]
+pub(super) enum TileOp {
+    /// `TDPBF16PS`: f32 `C` += pairs of bf16 products, added in order.
+    Bf16,
+    /// `TDPBUSD`: i32 `C` += quads of u8 (`A`) × i8 (`B`) products (wrapping).
+    U8I8,
+}
+
+/// [`tile_block!`] in software, element by element as the instructions define them (bf16
+/// products are exact in f32; denormals are not flushed, which the hardware does).
+///
+/// # Safety
+/// As [`tile_block!`]: `kt` tiles at each operand, 32 rows at `cp`, `stride` bytes apart.
+pub(super) unsafe fn emulated_block(
+    op: TileOp,
+    kt: usize,
+    a: (*const Line, *const Line),
+    b: (*const Line, *const Line),
+    cp: *mut u8,
+    stride: usize,
+) {
+    // The tiles' elements, widened once per tile pair.
+    fn elements<T: Copy + Default, const N: usize>(
+        tile: &[Line; TM],
+        f: impl Fn(&Line, usize) -> T,
+    ) -> [[T; N]; TM] {
+        std::array::from_fn(|r| std::array::from_fn(|i| f(&tile[r], i)))
+    }
+    let bf16 = |l: &Line, i: usize| f32::from_bits((l.0[i] as u32) << 16);
+    let byte = |l: &Line, i: usize| (l.0[i / 2] >> (8 * (i % 2))) as u8;
+    // tmm0 = A0·B0, tmm1 = A0·B1, tmm2 = A1·B0, tmm3 = A1·B1, as tile_block! orders them.
+    let mut acc = [[[0u32; TN]; TM]; 4];
+    for t in 0..kt {
+        for (q, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: each operand holds kt tiles of TM lines (caller).
+            let (at, bt) = unsafe {
+                let tile = |p: *const Line| &*(p.add(t * TM) as *const [Line; TM]);
+                (tile(if q < 2 { a.0 } else { a.1 }), tile(if q % 2 == 0 { b.0 } else { b.1 }))
+            };
+            match op {
+                TileOp::Bf16 => {
+                    let (x, y) = (elements::<f32, 32>(at, bf16), elements::<f32, 32>(bt, bf16));
+                    for (row, x) in acc.iter_mut().zip(&x) {
+                        for (n, c) in row.iter_mut().enumerate() {
+                            let mut v = f32::from_bits(*c);
+                            for (k, y) in y.iter().enumerate() {
+                                v += x[2 * k] * y[2 * n];
+                                v += x[2 * k + 1] * y[2 * n + 1];
+                            }
+                            *c = v.to_bits();
+                        }
+                    }
+                }
+                TileOp::U8I8 => {
+                    let x = elements::<i32, 64>(at, |l, i| byte(l, i) as i32);
+                    let y = elements::<i32, 64>(bt, |l, i| byte(l, i) as i8 as i32);
+                    for (row, x) in acc.iter_mut().zip(&x) {
+                        for (n, c) in row.iter_mut().enumerate() {
+                            let mut v = *c as i32;
+                            for (k, y) in y.iter().enumerate() {
+                                for e in 0..4 {
+                                    v = v.wrapping_add(x[4 * k + e] * y[4 * n + e]);
+                                }
+                            }
+                            *c = v as u32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (q, acc) in acc.iter().enumerate() {
+        for (m, row) in acc.iter().enumerate() {
+            let at = (q / 2 * TM + m) * stride + q % 2 * TN * 4;
+            // SAFETY: 32 rows of 32 four-byte values at `stride` (caller).
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr() as *const u8, cp.add(at), TN * 4) };
+        }
+    }
+}
+
 /// Loads the tile configuration on this thread; pair with [`release`].
 ///
 /// # Safety
 /// [`available`] must have returned true.
 pub unsafe fn configure() {
+    if emulated() {
+        return;
+    }
     // SAFETY: the CPU has AMX and the process holds the tile permission (caller).
     unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
 }
@@ -361,6 +459,9 @@ pub unsafe fn configure() {
 /// # Safety
 /// [`available`] must have returned true.
 pub unsafe fn release() {
+    if emulated() {
+        return;
+    }
     // SAFETY: as configure.
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
@@ -392,7 +493,12 @@ pub unsafe fn block(
     };
     // SAFETY: configured tiles; cp points at 32 rows of 32 floats at `stride` bytes.
     unsafe {
-        tile_block!("tdpbf16ps", kt, (a0, a1), (w.tile(p, 0), w.tile(p + 1, 0)), cp, stride);
+        let b = (w.tile(p, 0), w.tile(p + 1, 0));
+        if emulated() {
+            emulated_block(TileOp::Bf16, kt, (a0, a1), b, cp as *mut u8, stride);
+        } else {
+            tile_block!("tdpbf16ps", kt, (a0, a1), (b.0, b.1), cp, stride);
+        }
         if let Some(scratch) = &scratch {
             for (i, row) in scratch.iter().enumerate().take(rows) {
                 std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(i * ldc), cols);

@@ -9,7 +9,7 @@
 //! holds 64 u8 features and a `B` tile row holds 16 column *quads* (row `r`, column `c`:
 //! `W[j][4r..4r + 4]`).
 
-use super::kernel_amx::{tile_block, Line, Strided, TM, TN};
+use super::kernel_amx::{emulated, emulated_block, tile_block, Line, Strided, TileOp, TM, TN};
 use super::quant::{self, QuantizedRows, RowQ};
 
 /// Input features per tile row (64 bytes of int8).
@@ -20,7 +20,7 @@ pub const TK: usize = 64;
 pub fn available() -> bool {
     use std::arch::x86_64::__cpuid_count;
     // CPUID.(7,0).EDX bit 25: AMX-INT8.
-    super::kernel_amx::available() && __cpuid_count(7, 0).edx & (1 << 25) != 0
+    super::kernel_amx::available() && (emulated() || __cpuid_count(7, 0).edx & (1 << 25) != 0)
 }
 
 impl Line {
@@ -194,7 +194,12 @@ pub unsafe fn block(
     let stride = 2 * TN * 4;
     // SAFETY: configured tiles; cp points at 32 rows of 32 i32 at `stride` bytes.
     unsafe {
-        tile_block!("tdpbusd", kt, (a0, a1), (w.tile(p, 0), w.tile(p + 1, 0)), cp, stride);
+        let b = (w.tile(p, 0), w.tile(p + 1, 0));
+        if emulated() {
+            emulated_block(TileOp::U8I8, kt, (a0, a1), b, cp as *mut u8, stride);
+        } else {
+            tile_block!("tdpbusd", kt, (a0, a1), (b.0, b.1), cp, stride);
+        }
         let acc = acc.assume_init_ref();
         let span = p * TN..p * TN + 2 * TN;
         dequantize(acc, qa, (&w.scale[span.clone()], &w.colsum[span]), c, ldc, rows, cols);
