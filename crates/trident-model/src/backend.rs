@@ -28,43 +28,101 @@ impl BackendError {
 
 pub type BResult<T> = Result<T, BackendError>;
 
-/// Where a host tensor's f32 values live: memory-mapped from a safetensors file (zero copy)
-/// or owned (converted dtypes, pickles, random weights).
+/// Where a host tensor's values live: memory-mapped from a checkpoint file (zero copy) or
+/// owned (converted layouts, random weights; always f32).
 pub enum Storage {
     Owned(Vec<f32>),
     Mapped(memmap2::Mmap),
 }
 
-/// A row-major f32 tensor on the host. Cheap to clone (shared storage).
+/// How a tensor's values are stored; every read widens them to f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Elem {
+    pub fn size(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+            Elem::F16 | Elem::Bf16 => 2,
+        }
+    }
+}
+
+/// A row-major tensor on the host, read as f32. Cheap to clone (shared storage).
+///
+/// A 16-bit checkpoint stays mapped as 16-bit: the CPU backend widens each weight while packing
+/// it and each embedding row as it gathers it, so no f32 copy of the model is held next to the
+/// packed one. [`HostTensor::data`] widens a 16-bit tensor once and keeps the copy (for the
+/// small tensors: norms, biases); [`HostTensor::values`] and [`HostTensor::read_into`] do not.
 #[derive(Clone)]
 pub struct HostTensor {
     storage: Arc<Storage>,
-    /// Offset in f32 elements into the storage.
+    /// Offset in bytes into the storage.
     offset: usize,
     shape: Vec<usize>,
+    elem: Elem,
+    /// A 16-bit tensor's f32 values, once `data()` asked for them.
+    widened: Arc<std::sync::OnceLock<Vec<f32>>>,
 }
 
 impl HostTensor {
     pub fn from_vec(data: Vec<f32>, shape: Vec<usize>) -> Self {
         assert_eq!(data.len(), shape.iter().product::<usize>(), "shape/data length mismatch");
-        HostTensor { storage: Arc::new(Storage::Owned(data)), offset: 0, shape }
+        let storage = Arc::new(Storage::Owned(data));
+        HostTensor { storage, offset: 0, shape, elem: Elem::F32, widened: Default::default() }
     }
 
-    /// A view into a mapped file. `byte_offset` must be 4-byte aligned and in bounds
-    /// (checked), the bytes little-endian f32.
+    /// An f32 view into a mapped file; see [`HostTensor::from_mmap_as`].
     pub fn from_mmap(map: Arc<Storage>, byte_offset: usize, shape: Vec<usize>) -> Option<Self> {
+        Self::from_mmap_as(map, byte_offset, shape, Elem::F32)
+    }
+
+    /// A view into a mapped file of little-endian `elem` values. `None` unless `byte_offset` is
+    /// aligned to the element and the values lie inside the map.
+    pub fn from_mmap_as(
+        map: Arc<Storage>,
+        byte_offset: usize,
+        shape: Vec<usize>,
+        elem: Elem,
+    ) -> Option<Self> {
         let n: usize = shape.iter().product();
         let Storage::Mapped(m) = &*map else { return None };
         let base = m.as_ptr() as usize + byte_offset;
-        if !base.is_multiple_of(4) || byte_offset + 4 * n > m.len() || cfg!(target_endian = "big") {
+        let end = n.checked_mul(elem.size()).and_then(|b| b.checked_add(byte_offset));
+        if !base.is_multiple_of(elem.size())
+            || end.is_none_or(|e| e > m.len())
+            || cfg!(target_endian = "big")
+        {
             return None;
         }
-        Some(HostTensor { storage: map, offset: byte_offset / 4, shape })
+        let widened = Default::default();
+        Some(HostTensor { storage: map, offset: byte_offset, shape, elem, widened })
     }
 
     /// Whether the data is read in place from a mapped file (not a copy).
     pub fn is_mapped(&self) -> bool {
         matches!(&*self.storage, Storage::Mapped(_))
+    }
+
+    /// Whether the tensor holds an f32 copy of its values in memory (owned, or a 16-bit tensor
+    /// that `data()` widened) rather than only the mapped file's pages.
+    pub fn holds_f32_copy(&self) -> bool {
+        !self.is_mapped() || self.widened.get().is_some()
+    }
+
+    /// How the values are stored.
+    pub fn elem(&self) -> Elem {
+        self.elem
+    }
+
+    /// Where the values are stored: equal for two clones of one tensor (a backend that shares
+    /// packed copies between workers keys them on it).
+    pub fn source_id(&self) -> (usize, usize) {
+        (Arc::as_ptr(&self.storage) as usize, self.offset)
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -79,17 +137,61 @@ impl HostTensor {
         self.len() == 0
     }
 
+    /// The values as f32. A 16-bit tensor is widened on the first call and the copy kept.
     pub fn data(&self) -> &[f32] {
+        match self.elem {
+            Elem::F32 => self.f32_slice(),
+            _ => self.widened.get_or_init(|| self.values().into_owned()),
+        }
+    }
+
+    /// The values as f32: borrowed when stored as f32, else a widened copy that is not kept.
+    pub fn values(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self.elem {
+            Elem::F32 => self.f32_slice().into(),
+            _ => match self.widened.get() {
+                Some(v) => v[..].into(),
+                None => {
+                    let mut v = vec![0.0; self.len()];
+                    self.read_into(0, &mut v);
+                    v.into()
+                }
+            },
+        }
+    }
+
+    /// Writes values `start..start + dst.len()` (in row-major order) into `dst` as f32.
+    pub fn read_into(&self, start: usize, dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        let range = start..start + dst.len();
+        assert!(range.end <= self.len(), "read of {range:?} from {} values", self.len());
+        match self.elem {
+            Elem::F32 => dst.copy_from_slice(&self.f32_slice()[range]),
+            Elem::F16 => self.half_slice::<half::f16>()[range].convert_to_f32_slice(dst),
+            Elem::Bf16 => self.half_slice::<half::bf16>()[range].convert_to_f32_slice(dst),
+        }
+    }
+
+    fn f32_slice(&self) -> &[f32] {
         let n = self.len();
         match &*self.storage {
-            Storage::Owned(v) => &v[self.offset..self.offset + n],
+            Storage::Owned(v) => &v[self.offset / 4..self.offset / 4 + n],
             Storage::Mapped(m) => {
-                // SAFETY: alignment, bounds and endianness were checked in `from_mmap`; the map
-                // is read-only and lives as long as `self.storage`.
-                let p = m.as_ptr() as *const f32;
-                unsafe { std::slice::from_raw_parts(p.add(self.offset), n) }
+                // SAFETY: alignment, bounds and endianness were checked in `from_mmap_as`; the
+                // map is read-only and lives as long as `self.storage`.
+                let p = m.as_ptr().wrapping_add(self.offset) as *const f32;
+                unsafe { std::slice::from_raw_parts(p, n) }
             }
         }
+    }
+
+    /// The stored 16-bit values (`T` is `elem`'s type; only mapped tensors are 16-bit).
+    fn half_slice<T>(&self) -> &[T] {
+        let Storage::Mapped(m) = &*self.storage else { unreachable!("owned tensors are f32") };
+        debug_assert_eq!(std::mem::size_of::<T>(), self.elem.size());
+        // SAFETY: as in `f32_slice`; `T` is a 2-byte plain-old-data float matching `elem`.
+        let p = m.as_ptr().wrapping_add(self.offset) as *const T;
+        unsafe { std::slice::from_raw_parts(p, self.len()) }
     }
 }
 
@@ -100,7 +202,7 @@ impl HostTensor {
     pub fn release_pages(&self) {
         let Storage::Mapped(m) = &*self.storage else { return };
         let page = 4096;
-        let (start, end) = (4 * self.offset, 4 * (self.offset + self.len()));
+        let (start, end) = (self.offset, self.offset + self.elem.size() * self.len());
         let (start, end) = (start.div_ceil(page) * page, end / page * page);
         if end > start {
             // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED discards no
@@ -284,5 +386,36 @@ mod tests {
         assert_eq!(b.cu_seqlens, vec![0, 5, 7]);
         assert_eq!(b.max_seqlen, 5);
         assert_eq!(b.seq_range(1), 5..7);
+    }
+
+    /// A mapped 16-bit tensor reads as its exact f32 values through every accessor, only
+    /// `data()` keeps a widened copy, and views must be aligned and inside the map.
+    #[test]
+    fn sixteen_bit_views_widen_on_read() {
+        let vals = [0.5f32, -1.25, 3.0, 65504.0, -0.0, 1.0e-3, 7.0];
+        for (elem, bytes) in [
+            (Elem::F16, vals.map(|v| half::f16::from_f32(v).to_le_bytes())),
+            (Elem::Bf16, vals.map(|v| half::bf16::from_f32(v).to_le_bytes())),
+        ] {
+            let mut m = memmap2::MmapMut::map_anon(64).unwrap();
+            m[2..16].copy_from_slice(bytes.as_flattened());
+            let map = Arc::new(Storage::Mapped(m.make_read_only().unwrap()));
+            let widen = |b: &[u8; 2]| match elem {
+                Elem::F16 => half::f16::from_le_bytes(*b).to_f32(),
+                _ => half::bf16::from_le_bytes(*b).to_f32(),
+            };
+            let want: Vec<f32> = bytes.iter().map(widen).collect();
+            let t = HostTensor::from_mmap_as(map.clone(), 2, vec![7], elem).unwrap();
+            let mut part = [0.0; 3];
+            t.read_into(2, &mut part);
+            assert_eq!(part, want[2..5], "{elem:?}");
+            assert_eq!(&*t.values(), &want[..]);
+            assert!(t.widened.get().is_none(), "values() keeps no copy");
+            assert_eq!((t.data(), t.clone().data()), (&want[..], &want[..]));
+            assert_eq!(t.source_id(), t.clone().source_id());
+            assert!(HostTensor::from_mmap_as(map.clone(), 1, vec![7], elem).is_none());
+            assert!(HostTensor::from_mmap_as(map.clone(), 2, vec![32], elem).is_none());
+            assert!(HostTensor::from_mmap_as(map, 2, vec![usize::MAX], elem).is_none());
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::backend::{HostTensor, Storage};
+use crate::backend::{Elem, HostTensor, Storage};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::special::SpecialIds;
@@ -255,32 +255,10 @@ fn read_safetensors(
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
         let data = view.data();
-        let t = match view.dtype() {
-            safetensors::Dtype::F32 => {
-                let off = data.as_ptr() as usize - base;
-                match HostTensor::from_mmap(storage.clone(), off, shape.clone()) {
-                    Some(t) => t,
-                    // Unaligned data: fall back to a copy.
-                    None => HostTensor::from_vec(
-                        data.chunks_exact(4)
-                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                            .collect(),
-                        shape,
-                    ),
-                }
-            }
-            safetensors::Dtype::F16 => HostTensor::from_vec(
-                data.chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                shape,
-            ),
-            safetensors::Dtype::BF16 => HostTensor::from_vec(
-                data.chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                shape,
-            ),
+        let elem = match view.dtype() {
+            safetensors::Dtype::F32 => Elem::F32,
+            safetensors::Dtype::F16 => Elem::F16,
+            safetensors::Dtype::BF16 => Elem::Bf16,
             other => {
                 // Integer buffers (e.g. `embeddings.position_ids`) are not weights; skip them.
                 if !name.ends_with("position_ids") {
@@ -293,9 +271,32 @@ fn read_safetensors(
                 continue;
             }
         };
+        let off = data.as_ptr() as usize - base;
+        // 16-bit weights stay 16-bit in the map (widened as they are packed or gathered).
+        let t = match HostTensor::from_mmap_as(storage.clone(), off, shape.clone(), elem) {
+            Some(t) => t,
+            // Unaligned data: fall back to a copy.
+            None => HostTensor::from_vec(widen(data, elem), shape),
+        };
         out.insert(strip_prefix(&name).to_string(), (t, path.to_path_buf()));
     }
     Ok(())
+}
+
+/// Little-endian `elem` values as f32.
+fn widen(bytes: &[u8], elem: Elem) -> Vec<f32> {
+    match elem {
+        Elem::F32 => {
+            bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
+        Elem::F16 => {
+            bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
+        Elem::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+    }
 }
 
 /// Some exports prefix encoder names with `roberta.` or `model.`; BGE-M3 has none.
@@ -305,9 +306,9 @@ fn strip_prefix(name: &str) -> &str {
 
 /// Reads a PyTorch zip pickle (`torch.save` of a state dict; tensor metadata by candle's pickle
 /// reader) and prefixes its names. torch stores each tensor's bytes uncompressed and 64-byte
-/// aligned, so f32 tensors are used in place from a mapping of the file, like safetensors — a
-/// copy would leave a CPU worker holding the weights twice (the copy and its packed form) and
-/// cost the read. Other dtypes and layouts are converted to owned f32.
+/// aligned, so f32, f16 and bf16 tensors are used in place from a mapping of the file, like
+/// safetensors — a copy would leave a CPU worker holding the weights twice (the copy and its
+/// packed form) and cost the read. Other dtypes and layouts are converted to owned f32.
 fn read_pickle(
     path: &Path,
     prefix: &str,
@@ -335,7 +336,7 @@ fn read_pickle(
             continue;
         }
         let info = &pth.tensor_infos()[name];
-        let t = match mapped_f32(&mut zip, info, &storage) {
+        let t = match mapped(&mut zip, info, &storage) {
             Some(t) => t,
             None => {
                 let t = pth.get(name).map_err(|e| corrupt(e.to_string()))?.ok_or_else(|| {
@@ -355,15 +356,22 @@ fn read_pickle(
     Ok(())
 }
 
-/// A view of an f32, row-major tensor stored uncompressed in the mapped archive; `None` when
-/// it is anything else (or does not fit its entry), which the caller then copies.
-fn mapped_f32(
+/// A view of an f32, f16 or bf16 row-major tensor stored uncompressed in the mapped archive;
+/// `None` when it is anything else (or does not fit its entry), which the caller then copies.
+fn mapped(
     zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
     info: &candle_core::pickle::TensorInfo,
     storage: &Arc<Storage>,
 ) -> Option<HostTensor> {
+    use candle_core::DType;
     let layout = &info.layout;
-    if info.dtype != candle_core::DType::F32 || !layout.is_contiguous() {
+    let elem = match info.dtype {
+        DType::F32 => Elem::F32,
+        DType::F16 => Elem::F16,
+        DType::BF16 => Elem::Bf16,
+        _ => return None,
+    };
+    if !layout.is_contiguous() {
         return None;
     }
     let entry = zip.by_name(&info.path).ok()?;
@@ -372,11 +380,11 @@ fn mapped_f32(
     }
     // candle gives torch's storage offset in bytes.
     let (start, n) = (layout.start_offset(), layout.shape().elem_count());
-    if start + 4 * n > entry.size() as usize {
+    if start + elem.size() * n > entry.size() as usize {
         return None;
     }
     let data = entry.data_start()? as usize + start;
-    HostTensor::from_mmap(storage.clone(), data, layout.dims().to_vec())
+    HostTensor::from_mmap_as(storage.clone(), data, layout.dims().to_vec(), elem)
 }
 
 #[cfg(test)]
@@ -384,8 +392,8 @@ mod tests {
     use super::*;
 
     /// `tests/data/views.pt`: torch.save of views into one f32 storage `0..20` (at offset 0, at
-    /// offset 7 elements, and a transposed one) and an f16 tensor. Row-major f32 views are
-    /// mapped at their offsets; the others are converted copies.
+    /// offset 7 elements, and a transposed one) and an f16 tensor. Row-major views are mapped at
+    /// their offsets (the f16 one as f16); the transposed one is a converted copy.
     #[test]
     fn pickle_views_are_mapped_at_their_offsets() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/views.pt");
@@ -399,7 +407,7 @@ mod tests {
         let transposed: Vec<f32> = (0..12).map(|i| ((i % 3) * 4 + i / 3) as f32).collect();
         assert!(!t("t").is_mapped());
         assert_eq!((t("t").shape(), t("t").data()), (&[4, 3][..], &transposed[..]));
-        assert!(!t("h").is_mapped());
-        assert_eq!(t("h").data(), &[0.0, 0.5, 1.0, 1.5]);
+        assert!(t("h").is_mapped() && t("h").elem() == Elem::F16);
+        assert_eq!(&*t("h").values(), &[0.0, 0.5, 1.0, 1.5]);
     }
 }

@@ -14,7 +14,7 @@ pub mod tokenizer;
 use std::path::Path;
 
 pub use backend::{
-    Activation, Backend, BackendError, HeadOutput, HostTensor, LinearParts, PackedBatch,
+    Activation, Backend, BackendError, Elem, HeadOutput, HostTensor, LinearParts, PackedBatch,
 };
 pub use checkpoint::Checkpoint;
 pub use config::ModelConfig;

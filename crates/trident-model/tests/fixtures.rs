@@ -156,6 +156,80 @@ fn pytorch_bin_alone_gives_the_same() {
     }
 }
 
+/// A 16-bit checkpoint (f16 or bf16 safetensors) stays 16-bit in its map: at every precision
+/// the encoder over it gives exactly what it gives over the same values stored as f32 (widening
+/// is exact), and building it leaves no f32 copy of the large tensors next to the packed one.
+#[test]
+fn sixteen_bit_checkpoints_widen_as_they_pack() {
+    use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+    use trident_model::{cpu::CpuPrecision, Elem};
+    let bytes = std::fs::read(tiny().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tok = Tokenizer::from_dir(&tiny()).unwrap();
+    let docs: Vec<TokenizedDoc> = texts().iter().map(|t| tok.encode(t, 512).unwrap()).collect();
+    for (dtype, elem) in [(Dtype::F16, Elem::F16), (Dtype::BF16, Elem::Bf16)] {
+        // The same tensors as 16-bit and as the f32 values they widen to.
+        let (mut narrow, mut wide) = (Vec::new(), Vec::new());
+        for (name, view) in st.tensors() {
+            let (n, w) = if view.dtype() != Dtype::F32 {
+                (view.data().to_vec(), view.data().to_vec())
+            } else {
+                let vals = view.data().chunks_exact(4);
+                let vals = vals.map(|b| f32::from_le_bytes(b.try_into().unwrap()));
+                let (mut n, mut w) = (Vec::new(), Vec::new());
+                for v in vals {
+                    let (b, x) = match elem {
+                        Elem::F16 => {
+                            (half::f16::from_f32(v).to_le_bytes(), half::f16::from_f32(v).to_f32())
+                        }
+                        _ => (
+                            half::bf16::from_f32(v).to_le_bytes(),
+                            half::bf16::from_f32(v).to_f32(),
+                        ),
+                    };
+                    n.extend(b);
+                    w.extend(x.to_le_bytes());
+                }
+                (n, w)
+            };
+            let (shape, d) = (view.shape().to_vec(), view.dtype());
+            let nd = if d == Dtype::F32 { dtype } else { d };
+            narrow.push((name.clone(), shape.clone(), nd, n));
+            wide.push((name, shape, d, w));
+        }
+        let write = |tensors: &[(String, Vec<usize>, Dtype, Vec<u8>)]| {
+            let dir = copy_without(&["model.safetensors", "pytorch_model.bin"]);
+            let views = tensors
+                .iter()
+                .map(|(n, s, d, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()));
+            safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors"))
+                .unwrap();
+            dir
+        };
+        let (narrow_dir, wide_dir) = (write(&narrow), write(&wide));
+        let half = Checkpoint::open(narrow_dir.path()).unwrap();
+        let full = Checkpoint::open(wide_dir.path()).unwrap();
+        let large =
+            ["embeddings.word_embeddings.weight", "encoder.layer.1.attention.self.key.weight"];
+        for precision in [CpuPrecision::F32, CpuPrecision::Bf16, CpuPrecision::Int8] {
+            let run = |ckpt: &Checkpoint| {
+                let mut backend = CpuBackend::with_precision(2, precision);
+                if precision == CpuPrecision::Int8 {
+                    let s = trident_model::calibrate::int8_smoothing(ckpt, &tok, 2).unwrap();
+                    backend = backend.with_smoothing(s);
+                }
+                Encoder::new(ckpt, backend).unwrap().encode(&docs, Modes::ALL).unwrap()
+            };
+            assert_eq!(run(&half), run(&full), "{elem:?} at {precision:?}");
+            for name in large {
+                let t = half.tensor(name).unwrap();
+                assert!(t.elem() == elem && t.is_mapped(), "{name}: {:?}", t.elem());
+                assert!(!t.holds_f32_copy(), "{name} kept an f32 copy at {precision:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn only_requested_modes_are_filled() {
     let enc = encoder(&tiny());

@@ -55,8 +55,8 @@ impl Backend for CudaBackend {
                 ))
                 .into());
             }
-            w.extend_from_slice(part.weight.data());
-            b.extend_from_slice(part.bias.data());
+            w.extend_from_slice(&part.weight.values());
+            b.extend_from_slice(&part.bias.values());
         }
         let out_f = b.len();
         let wd = self.upload_values(&w, &format!("{name}.weight"))?;
@@ -97,8 +97,8 @@ impl Backend for CudaBackend {
         }
         self.check_row_features(n, name)?;
         Ok(CudaNorm {
-            gamma: self.upload_f32(gamma.data(), &format!("{name}.weight"))?,
-            beta: self.upload_f32(beta.data(), &format!("{name}.bias"))?,
+            gamma: self.upload_f32(&gamma.values(), &format!("{name}.weight"))?,
+            beta: self.upload_f32(&beta.values(), &format!("{name}.bias"))?,
             eps,
             features: n,
         })
@@ -126,9 +126,9 @@ impl Backend for CudaBackend {
             }
         }
         Ok(CudaEmbeddings {
-            word: self.upload_values(word.data(), "word_embeddings")?,
-            position: self.upload_values(position.data(), "position_embeddings")?,
-            type0: self.upload_values(&token_type.data()[..h], "token_type_embeddings[0]")?,
+            word: self.upload_values(&word.values(), "word_embeddings")?,
+            position: self.upload_values(&position.values(), "position_embeddings")?,
+            type0: self.upload_values(&token_type.values()[..h], "token_type_embeddings[0]")?,
             vocab: word.shape()[0],
             max_positions: position.shape()[0],
             norm,

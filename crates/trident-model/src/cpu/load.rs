@@ -17,7 +17,7 @@ pub struct SharedWeights(Arc<Mutex<HashMap<String, Shared>>>);
 /// A shared weight and what it was packed from (checked on every take, so a name reused for
 /// other weights packs its own).
 struct Shared {
-    source: (usize, usize, usize),
+    source: ((usize, usize), usize, usize),
     precision: CpuPrecision,
     weight: Arc<PartWeight>,
 }
@@ -42,7 +42,7 @@ impl CpuBackend {
                 ));
             }
             check_len(name, &p.bias, s[0])?;
-            bias.extend_from_slice(p.bias.data());
+            bias.extend_from_slice(&p.bias.values());
         }
         let reduced = precision.reduced();
         let int8 = precision == CpuPrecision::Int8;
@@ -59,7 +59,7 @@ impl CpuBackend {
                 parts.iter().map(|p| Arc::new(PartWeight::F32(p.weight.clone()))).collect(),
             ));
         }
-        let source = (first.weight.data().as_ptr() as usize, n, in_dim);
+        let source = (first.weight.source_id(), n, in_dim);
         // Held while packing: a second worker waits for the first one's copy.
         let mut shared =
             self.shared.as_ref().map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()));
@@ -79,7 +79,15 @@ impl CpuBackend {
             }
             if int8 {
                 let factors = self.smoothing.as_ref().and_then(|s| {
-                    let data: Vec<&[f32]> = parts.iter().map(|p| p.weight.data()).collect();
+                    let mut rest = &src[..];
+                    let data: Vec<&[f32]> = parts
+                        .iter()
+                        .map(|p| {
+                            let (part, tail) = rest.split_at(p.weight.len());
+                            rest = tail;
+                            part
+                        })
+                        .collect();
                     s.factors(name, &data, in_dim)
                 });
                 let q = quant::QuantizedRows::new(n, in_dim, &src, factors.as_deref());
@@ -102,11 +110,20 @@ impl CpuBackend {
     }
 }
 
-/// The parts' weight rows one after another (borrowed when there is one part).
+/// The parts' weight rows one after another as f32: borrowed when there is one f32 part, else
+/// a copy that lives while the layer is packed (16-bit weights are widened here).
 fn rows_of(parts: &[LinearParts]) -> std::borrow::Cow<'_, [f32]> {
     match parts {
-        [one] => one.weight.data().into(),
-        _ => parts.iter().flat_map(|p| p.weight.data()).copied().collect::<Vec<_>>().into(),
+        [one] => one.weight.values(),
+        _ => {
+            let mut rows = vec![0.0; parts.iter().map(|p| p.weight.len()).sum()];
+            let mut at = 0;
+            for p in parts {
+                p.weight.read_into(0, &mut rows[at..at + p.weight.len()]);
+                at += p.weight.len();
+            }
+            rows.into()
+        }
     }
 }
 

@@ -298,7 +298,7 @@ impl Backend for CpuBackend {
         eps: f32,
     ) -> BResult<CpuNorm> {
         check_len(name, beta, gamma.len())?;
-        Ok(CpuNorm { gamma: gamma.data().to_vec(), beta: beta.data().to_vec(), eps })
+        Ok(CpuNorm { gamma: gamma.values().into_owned(), beta: beta.values().into_owned(), eps })
     }
 
     fn load_embeddings(
@@ -321,7 +321,7 @@ impl Backend for CpuBackend {
         Ok(CpuEmbeddings {
             word: word.clone(),
             position: position.clone(),
-            token_type: token_type.data()[..h].to_vec(),
+            token_type: token_type.values()[..h].to_vec(),
             norm,
         })
     }
@@ -345,16 +345,21 @@ impl Backend for CpuBackend {
             ));
         }
         let mut buf = Pooled::overwritten(&self.buffers, batch.n_tokens() * h);
-        let (word, pos) = (emb.word.data(), emb.position.data());
+        // Rows are read one at a time, so a 16-bit table is widened only where it is used.
         self.pool.install(|| {
-            buf.data.par_chunks_mut(h).enumerate().for_each(|(i, row)| {
-                let (t, p) = (batch.ids[i] as usize, batch.positions[i] as usize);
-                let (w, ps) = (&word[t * h..(t + 1) * h], &pos[p * h..(p + 1) * h]);
-                for c in 0..h {
-                    row[c] = w[c] + ps[c] + emb.token_type[c];
-                }
-                ops::layer_norm(row, &emb.norm.gamma, &emb.norm.beta, emb.norm.eps);
-            })
+            let rows = buf.data.par_chunks_mut(h).enumerate();
+            rows.for_each_init(
+                || vec![0.0; h],
+                |ps, (i, row)| {
+                    let (t, p) = (batch.ids[i] as usize, batch.positions[i] as usize);
+                    emb.word.read_into(t * h, row);
+                    emb.position.read_into(p * h, ps);
+                    for c in 0..h {
+                        row[c] = row[c] + ps[c] + emb.token_type[c];
+                    }
+                    ops::layer_norm(row, &emb.norm.gamma, &emb.norm.beta, emb.norm.eps);
+                },
+            )
         });
         Ok(CpuAct { buf, rows: batch.n_tokens(), cols: h })
     }
