@@ -52,6 +52,13 @@ impl Elem {
     }
 }
 
+/// A tensor's values as stored.
+pub enum Stored<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+    Bf16(&'a [half::bf16]),
+}
+
 /// A row-major tensor on the host, read as f32. Cheap to clone (shared storage).
 ///
 /// A 16-bit checkpoint stays mapped as 16-bit: the CPU backend widens each weight while packing
@@ -165,10 +172,19 @@ impl HostTensor {
         use half::slice::HalfFloatSliceExt;
         let range = start..start + dst.len();
         assert!(range.end <= self.len(), "read of {range:?} from {} values", self.len());
+        match self.stored() {
+            Stored::F32(v) => dst.copy_from_slice(&v[range]),
+            Stored::F16(v) => v[range].convert_to_f32_slice(dst),
+            Stored::Bf16(v) => v[range].convert_to_f32_slice(dst),
+        }
+    }
+
+    /// The values as stored (for a kernel that widens them itself).
+    pub fn stored(&self) -> Stored<'_> {
         match self.elem {
-            Elem::F32 => dst.copy_from_slice(&self.f32_slice()[range]),
-            Elem::F16 => self.half_slice::<half::f16>()[range].convert_to_f32_slice(dst),
-            Elem::Bf16 => self.half_slice::<half::bf16>()[range].convert_to_f32_slice(dst),
+            Elem::F32 => Stored::F32(self.f32_slice()),
+            Elem::F16 => Stored::F16(self.half_slice()),
+            Elem::Bf16 => Stored::Bf16(self.half_slice()),
         }
     }
 

@@ -93,6 +93,25 @@ pub unsafe fn matmul_wt<T: Element>(
     c: *mut f32,
     ldc: usize,
 ) {
+    // SAFETY: the caller's contract.
+    unsafe { matmul_wt_widening(m, n, k, a, w, T::to_f32, c, ldc) }
+}
+
+/// [`matmul_wt`] for weights of any stored type, each widened by `widen` as it is packed.
+///
+/// # Safety
+/// As for [`matmul_wt`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul_wt_widening<S: Copy + Sync>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    w: &[S],
+    widen: impl Fn(S) -> f32 + Copy + Sync,
+    c: *mut f32,
+    ldc: usize,
+) {
     assert!(w.len() >= n * k, "matmul_wt operand sizes");
     let panels = n.div_ceil(NR);
     with_scratch(&B_PACK, |bbuf| {
@@ -100,7 +119,7 @@ pub unsafe fn matmul_wt<T: Element>(
         unsafe {
             gemm_blocks(m, n, k, a, c, ldc, |pc, kc, run| {
                 let bp = bbuf.get(panels * kc * NR);
-                pack_weight_block(w, n, k, pc, kc, bp, T::to_f32);
+                pack_weight_block(w, n, k, pc, kc, bp, widen);
                 run(bp)
             })
         }

@@ -53,8 +53,11 @@ impl CpuBackend {
             |weights| CpuLinear { name: name.to_string(), weights, bias, in_dim, out_dim: n };
         // int8, AMX and packed f32/bf16 weights are copies: the parts become one weight, so the
         // layer's input is quantised (or converted) once, not once per part (Q, K, V). An f32
-        // layer narrower than one panel (the sparse head, a dot product) stays as loaded.
-        if !(int8 || bf16 || n >= kernel::NR) {
+        // layer narrower than one panel (the sparse head, a dot product) stays as loaded, and
+        // so does every layer of the int8 calibration pass: it multiplies by each weight once,
+        // and a packed copy of the whole model would set the int8 load's peak memory (the
+        // same bits: packing per call is what the packed kernels are tested against).
+        if !(int8 || bf16 || n >= kernel::NR) || self.recorder.is_some() {
             return Ok(linear(
                 parts.iter().map(|p| Arc::new(PartWeight::F32(p.weight.clone()))).collect(),
             ));
@@ -170,6 +173,29 @@ mod tests {
         assert!(matches!(*head.weights[0], PartWeight::Packed(_)));
         let sparse = b.load_head("sparse_linear", &[part(1, k, 5)]).unwrap();
         assert!(matches!(*sparse.weights[0], PartWeight::F32(_)));
+    }
+
+    /// The calibration pass multiplies by the weights as loaded (no packed copy) and gets the
+    /// packed f32 layer's bits, so the int8 smoothing it records is the same.
+    #[test]
+    fn recording_keeps_weights_as_loaded_with_the_packed_bits() {
+        let (m, k) = (7, 600);
+        let parts = [part(24, k, 1), part(40, k, 2), part(24, k, 3)];
+        let rec = CpuBackend::with_precision(2, CpuPrecision::F32)
+            .recording(Arc::new(super::super::Recorder::default()));
+        let packed = CpuBackend::with_precision(2, CpuPrecision::F32);
+        let (a, b) =
+            (rec.load_linear("qkv", &parts).unwrap(), packed.load_linear("qkv", &parts).unwrap());
+        assert_eq!(a.weights.len(), 3);
+        assert!(a.weights.iter().all(|w| matches!(**w, PartWeight::F32(_))));
+        assert!(matches!(*b.weights[0], PartWeight::Packed(_)));
+        let mut x = CpuAct { buf: Pooled::overwritten(&rec.buffers, m * k), rows: m, cols: k };
+        x.buf
+            .data
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = ((i * 29 % 23) as f32 - 11.0) / 7.0);
+        assert_eq!(rec.matmul(&x, &a).unwrap().data, packed.matmul(&x, &b).unwrap().data);
     }
 
     /// Backends given one `SharedWeights` pack each layer once; a name reused for other weights,

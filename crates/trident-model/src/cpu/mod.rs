@@ -37,6 +37,7 @@ use trident_core::Modes;
 
 use crate::backend::{
     Activation, BResult, Backend, BackendError, HeadOutput, HostTensor, LinearParts, PackedBatch,
+    Stored,
 };
 use pool::{BufferPool, Pooled};
 
@@ -232,7 +233,15 @@ impl CpuBackend {
             unsafe {
                 match part {
                     PartWeight::F32(t) => {
-                        gemm::matmul_wt(m, out_i, w.in_dim, x.data(), t.data(), dst, n)
+                        let (k, x) = (w.in_dim, x.data());
+                        match t.stored() {
+                            Stored::F32(v) => gemm::matmul_wt(m, out_i, k, x, v, dst, n),
+                            Stored::Bf16(v) => gemm::matmul_wt(m, out_i, k, x, v, dst, n),
+                            Stored::F16(v) => {
+                                let widen = half::f16::to_f32;
+                                gemm::matmul_wt_widening(m, out_i, k, x, v, widen, dst, n)
+                            }
+                        }
                     }
                     PartWeight::Packed(p) => packed::matmul_packed(m, x.data(), p, dst, n),
                     PartWeight::PackedBf16(p) => packed::matmul_packed(m, x.data(), p, dst, n),
@@ -245,6 +254,10 @@ impl CpuBackend {
                 }
             };
             col += out_i;
+            // The calibration pass reads the checkpoint in place, once (see `load`).
+            if let (Some(_), PartWeight::F32(t)) = (&self.recorder, part) {
+                t.release_pages();
+            }
         }
         Ok(y)
     }
