@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU speed table, reproducible: FlagEmbedding's `encode` (torch_reference.py), ONNX Runtime
 # f32 and its dynamic int8 quantisation (ort_reference.py) and `trident bench` at f32, bf16 and
-# int8 (AMX-INT8, AVX512-VNNI, or the portable int8 kernel elsewhere), on the same checkpoint,
+# int8 (AMX-INT8, AVX512-VNNI, else AVX2's VPMADDWD kernel), on the same checkpoint,
 # corpora and threads, in ROUNDS interleaved rounds in this session, then a markdown table of
 # medians and ratios (scripts/bench_cpu_table.py), headed by the CPU's model name and features.
 #
@@ -32,7 +32,7 @@ mkdir -p "$WORK"
 MODEL=$WORK/m3-l$LAYERS
 [ -f "$MODEL/model.safetensors" ] ||
     python3 "$SHARED/bench/make_random_m3.py" --out "$MODEL" --layers "$LAYERS" >&2
-# int8 runs on AMX-INT8 where the CPU has it, else AVX512-VNNI, else the portable int8 kernel.
+# int8 runs on AMX-INT8 where the CPU has it, else AVX512-VNNI, else AVX2 (VPMADDWD).
 MODES="f32 bf16 int8"
 # BASELINE=/path/to/an/older/trident: its f32 runs right after each trident f32 run (same
 # corpus, same settings), for an "× baseline" column measured in the same rounds.

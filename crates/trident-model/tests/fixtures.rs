@@ -328,21 +328,30 @@ fn isa_lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// int8 on the tiny fixture stays close to f32 on every int8 kernel: AMX-INT8 and AVX512-VNNI
-/// where the CPU has them (capping the level at AVX-512 picks VNNI below AMX) and the portable
-/// kernel (every CPU; capped at AVX2), calibrated as the binary loads it.
+/// where the CPU has them (capping the level at AVX-512 picks VNNI below AMX), AVX2's
+/// `VPMADDWD` kernel (capped at AVX2) and the portable kernel (every CPU; capped at generic),
+/// calibrated as the binary loads it. The kernels below AMX (f32 attention) give the same bits.
 #[test]
 fn int8_stays_close_to_f32_on_every_path() {
     use trident_model::cpu::{force_isa, Isa};
     let _isa = isa_lock();
-    for cap in [None, Some(Isa::Avx512), Some(Isa::Avx2)] {
+    let mut first: Option<(String, Vec<u32>)> = None;
+    for cap in [None, Some(Isa::Avx512), Some(Isa::Avx2), Some(Isa::Generic)] {
         force_isa(cap);
-        int8_close_to_f32(cap);
+        let (desc, bits) = int8_close_to_f32(cap);
         force_isa(None);
+        if desc.contains("amx") {
+            continue;
+        }
+        match &first {
+            None => first = Some((desc, bits)),
+            Some((d, f)) => assert!(f == &bits, "int8 on {desc} differs from {d}"),
+        }
     }
 }
 
-fn int8_close_to_f32(cap: Option<trident_model::cpu::Isa>) {
-    use trident_model::cpu::CpuPrecision;
+fn int8_close_to_f32(cap: Option<trident_model::cpu::Isa>) -> (String, Vec<u32>) {
+    use trident_model::cpu::{CpuPrecision, Isa};
     let ckpt = Checkpoint::open(&tiny()).unwrap();
     let tok = Tokenizer::from_dir(&tiny()).unwrap();
     let smoothing = trident_model::calibrate::int8_smoothing(&ckpt, &tok, 2).unwrap();
@@ -351,7 +360,10 @@ fn int8_close_to_f32(cap: Option<trident_model::cpu::Isa>) {
     let desc = trident_model::Backend::describe(&backend);
     eprintln!("cap {cap:?}: {desc}");
     assert!(desc.contains("int8:"), "{desc}");
-    if cap == Some(trident_model::cpu::Isa::Avx2) {
+    if cap == Some(Isa::Avx2) && trident_model::cpu::kernel_name() == Isa::Avx2.kernel_name() {
+        assert!(desc.contains("avx2 int8"), "{desc}");
+    }
+    if cap == Some(Isa::Generic) {
         assert!(desc.contains("portable int8"), "{desc}");
     }
     let docs: Vec<TokenizedDoc> = texts().iter().map(|t| tok.encode(t, 512).unwrap()).collect();
@@ -365,4 +377,11 @@ fn int8_close_to_f32(cap: Option<trident_model::cpu::Isa>) {
     assert!(dense_min > 0.95, "{desc}: dense cosine {dense_min}");
     assert!(colbert_min > 0.9, "{desc}: colbert cosine {colbert_min}");
     assert!(differ * 4 <= total, "{desc}: {differ} of {total} lexical keys above 1e-2 differ");
+    let mut bits = Vec::new();
+    for e in &b {
+        let sparse = e.sparse.iter().flatten().flat_map(|&(t, w)| [t, w.to_bits()]);
+        let floats = e.dense.iter().chain(&e.colbert).flatten().map(|v| v.to_bits());
+        bits.extend(floats.chain(sparse));
+    }
+    (desc, bits)
 }

@@ -1,8 +1,8 @@
 //! The int8 precision where AMX-INT8 is absent (or capped by `--cpu-isa`): the same codes as
 //! `kernel_amx_int8.rs` (`quant.rs`: per-channel weights, per-token u8 activations with a zero
-//! point, optional smoothing). On AVX512-VNNI they are multiplied by `kernel_vnni.rs`; elsewhere
-//! in plain Rust that the compiler vectorises (AVX2: widening multiply-adds into i32), whose gain
-//! is memory (int8 weights are a quarter of f32), not speed. The sums are exact and the scaling
+//! point, optional smoothing). On AVX512-VNNI they are multiplied by `kernel_vnni.rs`, on AVX2 by
+//! `kernel_madd.rs`; elsewhere (or capped by `--cpu-isa generic`) in plain Rust, whose gain is
+//! memory (int8 weights are a quarter of f32), not speed. The sums are exact and the scaling
 //! back is the same f32 arithmetic in the same order, so all int8 kernels' linear layers give
 //! the same results bit for bit.
 
@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::isa::{isa, Isa};
-use super::quant::{QuantizedRows, RowQ};
+use super::quant::{quantize_row, QuantizedRows, RowQ};
 
 /// Rows quantised and multiplied together: each weight row is read once per block.
 const ROWS: usize = 8;
@@ -29,14 +29,21 @@ pub enum Int8Weight {
     /// Panels for AVX512-VNNI.
     #[cfg(target_arch = "x86_64")]
     Vnni(super::kernel_vnni::VnniWeight),
+    /// Panels for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    Madd(super::kernel_madd::MaddWeight),
 }
 
 impl Int8Weight {
-    /// Packs `q` for AVX512-VNNI where the CPU (and the `--cpu-isa` cap) allows it.
+    /// Packs `q` for AVX512-VNNI, else AVX2, where the CPU (and the `--cpu-isa` cap) allows it.
     pub fn new(q: QuantizedRows) -> Int8Weight {
         #[cfg(target_arch = "x86_64")]
         if vnni() {
             return Int8Weight::Vnni(super::kernel_vnni::VnniWeight::pack(&q));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if madd() {
+            return Int8Weight::Madd(super::kernel_madd::MaddWeight::pack(&q));
         }
         Int8Weight::Rows(q)
     }
@@ -47,6 +54,8 @@ impl Int8Weight {
             Int8Weight::Rows(q) => q.n,
             #[cfg(target_arch = "x86_64")]
             Int8Weight::Vnni(w) => w.n,
+            #[cfg(target_arch = "x86_64")]
+            Int8Weight::Madd(w) => w.n,
         }
     }
 }
@@ -59,10 +68,20 @@ fn vnni() -> bool {
     false
 }
 
+/// Whether int8 weights loaded now (without VNNI) are packed for AVX2.
+fn madd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return isa() >= Isa::Avx2 && super::kernel_madd::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The int8 kernel for weights loaded now (below AMX), for `/info` and `bench`.
 pub fn name() -> &'static str {
     if vnni() {
         "avx512 vnni int8 6x64"
+    } else if madd() {
+        "avx2 int8 6x16 (vpmaddwd)"
     } else {
         "portable int8 (memory, not speed)"
     }
@@ -73,12 +92,14 @@ pub fn name() -> &'static str {
 /// # Safety
 /// `c` must be valid for `m` rows of `w.n` values at stride `ldc` and must not alias `a`.
 pub unsafe fn matmul_int8(m: usize, a: &[f32], w: &Int8Weight, c: *mut f32, ldc: usize) {
-    // SAFETY: the caller's promises; Vnni weights exist only where the kernel runs.
+    // SAFETY: the caller's promises; Vnni and Madd weights exist only where their kernels run.
     unsafe {
         match w {
             Int8Weight::Rows(q) => matmul_rows(m, a, q, c, ldc),
             #[cfg(target_arch = "x86_64")]
             Int8Weight::Vnni(v) => super::kernel_vnni::matmul(m, a, v, c, ldc),
+            #[cfg(target_arch = "x86_64")]
+            Int8Weight::Madd(v) => super::kernel_madd::matmul(m, a, v, c, ldc),
         }
     }
 }
@@ -115,16 +136,6 @@ pub unsafe fn matmul_rows(m: usize, a: &[f32], w: &QuantizedRows, c: *mut f32, l
             block(&qa, &codes, w, rows, cols, out.0, ldc)
         }
     });
-}
-
-/// Quantises one row (times `smooth`, when not empty) into `q` and returns its code, with
-/// the same f32 operations as `kernel_amx_int8::pack_a`.
-fn quantize_row(row: &[f32], smooth: &[f32], q: &mut [u8]) -> RowQ {
-    let x = |kk: usize| if smooth.is_empty() { row[kk] } else { row[kk] * smooth[kk] };
-    let (lo, hi) = (0..row.len()).fold((0f32, 0f32), |(l, h), kk| (l.min(x(kk)), h.max(x(kk))));
-    let code = RowQ::new(lo, hi);
-    q.iter_mut().enumerate().for_each(|(kk, q)| *q = code.quantize(x(kk)));
-    code
 }
 
 #[cfg(target_arch = "x86_64")]

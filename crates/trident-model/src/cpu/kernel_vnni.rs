@@ -106,7 +106,7 @@ pub unsafe fn matmul(m: usize, a: &[f32], w: &VnniWeight, c: *mut f32, ldc: usiz
     });
 }
 
-/// `kernel_int8::quantize_row` 64 features at a time (the same codes: `quant.rs` checks the
+/// `quant::quantize_row` 64 features at a time (the same codes: `quant.rs` checks the
 /// vector codes against the scalar ones; min and max are exact either way).
 ///
 /// # Safety

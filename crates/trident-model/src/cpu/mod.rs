@@ -19,6 +19,8 @@ mod kernel_amx_int8;
 mod kernel_avx512;
 mod kernel_int8;
 #[cfg(target_arch = "x86_64")]
+mod kernel_madd;
+#[cfg(target_arch = "x86_64")]
 mod kernel_vnni;
 mod load;
 mod ops;

@@ -4,6 +4,8 @@
 //! of a row and of a weight column. Weights are packed once at load in panels of
 //! 64 output columns — per group, 64 columns × 4 bytes, four 512-bit loads — and a 6 × 64 tile
 //! keeps 24 accumulators in registers, broadcasting each row's group against the four loads.
+//! AVX2's int8 kernel (`kernel_madd.rs`) walks the same 6-row × 64-column work in four
+//! 16-column panels (it has 16 registers, not 32).
 
 use std::arch::x86_64::*;
 
@@ -16,20 +18,29 @@ pub const MR: usize = 6;
 /// Rows per work item: a panel is read once for this many rows.
 const MB: usize = 16 * MR;
 
-/// `W` (`[n × k]` elements of `T`, `G` of them per 4-byte group) in panel order, `n` padded to
-/// 64 columns and `k` to `G` with zeros: `get(j, kk)` gives `W[j][kk]`.
+/// `W` (`[n × k]` elements of `T`, `G` of them per 32-bit lane's group) in panel order, `n`
+/// padded to 64 columns and `k` to `G` with zeros: `get(j, kk)` gives `W[j][kk]`.
 pub fn pack<T: Copy + Default + Send + Sync, const G: usize>(
     n: usize,
     k: usize,
     get: impl Fn(usize, usize) -> T + Sync,
 ) -> Vec<T> {
+    pack_panels::<T, G, NR>(n, k, get)
+}
+
+/// [`pack`] in panels of `W` columns (`n` padded to `W`): per group, `W` columns × `G` elements.
+pub fn pack_panels<T: Copy + Default + Send + Sync, const G: usize, const W: usize>(
+    n: usize,
+    k: usize,
+    get: impl Fn(usize, usize) -> T + Sync,
+) -> Vec<T> {
     let groups = k.div_ceil(G);
-    let mut data = vec![T::default(); n.div_ceil(NR) * groups * NR * G];
-    data.par_chunks_mut(groups * NR * G).enumerate().for_each(|(p, panel)| {
-        for (g, group) in panel.chunks_exact_mut(NR * G).enumerate() {
-            for c in 0..NR.min(n - p * NR) {
+    let mut data = vec![T::default(); n.div_ceil(W) * groups * W * G];
+    data.par_chunks_mut(groups * W * G).enumerate().for_each(|(p, panel)| {
+        for (g, group) in panel.chunks_exact_mut(W * G).enumerate() {
+            for c in 0..W.min(n - p * W) {
                 for e in 0..G.min(k - G * g) {
-                    group[c * G + e] = get(p * NR + c, G * g + e);
+                    group[c * G + e] = get(p * W + c, G * g + e);
                 }
             }
         }

@@ -89,6 +89,17 @@ impl QuantizedRows {
     }
 }
 
+/// Quantises one row (times `smooth`, when not empty) into `q[..row.len()]` and returns its
+/// code, with the same f32 operations as `kernel_amx_int8::pack_a`.
+#[inline(always)]
+pub fn quantize_row<Q: From<u8>>(row: &[f32], smooth: &[f32], q: &mut [Q]) -> RowQ {
+    let x = |kk: usize| if smooth.is_empty() { row[kk] } else { row[kk] * smooth[kk] };
+    let (lo, hi) = (0..row.len()).fold((0f32, 0f32), |(l, h), kk| (l.min(x(kk)), h.max(x(kk))));
+    let code = RowQ::new(lo, hi);
+    q[..row.len()].iter_mut().enumerate().for_each(|(kk, q)| *q = code.quantize(x(kk)).into());
+    code
+}
+
 /// Minimum and maximum of 64 values.
 ///
 /// # Safety
