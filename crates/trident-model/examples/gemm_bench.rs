@@ -6,8 +6,8 @@
 //! MODE: `f32` (default; the weight packed on every call), `packed` (f32 packed once),
 //! `bf16-call` (bf16 weights widened and packed on every call), `bf16` (bf16 packed once, widened
 //! by the kernel as it loads, or from 256 rows once per block), `amx` (AMX-BF16), `int8` (the
-//! int8 kernel below AMX: AVX512-VNNI where present); "GFLOP/s" counts a multiply and an add per
-//! product.
+//! int8 kernel below AMX: AVX512-VNNI where present, else AVX2); "GFLOP/s" counts a multiply
+//! and an add per product.
 
 use std::time::Instant;
 
