@@ -28,10 +28,10 @@ pub enum Int8Weight {
     Rows(QuantizedRows),
     /// Panels for AVX512-VNNI.
     #[cfg(target_arch = "x86_64")]
-    Vnni(super::kernel_vnni::VnniWeight),
+    Vnni(super::panel::Int8Panels),
     /// Panels for AVX2.
     #[cfg(target_arch = "x86_64")]
-    Madd(super::kernel_madd::MaddWeight),
+    Madd(super::panel::Int8Panels),
 }
 
 impl Int8Weight {
@@ -39,11 +39,11 @@ impl Int8Weight {
     pub fn new(q: QuantizedRows) -> Int8Weight {
         #[cfg(target_arch = "x86_64")]
         if vnni() {
-            return Int8Weight::Vnni(super::kernel_vnni::VnniWeight::pack(&q));
+            return Int8Weight::Vnni(super::kernel_vnni::pack(&q));
         }
         #[cfg(target_arch = "x86_64")]
         if madd() {
-            return Int8Weight::Madd(super::kernel_madd::MaddWeight::pack(&q));
+            return Int8Weight::Madd(super::kernel_madd::pack(&q));
         }
         Int8Weight::Rows(q)
     }
@@ -189,6 +189,38 @@ pub fn test_operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f
     w[..k].iter_mut().for_each(|v| *v = 0.0);
     let f = (0..k).map(|kk| 0.25 + (kk * 7 % 13) as f32).collect();
     (a.collect(), w, f)
+}
+
+/// Asserts that `kernel` (its weights packed by `wrap`) gives the portable kernel's outputs
+/// (whose sums are checked against exact i64 ones below) bit for bit, plain and smoothed, on
+/// ragged shapes: k not a whole group, partial panels and tiles, rows past a 96-row block.
+#[cfg(test)]
+pub fn assert_equals_portable(kernel: &str, wrap: impl Fn(&QuantizedRows) -> Int8Weight) {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    let shapes = [(1, 1, 1), (7, 65, 37), (13, 130, 302), (100, 64, 1030), (3, 200, 4), (5, 21, 3)];
+    for &(m, n, k) in &shapes {
+        for smoothed in [false, true] {
+            let (a, w, f) = test_operands(m, n, k);
+            let q = QuantizedRows::new(n, k, &w, smoothed.then_some(&f[..]));
+            let packed = wrap(&q);
+            let ldc = n + 3;
+            let (mut want, mut got) = (vec![9.0f32; m * ldc], vec![9.0f32; m * ldc]);
+            // SAFETY: both are [m × ldc], ldc ≥ n; `wrap` packs only for a kernel that runs.
+            pool.install(|| unsafe {
+                matmul_rows(m, &a, &q, want.as_mut_ptr(), ldc);
+                matmul_int8(m, &a, &packed, got.as_mut_ptr(), ldc);
+            });
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{kernel} {m}x{n}x{k} smoothed {smoothed} at ({}, {}): {g} vs {w}",
+                    i / ldc,
+                    i % ldc
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

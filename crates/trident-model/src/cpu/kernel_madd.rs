@@ -10,9 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
-use super::panel::{self, by_rows, NR};
+use super::panel::{self, by_rows, Int8Panels, Out, NR};
 use super::quant::{quantize_row, QuantizedRows, RowQ};
 
 /// Output columns per panel (two vectors of 8 lanes).
@@ -25,42 +23,17 @@ pub fn available() -> bool {
     is_x86_feature_detected!("avx2")
 }
 
-/// `W` (`[n × k]`, quantised per output channel) in 16-column panels of i8 pairs.
-pub struct MaddWeight {
-    data: Vec<i8>,
-    /// `s_j` per output column, zero past `n` (padded to the panels).
-    scale: Vec<f32>,
-    /// `Σ_k q[j][k]` per output column, zero past `n`.
-    colsum: Vec<i32>,
-    /// `1 / f_k` per input feature when smoothed, empty otherwise (as in [`QuantizedRows`]).
-    smooth: Vec<f32>,
-    pub n: usize,
-    pub k: usize,
+/// Packs `src` for this kernel.
+pub fn pack(src: &QuantizedRows) -> Int8Panels {
+    Int8Panels::pack::<G, W>(src)
 }
-
-impl MaddWeight {
-    pub fn pack(src: &QuantizedRows) -> MaddWeight {
-        let (n, k) = (src.n, src.k);
-        let padded = n.div_ceil(W) * W;
-        let (mut scale, mut colsum) = (src.scale.clone(), src.colsum.clone());
-        scale.resize(padded, 0.0);
-        colsum.resize(padded, 0);
-        let data = panel::pack_panels::<i8, G, W>(n, k, |j, kk| src.q[j * k + kk]);
-        MaddWeight { data, scale, colsum, smooth: src.smooth.clone(), n, k }
-    }
-}
-
-struct Out(*mut f32);
-// SAFETY: tiles write disjoint blocks of `C`.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
 
 /// `c[m × w.n] = a[m × w.k] · wᵀ` on the current rayon pool.
 ///
 /// # Safety
 /// `c` must be valid for `m` rows of `w.n` values at stride `ldc` and must not alias `a`;
 /// [`available`] returned true.
-pub unsafe fn matmul(m: usize, a: &[f32], w: &MaddWeight, c: *mut f32, ldc: usize) {
+pub unsafe fn matmul(m: usize, a: &[f32], w: &Int8Panels, c: *mut f32, ldc: usize) {
     let (n, k) = (w.n, w.k);
     assert!(a.len() >= m * k, "matmul_madd operand sizes");
     if m == 0 || n == 0 {
@@ -68,12 +41,9 @@ pub unsafe fn matmul(m: usize, a: &[f32], w: &MaddWeight, c: *mut f32, ldc: usiz
     }
     // Rows padded to whole pairs (a zero code past k meets a zero weight).
     let lda = k.next_multiple_of(G);
-    let mut qa = vec![0u16; m * lda];
-    let mut codes = vec![RowQ::default(); m];
-    qa.par_chunks_mut(lda).zip(&mut codes).enumerate().for_each(|(i, (q, code))| {
-        // SAFETY: AVX2 (caller: available()).
-        *code = unsafe { quantize_avx2(&a[i * k..(i + 1) * k], &w.smooth, q) };
-    });
+    // SAFETY: AVX2 (caller: available()).
+    let quantize = |row: &[f32], q: &mut [u16]| unsafe { quantize_avx2(row, &w.smooth, q) };
+    let (qa, codes) = panel::quantize_rows(m, k, lda, a, quantize);
     let out = Out(c);
     let (out, qa, codes) = (&out, &qa[..], &codes[..]);
     panel::for_each_tile(m, n, |r0, rows, p| {
@@ -101,7 +71,7 @@ unsafe fn tile<const R: usize>(
     qa: &[u16],
     lda: usize,
     codes: &[RowQ],
-    w: &MaddWeight,
+    w: &Int8Panels,
     p: usize,
     c: *mut f32,
     ldc: usize,
@@ -155,42 +125,15 @@ unsafe fn tile<const R: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernel_int8::{assert_equals_portable, Int8Weight};
     use super::*;
 
-    /// Bit for bit the portable kernel's outputs (whose sums are checked against exact i64
-    /// ones in `kernel_int8.rs`), plain and smoothed, on ragged shapes: odd k (a padded pair),
-    /// partial 8- and 16-column panels, a partial 64-column group, 1..6-row tiles.
     #[test]
     fn equals_the_portable_int8_kernel_bit_for_bit() {
         if !available() {
             println!("skipped: this CPU has no AVX2");
             return;
         }
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-        let shapes =
-            [(1, 1, 1), (7, 65, 37), (13, 130, 302), (100, 64, 1030), (3, 200, 4), (5, 21, 3)];
-        for &(m, n, k) in &shapes {
-            for smoothed in [false, true] {
-                let (a, w, f) = super::super::kernel_int8::test_operands(m, n, k);
-                let q = QuantizedRows::new(n, k, &w, smoothed.then_some(&f[..]));
-                let packed = MaddWeight::pack(&q);
-                let ldc = n + 3;
-                let (mut want, mut got) = (vec![9.0f32; m * ldc], vec![9.0f32; m * ldc]);
-                // SAFETY: both are [m × ldc], ldc ≥ n; AVX2 is available.
-                pool.install(|| unsafe {
-                    super::super::kernel_int8::matmul_rows(m, &a, &q, want.as_mut_ptr(), ldc);
-                    matmul(m, &a, &packed, got.as_mut_ptr(), ldc);
-                });
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert_eq!(
-                        g.to_bits(),
-                        w.to_bits(),
-                        "{m}x{n}x{k} smoothed {smoothed} at ({}, {}): {g} vs {w}",
-                        i / ldc,
-                        i % ldc
-                    );
-                }
-            }
-        }
+        assert_equals_portable("AVX2", |q| Int8Weight::Madd(pack(q)));
     }
 }

@@ -11,6 +11,8 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::quant::{QuantizedRows, RowQ};
+
 /// Output columns per panel (four vectors of 16 lanes).
 pub const NR: usize = 64;
 /// Rows per register tile.
@@ -18,17 +20,8 @@ pub const MR: usize = 6;
 /// Rows per work item: a panel is read once for this many rows.
 const MB: usize = 16 * MR;
 
-/// `W` (`[n × k]` elements of `T`, `G` of them per 32-bit lane's group) in panel order, `n`
-/// padded to 64 columns and `k` to `G` with zeros: `get(j, kk)` gives `W[j][kk]`.
-pub fn pack<T: Copy + Default + Send + Sync, const G: usize>(
-    n: usize,
-    k: usize,
-    get: impl Fn(usize, usize) -> T + Sync,
-) -> Vec<T> {
-    pack_panels::<T, G, NR>(n, k, get)
-}
-
-/// [`pack`] in panels of `W` columns (`n` padded to `W`): per group, `W` columns × `G` elements.
+/// `W` (`[n × k]` elements of `T`) in panels of `W` columns, `G` elements of a column per
+/// 32-bit lane's group, `n` padded to `W` and `k` to `G` with zeros: `get(j, kk)` gives `W[j][kk]`.
 pub fn pack_panels<T: Copy + Default + Send + Sync, const G: usize, const W: usize>(
     n: usize,
     k: usize,
@@ -47,6 +40,55 @@ pub fn pack_panels<T: Copy + Default + Send + Sync, const G: usize, const W: usi
     });
     data
 }
+
+/// An int8 weight (`quant.rs`'s codes) in panels of `W` columns of `G`-code groups
+/// (`kernel_vnni.rs`: 64 × 4, `kernel_madd.rs`: 16 × 2) with its per-column factors.
+pub struct Int8Panels {
+    pub data: Vec<i8>,
+    /// `s_j` per output column, zero past `n` (padded to whole 64-column panels).
+    pub scale: Vec<f32>,
+    /// `Σ_k q[j][k]` per output column, zero past `n`.
+    pub colsum: Vec<i32>,
+    /// `1 / f_k` per input feature when smoothed, empty otherwise (as in [`QuantizedRows`]).
+    pub smooth: Vec<f32>,
+    pub n: usize,
+    pub k: usize,
+}
+
+impl Int8Panels {
+    pub fn pack<const G: usize, const W: usize>(src: &QuantizedRows) -> Int8Panels {
+        let (n, k) = (src.n, src.k);
+        let padded = n.div_ceil(NR) * NR;
+        let (mut scale, mut colsum) = (src.scale.clone(), src.colsum.clone());
+        scale.resize(padded, 0.0);
+        colsum.resize(padded, 0);
+        let data = pack_panels::<i8, G, W>(n, k, |j, kk| src.q[j * k + kk]);
+        Int8Panels { data, scale, colsum, smooth: src.smooth.clone(), n, k }
+    }
+}
+
+/// Each row of `a` (`[m × k]`) quantised by `quantize` into a row of `lda ≥ k` codes (zero
+/// past `k`, where the weights' padding is zero too), in parallel, with the rows' codes.
+pub fn quantize_rows<Q: Copy + Default + Send + Sync>(
+    m: usize,
+    k: usize,
+    lda: usize,
+    a: &[f32],
+    quantize: impl Fn(&[f32], &mut [Q]) -> RowQ + Sync,
+) -> (Vec<Q>, Vec<RowQ>) {
+    let mut qa = vec![Q::default(); m * lda];
+    let mut codes = vec![RowQ::default(); m];
+    qa.par_chunks_mut(lda).zip(&mut codes).enumerate().for_each(|(i, (q, code))| {
+        *code = quantize(&a[i * k..(i + 1) * k], q);
+    });
+    (qa, codes)
+}
+
+/// `C`, written by tiles in parallel.
+pub struct Out(pub *mut f32);
+// SAFETY: tiles write disjoint blocks of `C`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
 
 /// Calls `tile(r0, rows, p)` for every tile of at most [`MR`] rows of an `m`-row product and
 /// every 64-column panel of `n` columns, in parallel on the current rayon pool; `rows` picks
