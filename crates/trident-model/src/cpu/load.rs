@@ -94,11 +94,12 @@ impl CpuBackend {
                     s.factors(name, &data, in_dim)
                 });
                 let q = quant::QuantizedRows::new(n, in_dim, &src, factors.as_deref());
+                let held = quant::HeldOut::new(n, in_dim, &src, factors.as_deref());
                 #[cfg(target_arch = "x86_64")]
                 if self.amx {
-                    return PartWeight::AmxI8(kernel_amx_int8::AmxI8Weight::pack(&q));
+                    return PartWeight::AmxI8(kernel_amx_int8::AmxI8Weight::pack(&q), held);
                 }
-                return PartWeight::I8(kernel_int8::Int8Weight::new(q));
+                return PartWeight::I8(kernel_int8::Int8Weight::new(q), held);
             }
             if bf16 {
                 return PartWeight::PackedBf16(packed::Packed::pack(n, in_dim, &src));
@@ -196,6 +197,48 @@ mod tests {
             .enumerate()
             .for_each(|(i, v)| *v = ((i * 29 % 23) as f32 - 11.0) / 7.0);
         assert_eq!(rec.matmul(&x, &a).unwrap().data, packed.matmul(&x, &b).unwrap().data);
+    }
+
+    /// A smoothed int8 layer holds its widest features out of the int8 product and adds their
+    /// f32 products: two features a thousand times the rest leave the others their precision.
+    #[test]
+    fn int8_holds_the_widest_features_out_in_f32() {
+        let (m, n, k) = (6, 40, 320);
+        let w = [part(n, k, 1)];
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| match i % k {
+                5 => 1000.0 * if i / k % 2 == 0 { 1.0 } else { -1.0 },
+                77 => 800.0,
+                _ => ((i * 31 % 17) as f32 - 8.0) / 8.0,
+            })
+            .collect();
+        let rec = Arc::new(super::super::Recorder::default());
+        rec.record("l", &x, k);
+        let b = CpuBackend::with_precision(2, CpuPrecision::Int8)
+            .with_smoothing(Arc::new(rec.finish()));
+        let l = b.load_linear("l", &w).unwrap();
+        let PartWeight::I8(_, held) = &*l.weights[0] else { panic!("an int8 weight") };
+        assert_eq!(held.features().len(), smooth::HELD_OUT);
+        assert!(held.features().contains(&5) && held.features().contains(&77));
+        let wv = w[0].weight.values();
+        // The largest error against exact sums, held out and plain (no smoothing).
+        let worst = |b: &CpuBackend, l: &CpuLinear| {
+            let mut a = CpuAct { buf: Pooled::overwritten(&b.buffers, m * k), rows: m, cols: k };
+            a.buf.data.copy_from_slice(&x);
+            let y = b.matmul(&a, l).unwrap();
+            let mut worst = 0f64;
+            for i in 0..m {
+                for j in 0..n {
+                    let exact: f64 =
+                        (0..k).map(|kk| x[i * k + kk] as f64 * wv[j * k + kk] as f64).sum();
+                    worst = worst.max((y.data[i * n + j] as f64 - exact).abs());
+                }
+            }
+            worst
+        };
+        let plain = CpuBackend::with_precision(2, CpuPrecision::Int8);
+        let (held, plain) = (worst(&b, &l), worst(&plain, &plain.load_linear("l", &w).unwrap()));
+        assert!(held < 0.2 && held * 40.0 < plain, "held out {held}, plain {plain}");
     }
 
     /// Backends given one `SharedWeights` pack each layer once; a name reused for other weights,

@@ -94,11 +94,12 @@ enum PartWeight {
     /// bf16 in AMX tile order.
     #[cfg(target_arch = "x86_64")]
     Amx(kernel_amx::AmxWeight),
-    /// int8, per-channel scales, in AMX tile order.
+    /// int8, per-channel scales, in AMX tile order, and the features held out in f32.
     #[cfg(target_arch = "x86_64")]
-    AmxI8(kernel_amx_int8::AmxI8Weight),
-    /// int8, per-channel scales, for AVX512-VNNI or the portable kernel (below AMX).
-    I8(kernel_int8::Int8Weight),
+    AmxI8(kernel_amx_int8::AmxI8Weight, quant::HeldOut),
+    /// int8, per-channel scales, for AVX512-VNNI, AVX2 or the portable kernel (below AMX), and
+    /// the features held out in f32.
+    I8(kernel_int8::Int8Weight, quant::HeldOut),
 }
 
 impl PartWeight {
@@ -110,8 +111,8 @@ impl PartWeight {
             #[cfg(target_arch = "x86_64")]
             PartWeight::Amx(w) => w.n,
             #[cfg(target_arch = "x86_64")]
-            PartWeight::AmxI8(w) => w.n,
-            PartWeight::I8(w) => w.n(),
+            PartWeight::AmxI8(w, _) => w.n,
+            PartWeight::I8(w, _) => w.n(),
         }
     }
 }
@@ -251,8 +252,14 @@ impl CpuBackend {
                     #[cfg(target_arch = "x86_64")]
                     PartWeight::Amx(p) => gemm::matmul_amx(m, x.data(), p, dst, n),
                     #[cfg(target_arch = "x86_64")]
-                    PartWeight::AmxI8(p) => gemm::matmul_amx_int8(m, x.data(), p, dst, n),
-                    PartWeight::I8(p) => kernel_int8::matmul_int8(m, x.data(), p, dst, n),
+                    PartWeight::AmxI8(p, held) => {
+                        gemm::matmul_amx_int8(m, x.data(), p, dst, n);
+                        held.add(m, x.data(), w.in_dim, dst, n);
+                    }
+                    PartWeight::I8(p, held) => {
+                        kernel_int8::matmul_int8(m, x.data(), p, dst, n);
+                        held.add(m, x.data(), w.in_dim, dst, n);
+                    }
                 }
             };
             col += out_i;

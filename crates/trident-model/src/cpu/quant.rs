@@ -84,8 +84,62 @@ impl QuantizedRows {
             q.iter_mut().zip(&row).for_each(|(q, &x)| *q = quantize_weight(x, *s));
             *sum = q.iter().map(|&x| x as i32).sum();
         });
-        let smooth = factors.map_or(Vec::new(), |f| f.iter().map(|f| 1.0 / f).collect());
+        // A held-out feature (factor 0) is zero in both operands: its weight column is zero
+        // above, and its activations are multiplied by 0 as they are quantised.
+        let inv = |f: &f32| if *f > 0.0 { 1.0 / f } else { 0.0 };
+        let smooth = factors.map_or(Vec::new(), |f| f.iter().map(inv).collect());
         QuantizedRows { q, scale, colsum, smooth, n, k }
+    }
+}
+
+/// The input features a smoothed layer holds out of its int8 product (factor 0, `smooth.rs`),
+/// multiplied in f32 and added after the int8 GEMM: the few features whose activations dwarf
+/// the rest no longer set every token's code step (after LLM.int8(), Dettmers et al. 2022).
+#[derive(Default)]
+pub struct HeldOut {
+    /// The features, ascending.
+    cols: Vec<usize>,
+    /// `w[h·n + j] = W[j][cols[h]]`, unsmoothed.
+    w: Vec<f32>,
+    n: usize,
+}
+
+impl HeldOut {
+    /// The features of row-major `w` (`[n × k]`) whose factor is 0 (none without factors).
+    pub fn new(n: usize, k: usize, w: &[f32], factors: Option<&[f32]>) -> HeldOut {
+        let cols: Vec<usize> =
+            factors.map_or(Vec::new(), |f| (0..k).filter(|&kk| f[kk] == 0.0).collect());
+        let w = cols.iter().flat_map(|&kk| (0..n).map(move |j| w[j * k + kk])).collect();
+        HeldOut { cols, w, n }
+    }
+
+    /// The features held out.
+    #[cfg(test)]
+    pub fn features(&self) -> &[usize] {
+        &self.cols
+    }
+
+    /// `c[i][j] += Σ_h a[i][cols[h]] · W[j][cols[h]]` for rows `0..m` of `a` (`[m × k]`), rows
+    /// in parallel on the current rayon pool.
+    ///
+    /// # Safety
+    /// `c` must be valid for `m` rows of `n` values at stride `ldc` and must not alias `a`.
+    pub unsafe fn add(&self, m: usize, a: &[f32], k: usize, c: *mut f32, ldc: usize) {
+        use rayon::prelude::*;
+        if self.cols.is_empty() || self.n == 0 || m == 0 {
+            return;
+        }
+        assert!(a.len() >= m * k && self.cols.iter().all(|&kk| kk < k), "held-out operands");
+        // SAFETY: rows 0..m of c at stride ldc (caller); nothing else touches them meanwhile.
+        let c = unsafe { std::slice::from_raw_parts_mut(c, (m - 1) * ldc + self.n) };
+        c.par_chunks_mut(ldc).with_min_len(16).enumerate().for_each(|(i, row)| {
+            for (&kk, w) in self.cols.iter().zip(self.w.chunks_exact(self.n)) {
+                let x = a[i * k + kk];
+                if x != 0.0 {
+                    row[..self.n].iter_mut().zip(w).for_each(|(y, w)| *y += x * w);
+                }
+            }
+        });
     }
 }
 
@@ -162,6 +216,38 @@ mod tests {
         assert_eq!(RowQ::new(-1.0, 1.0).zp, 128);
         assert_eq!(RowQ::new(0.0, 0.0), RowQ::default());
         assert_eq!(RowQ::new(f32::NAN, 1.0).scale, 1.0 / 255.0);
+    }
+
+    /// A held-out feature (factor 0) leaves the int8 operands as zeros and its exact f32
+    /// product is what `HeldOut::add` puts back.
+    #[test]
+    fn held_out_features_leave_the_int8_operands_and_come_back_exact() {
+        let (n, k, m) = (5, 7, 3);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 13 % 17) as f32 - 8.0) / 4.0).collect();
+        let f = [1.0, 0.0, 2.0, 0.5, 0.0, 1.0, 3.0];
+        let q = QuantizedRows::new(n, k, &w, Some(&f));
+        for j in 0..n {
+            assert_eq!((q.q[j * k + 1], q.q[j * k + 4]), (0, 0), "held-out weight columns");
+        }
+        assert_eq!((q.smooth[1], q.smooth[4], q.smooth[3]), (0.0, 0.0, 2.0));
+        let held = HeldOut::new(n, k, &w, Some(&f));
+        assert_eq!(held.cols, [1, 4]);
+        assert!(HeldOut::new(n, k, &w, None).cols.is_empty());
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 - 9.0) * 100.0).collect();
+        let ldc = n + 2;
+        let mut c = vec![0.5f32; m * ldc];
+        // SAFETY: c is [m × ldc], ldc ≥ n.
+        unsafe { held.add(m, &a, k, c.as_mut_ptr(), ldc) };
+        for i in 0..m {
+            for j in 0..ldc {
+                let want = if j < n {
+                    0.5 + [1, 4].iter().map(|&kk| a[i * k + kk] * w[j * k + kk]).sum::<f32>()
+                } else {
+                    0.5
+                };
+                assert_eq!(c[i * ldc + j], want, "({i}, {j})");
+            }
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
