@@ -217,7 +217,12 @@ mod tests {
         let b = CpuBackend::with_precision(2, CpuPrecision::Int8)
             .with_smoothing(Arc::new(rec.finish()));
         let l = b.load_linear("l", &w).unwrap();
-        let PartWeight::I8(_, held) = &*l.weights[0] else { panic!("an int8 weight") };
+        let held = match &*l.weights[0] {
+            PartWeight::I8(_, held) => held,
+            #[cfg(target_arch = "x86_64")]
+            PartWeight::AmxI8(_, held) => held,
+            _ => panic!("an int8 weight"),
+        };
         assert_eq!(held.features().len(), smooth::HELD_OUT);
         assert!(held.features().contains(&5) && held.features().contains(&77));
         let wv = w[0].weight.values();
