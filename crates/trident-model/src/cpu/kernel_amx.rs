@@ -293,7 +293,7 @@ const CONFIG: TileConfig = {
     TileConfig(c)
 };
 
-/// The 2 × 2-tile block loop of both AMX kernels (`$op`: `tdpbf16ps` or `tdpbssd`): zero the C
+/// The 2 × 2-tile block loop of both AMX kernels (`$op`: `tdpbf16ps` or `tdpbusd`): zero the C
 /// tiles (tmm0 rows 0–15 × cols 0–15, tmm1 × cols 16–31, tmm2/tmm3 rows 16–31), then `kt`
 /// steps of two `A` tile loads (row groups `a0`, `a1`), two `B` tile loads (panels `b0`, `b1`)
 /// and four products, then store the C tiles at `cp`, `stride` bytes a row. Each operand is a
