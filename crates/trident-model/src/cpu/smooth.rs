@@ -114,7 +114,7 @@ mod tests {
     fn the_largest_smoothed_ranges_are_held_out() {
         let k = 64 * HELD_OUT;
         let rec = Recorder::default();
-        // Every feature moves; features 3, 10, ... (every 64th from 3) are outliers.
+        // Every feature moves; features 3, 67, 131, ... (every 64th from 3) are outliers.
         let x: Vec<f32> = (0..k).map(|kk| if kk % 64 == 3 { 50.0 } else { 1.0 }).collect();
         rec.record("l", &x, k);
         let w = vec![0.5f32; 2 * k];
