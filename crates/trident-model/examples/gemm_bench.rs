@@ -5,7 +5,8 @@
 //!
 //! MODE: `f32` (default; the weight packed on every call), `packed` (f32 packed once),
 //! `bf16-call` (bf16 weights widened and packed on every call), `bf16` (bf16 packed once, widened
-//! by the kernel as it loads, or from 256 rows once per block), `amx` (AMX-BF16), `int8` (the
+//! by the kernel as it loads, or from 256 rows once per block), `bf16-dot` (AVX512-BF16
+//! `VDPBF16PS`: bf16 operands, f32 sums), `amx` (AMX-BF16), `int8` (the
 //! int8 kernel below AMX: AVX512-VNNI where present, else AVX2); "GFLOP/s" counts a multiply
 //! and an add per product.
 
@@ -29,6 +30,12 @@ fn main() {
             assert!(amx::available(), "this CPU (or its kernel) gives no AMX-BF16");
             amx::AmxWeight::pack(n, k, |j, kk| amx::bf16_bits(w[j * k + kk]))
         });
+        #[cfg(target_arch = "x86_64")]
+        let dot = (mode == "bf16-dot").then(|| {
+            use trident_model::cpu::reduced;
+            assert!(reduced::bf16_available(), "this CPU has no AVX512-BF16");
+            pool.install(|| reduced::Bf16Panels::pack(n, k, &w))
+        });
         let int8 = (mode == "int8").then(|| {
             use trident_model::cpu::reduced::{Int8Weight, QuantizedRows};
             pool.install(|| Int8Weight::new(QuantizedRows::new(n, k, &w, None)))
@@ -45,6 +52,10 @@ fn main() {
                 #[cfg(target_arch = "x86_64")]
                 if let Some(p) = &packed {
                     return trident_model::cpu::amx::matmul_amx(m, &a, p, c.as_mut_ptr(), n);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if let Some(p) = &dot {
+                    return trident_model::cpu::reduced::matmul_bf16(m, &a, p, c.as_mut_ptr(), n);
                 }
                 if let Some(p) = &packed_f32 {
                     return trident_model::cpu::matmul_packed(m, &a, p, c.as_mut_ptr(), n);

@@ -10,10 +10,10 @@ pub enum CpuPrecision {
     #[default]
     F32,
     /// Weights rounded to bf16 at load (half the memory of the linear layers). With AMX the
-    /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); without it
-    /// the weights are widened back and the arithmetic stays f32 (AVX512-BF16's `VDPBF16PS` was
-    /// slower than the f32 kernel on an Emerald Rapids Xeon: one dot per cycle, as many products
-    /// as two f32 FMAs).
+    /// layer inputs are rounded to bf16 too and the tile unit multiplies (f32 sums); below it,
+    /// on AMD's AVX512-BF16 cores, the same arithmetic on `VDPBF16PS` (linear layers only,
+    /// `kernel_bf16.rs`); elsewhere the weights are widened back and the arithmetic stays f32
+    /// (`VDPBF16PS` was slower than the f32 kernel on an Emerald Rapids Xeon).
     Bf16,
     /// Linear layers in int8: weights smoothed (calibrated at load, `smooth.rs`) and quantised
     /// per output channel, activations per token (u8 with a zero point) as they are multiplied,
@@ -44,7 +44,20 @@ impl std::str::FromStr for CpuPrecision {
 /// What runs a model loaded now at `precision`, e.g. `"f32, avx512 f32 12x32"` or `"bf16: amx
 /// bf16 32x32 (linear layers and attention), avx512 f32 12x32"` (for `/info` and `bench`).
 pub fn kernels_for(precision: CpuPrecision) -> String {
-    kernels(precision, amx_for(precision))
+    kernels(precision, amx_for(precision), bf16_dot_for(precision))
+}
+
+/// Whether a backend made now at `precision` runs its linear layers on AVX512-BF16 dot
+/// products (`kernel_bf16.rs`): bf16 below AMX, at the AVX-512 level, where that kernel is
+/// preferred.
+pub(super) fn bf16_dot_for(precision: CpuPrecision) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return precision == CpuPrecision::Bf16
+        && !amx_for(precision)
+        && isa() >= Isa::Avx512
+        && super::kernel_bf16::preferred();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether a backend made now at `precision` runs its linear layers and attention on AMX.
@@ -62,12 +75,16 @@ pub(super) fn amx_for(precision: CpuPrecision) -> bool {
     false
 }
 
-pub(super) fn kernels(precision: CpuPrecision, amx: bool) -> String {
+pub(super) fn kernels(precision: CpuPrecision, amx: bool, bf16_dot: bool) -> String {
     match precision {
         CpuPrecision::F32 => format!("f32, {}", kernel_name()),
         CpuPrecision::Bf16 if amx => format!(
             "bf16: amx bf16 32x32{} (linear layers and attention), {}",
             emulated(),
+            kernel_name()
+        ),
+        CpuPrecision::Bf16 if bf16_dot => format!(
+            "bf16: avx512 bf16 6x64 (linear layers, bf16 operands, f32 sums), {}",
             kernel_name()
         ),
         CpuPrecision::Bf16 => format!("bf16 weights, f32 math, {}", kernel_name()),

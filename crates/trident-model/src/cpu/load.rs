@@ -1,5 +1,5 @@
 //! Loading a linear layer's weights at a precision: f32 or bf16 packed for the micro-kernels,
-//! AMX-BF16 and int8 (AMX-INT8, VNNI or portable) packed for their kernels, with the parts of a
+//! AMX-BF16, AVX512-BF16 and int8 (AMX-INT8, VNNI, AVX2 or portable) packed for their kernels, with the parts of a
 //! fused layer (Q, K, V) made one weight so its input is quantised or converted once. The workers
 //! of one model share these copies ([`SharedWeights`]).
 
@@ -100,6 +100,10 @@ impl CpuBackend {
                     return PartWeight::AmxI8(kernel_amx_int8::AmxI8Weight::pack(&q), held);
                 }
                 return PartWeight::I8(kernel_int8::Int8Weight::new(q), held);
+            }
+            #[cfg(target_arch = "x86_64")]
+            if bf16 && self.bf16_dot {
+                return PartWeight::Bf16Dot(kernel_bf16::Bf16Panels::pack(n, in_dim, &src));
             }
             if bf16 {
                 return PartWeight::PackedBf16(packed::Packed::pack(n, in_dim, &src));

@@ -17,6 +17,8 @@ mod kernel_amx;
 mod kernel_amx_int8;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx512;
+#[cfg(target_arch = "x86_64")]
+mod kernel_bf16;
 mod kernel_int8;
 #[cfg(target_arch = "x86_64")]
 mod kernel_madd;
@@ -43,7 +45,7 @@ use crate::backend::{
 };
 use pool::{BufferPool, Pooled};
 
-use describe::{amx_for, kernels};
+use describe::{amx_for, bf16_dot_for, kernels};
 pub use describe::{kernels_for, CpuPrecision};
 /// The linear-layer GEMM, public for `examples/gemm_bench.rs`.
 #[doc(hidden)]
@@ -63,9 +65,11 @@ pub mod amx {
     pub use super::kernel_amx_int8::{available as int8_available, AmxI8Weight};
 }
 
-/// The int8 linear-layer kernels, public for `examples/gemm_bench.rs`.
+/// The int8 and AVX512-BF16 linear-layer kernels, public for `examples/gemm_bench.rs`.
 #[doc(hidden)]
 pub mod reduced {
+    #[cfg(target_arch = "x86_64")]
+    pub use super::kernel_bf16::{available as bf16_available, matmul as matmul_bf16, Bf16Panels};
     pub use super::kernel_int8::{matmul_int8, name as int8_name, Int8Weight};
     pub use super::quant::QuantizedRows;
 }
@@ -94,6 +98,9 @@ enum PartWeight {
     /// bf16 in AMX tile order.
     #[cfg(target_arch = "x86_64")]
     Amx(kernel_amx::AmxWeight),
+    /// bf16 in panels for AVX512-BF16 dot products (below AMX, where `kernel_bf16` is preferred).
+    #[cfg(target_arch = "x86_64")]
+    Bf16Dot(kernel_bf16::Bf16Panels),
     /// int8, per-channel scales, in AMX tile order, and the features held out in f32.
     #[cfg(target_arch = "x86_64")]
     AmxI8(kernel_amx_int8::AmxI8Weight, quant::HeldOut),
@@ -110,6 +117,8 @@ impl PartWeight {
             PartWeight::PackedBf16(w) => w.n,
             #[cfg(target_arch = "x86_64")]
             PartWeight::Amx(w) => w.n,
+            #[cfg(target_arch = "x86_64")]
+            PartWeight::Bf16Dot(w) => w.n,
             #[cfg(target_arch = "x86_64")]
             PartWeight::AmxI8(w, _) => w.n,
             PartWeight::I8(w, _) => w.n(),
@@ -146,6 +155,8 @@ pub struct CpuBackend {
     /// Reduced-precision linear layers and attention on AMX tiles (decided when the backend is
     /// made: the weights are packed in the tile order at load).
     amx: bool,
+    /// bf16 linear layers on AVX512-BF16 dot products (decided with `amx`, for the same reason).
+    bf16_dot: bool,
     buffers: Arc<BufferPool>,
     /// Calibration: every linear layer's input is folded into per-feature maxima.
     recorder: Option<Arc<Recorder>>,
@@ -173,12 +184,13 @@ impl CpuBackend {
             .thread_name(|i| format!("trident-cpu-{i}"))
             .build()
             .expect("rayon thread pool");
-        let amx = amx_for(precision);
+        let (amx, bf16_dot) = (amx_for(precision), bf16_dot_for(precision));
         CpuBackend {
             pool: Arc::new(pool),
             threads,
             precision,
             amx,
+            bf16_dot,
             buffers: Arc::default(),
             recorder: None,
             smoothing: None,
@@ -251,6 +263,9 @@ impl CpuBackend {
                     // (Packed only when kernel_amx::available().)
                     #[cfg(target_arch = "x86_64")]
                     PartWeight::Amx(p) => gemm::matmul_amx(m, x.data(), p, dst, n),
+                    // (Packed only when kernel_bf16::preferred().)
+                    #[cfg(target_arch = "x86_64")]
+                    PartWeight::Bf16Dot(p) => kernel_bf16::matmul(m, x.data(), p, dst, n),
                     #[cfg(target_arch = "x86_64")]
                     PartWeight::AmxI8(p, held) => {
                         gemm::matmul_amx_int8(m, x.data(), p, dst, n);
@@ -296,7 +311,11 @@ impl Backend for CpuBackend {
     type Embeddings = CpuEmbeddings;
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads, {})", self.threads, kernels(self.precision, self.amx))
+        format!(
+            "cpu ({} threads, {})",
+            self.threads,
+            kernels(self.precision, self.amx, self.bf16_dot)
+        )
     }
 
     fn load_linear(&self, name: &str, parts: &[LinearParts]) -> BResult<CpuLinear> {
