@@ -67,7 +67,15 @@ fn main() {
                     return trident_model::cpu::matmul_wt(m, n, k, &a, wb, c.as_mut_ptr(), n);
                 }
                 if let Some(p) = &int8 {
-                    return trident_model::cpu::reduced::matmul_int8(m, &a, p, c.as_mut_ptr(), n);
+                    let none = trident_model::cpu::reduced::HeldOut::default();
+                    return trident_model::cpu::reduced::matmul_int8(
+                        m,
+                        &a,
+                        p,
+                        &none,
+                        c.as_mut_ptr(),
+                        n,
+                    );
                 }
                 trident_model::cpu::matmul_wt(m, n, k, &a, &w, c.as_mut_ptr(), n)
             })

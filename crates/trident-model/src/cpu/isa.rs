@@ -2,8 +2,8 @@
 //! binary's `--cpu-isa` / `TRIDENT_CPU_ISA`, tests, comparisons).
 //! Every f32 path computes each output as the same FMA chain in the same order, so their results
 //! are bit-for-bit equal and switching between them mid-run is harmless. The bf16 precision's
-//! kernel (AMX tiles, or f32 arithmetic on bf16 weights below that level) is chosen when a model
-//! loads, since AMX wants its weights packed in its own order.
+//! kernel (AMX tiles; below that level AVX512-BF16 dot products on AMD, else f32 arithmetic on
+//! bf16 weights) is chosen when a model loads, since each wants its weights packed in its order.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;

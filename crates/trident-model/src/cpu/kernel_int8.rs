@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::isa::{isa, Isa};
-use super::quant::{quantize_row, QuantizedRows, RowQ};
+use super::quant::{quantize_row, HeldOut, QuantizedRows, RowQ};
 
 /// Rows quantised and multiplied together: each weight row is read once per block.
 const ROWS: usize = 8;
@@ -87,19 +87,28 @@ pub fn name() -> &'static str {
     }
 }
 
-/// `c[m × w.n] = a[m × w.k] · wᵀ` on the current rayon pool, on the kernel `w` was packed for.
+/// `c[m × w.n] = a[m × w.k] · wᵀ` on the current rayon pool, on the kernel `w` was packed for,
+/// with `held`'s f32 products added to each tile as it is written (`HeldOut::add_tile`).
 ///
 /// # Safety
-/// `c` must be valid for `m` rows of `w.n` values at stride `ldc` and must not alias `a`.
-pub unsafe fn matmul_int8(m: usize, a: &[f32], w: &Int8Weight, c: *mut f32, ldc: usize) {
+/// `c` must be valid for `m` rows of `w.n` values at stride `ldc` and must not alias `a`;
+/// `held` is `w`'s (its `n` is `w.n`, or it is empty).
+pub unsafe fn matmul_int8(
+    m: usize,
+    a: &[f32],
+    w: &Int8Weight,
+    held: &HeldOut,
+    c: *mut f32,
+    ldc: usize,
+) {
     // SAFETY: the caller's promises; Vnni and Madd weights exist only where their kernels run.
     unsafe {
         match w {
-            Int8Weight::Rows(q) => matmul_rows(m, a, q, c, ldc),
+            Int8Weight::Rows(q) => matmul_rows(m, a, q, held, c, ldc),
             #[cfg(target_arch = "x86_64")]
-            Int8Weight::Vnni(v) => super::kernel_vnni::matmul(m, a, v, c, ldc),
+            Int8Weight::Vnni(v) => super::kernel_vnni::matmul(m, a, v, held, c, ldc),
             #[cfg(target_arch = "x86_64")]
-            Int8Weight::Madd(v) => super::kernel_madd::matmul(m, a, v, c, ldc),
+            Int8Weight::Madd(v) => super::kernel_madd::matmul(m, a, v, held, c, ldc),
         }
     }
 }
@@ -108,7 +117,14 @@ pub unsafe fn matmul_int8(m: usize, a: &[f32], w: &Int8Weight, c: *mut f32, ldc:
 ///
 /// # Safety
 /// As [`matmul_int8`].
-pub unsafe fn matmul_rows(m: usize, a: &[f32], w: &QuantizedRows, c: *mut f32, ldc: usize) {
+pub unsafe fn matmul_rows(
+    m: usize,
+    a: &[f32],
+    w: &QuantizedRows,
+    held: &HeldOut,
+    c: *mut f32,
+    ldc: usize,
+) {
     let (n, k) = (w.n, w.k);
     assert!(a.len() >= m * k, "matmul_int8 operand sizes");
     if m == 0 || n == 0 {
@@ -120,6 +136,7 @@ pub unsafe fn matmul_rows(m: usize, a: &[f32], w: &QuantizedRows, c: *mut f32, l
     qa.par_chunks_mut(k.max(1)).zip(&mut codes).enumerate().for_each(|(i, (q, code))| {
         *code = quantize_row(&a[i * k..(i + 1) * k], &w.smooth, q);
     });
+    let xs = &held.gather(m, a, k)[..];
     let out = Out(c);
     let out = &out;
     let (blocks, chunks) = (m.div_ceil(ROWS), n.div_ceil(COLS));
@@ -131,9 +148,13 @@ pub unsafe fn matmul_rows(m: usize, a: &[f32], w: &QuantizedRows, c: *mut f32, l
         unsafe {
             #[cfg(target_arch = "x86_64")]
             if isa() >= Isa::Avx2 {
-                return block_avx2(&qa, &codes, w, rows, cols, out.0, ldc);
+                block_avx2(&qa, &codes, w, rows.clone(), cols.clone(), out.0, ldc);
+            } else {
+                block(&qa, &codes, w, rows.clone(), cols.clone(), out.0, ldc);
             }
-            block(&qa, &codes, w, rows, cols, out.0, ldc)
+            #[cfg(not(target_arch = "x86_64"))]
+            block(&qa, &codes, w, rows.clone(), cols.clone(), out.0, ldc);
+            held.add_tile(xs, rows.start, rows.len(), cols, out.0, ldc);
         }
     });
 }
@@ -199,25 +220,31 @@ pub fn assert_equals_portable(kernel: &str, wrap: impl Fn(&QuantizedRows) -> Int
     let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
     let shapes = [(1, 1, 1), (7, 65, 37), (13, 130, 302), (100, 64, 1030), (3, 200, 4), (5, 21, 3)];
     for &(m, n, k) in &shapes {
-        for smoothed in [false, true] {
-            let (a, w, f) = test_operands(m, n, k);
-            let q = QuantizedRows::new(n, k, &w, smoothed.then_some(&f[..]));
+        // Plain, smoothed, and smoothed with features held out (factor 0: every third).
+        for variant in ["plain", "smoothed", "held out"] {
+            let (a, w, mut f) = test_operands(m, n, k);
+            if variant == "held out" {
+                f.iter_mut().step_by(3).for_each(|f| *f = 0.0);
+            }
+            let factors = (variant != "plain").then_some(&f[..]);
+            let q = QuantizedRows::new(n, k, &w, factors);
+            let held = HeldOut::new(n, k, &w, factors);
             let packed = wrap(&q);
             let ldc = n + 3;
-            let (mut want, mut got) = (vec![9.0f32; m * ldc], vec![9.0f32; m * ldc]);
-            // SAFETY: both are [m × ldc], ldc ≥ n; `wrap` packs only for a kernel that runs.
+            let mut want = vec![9.0f32; m * ldc];
+            let (mut got, mut apart) = (want.clone(), want.clone());
+            // SAFETY: all are [m × ldc], ldc ≥ n; `wrap` packs only for a kernel that runs.
             pool.install(|| unsafe {
-                matmul_rows(m, &a, &q, want.as_mut_ptr(), ldc);
-                matmul_int8(m, &a, &packed, got.as_mut_ptr(), ldc);
+                matmul_rows(m, &a, &q, &held, want.as_mut_ptr(), ldc);
+                matmul_int8(m, &a, &packed, &held, got.as_mut_ptr(), ldc);
+                // The held-out products added in a pass of their own: the same bits.
+                matmul_rows(m, &a, &q, &HeldOut::default(), apart.as_mut_ptr(), ldc);
+                held.add(m, &a, k, apart.as_mut_ptr(), ldc);
             });
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(
-                    g.to_bits(),
-                    w.to_bits(),
-                    "{kernel} {m}x{n}x{k} smoothed {smoothed} at ({}, {}): {g} vs {w}",
-                    i / ldc,
-                    i % ldc
-                );
+            for (i, ((g, w), p)) in got.iter().zip(&want).zip(&apart).enumerate() {
+                let at = (i / ldc, i % ldc);
+                assert_eq!(g.to_bits(), w.to_bits(), "{kernel} {m}x{n}x{k} {variant} {at:?}");
+                assert_eq!(p.to_bits(), w.to_bits(), "apart {m}x{n}x{k} {variant} {at:?}");
             }
         }
     }
@@ -239,7 +266,8 @@ mod tests {
                 let ldc = n + 2;
                 let mut c = vec![9.0f32; m * ldc];
                 // SAFETY: c is [m × ldc], ldc ≥ n.
-                pool.install(|| unsafe { matmul_rows(m, &a, &q, c.as_mut_ptr(), ldc) });
+                let none = HeldOut::default();
+                pool.install(|| unsafe { matmul_rows(m, &a, &q, &none, c.as_mut_ptr(), ldc) });
                 for i in 0..m {
                     let ra: Vec<f32> =
                         (0..k)

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::panel::{self, by_rows, Int8Panels, Out, NR};
-use super::quant::{self, QuantizedRows, RowQ};
+use super::quant::{self, HeldOut, QuantizedRows, RowQ};
 
 /// Whether this CPU runs the kernel (AVX-512 F/BW and VNNI).
 pub fn available() -> bool {
@@ -51,12 +51,13 @@ unsafe fn accumulate<const R: usize>(
     }
 }
 
-/// `c[m × w.n] = a[m × w.k] · wᵀ` on the current rayon pool.
+/// `c[m × w.n] = a[m × w.k] · wᵀ` on the current rayon pool, `held`'s products added to each
+/// tile as it is written.
 ///
 /// # Safety
 /// `c` must be valid for `m` rows of `w.n` values at stride `ldc` and must not alias `a`;
-/// [`available`] returned true.
-pub unsafe fn matmul(m: usize, a: &[f32], w: &Int8Panels, c: *mut f32, ldc: usize) {
+/// [`available`] returned true; `held` is `w`'s, or empty.
+pub unsafe fn matmul(m: usize, a: &[f32], w: &Int8Panels, held: &HeldOut, c: *mut f32, ldc: usize) {
     let (n, k) = (w.n, w.k);
     assert!(a.len() >= m * k, "matmul_vnni operand sizes");
     if m == 0 || n == 0 {
@@ -67,12 +68,16 @@ pub unsafe fn matmul(m: usize, a: &[f32], w: &Int8Panels, c: *mut f32, ldc: usiz
     // SAFETY: AVX-512F/BW (caller: available()); each q holds lda ≥ k bytes, a multiple of 64.
     let quantize = |row: &[f32], q: &mut [u8]| unsafe { quantize_row(row, &w.smooth, q) };
     let (qa, codes) = panel::quantize_rows(m, k, lda, a, quantize);
+    let xs = &held.gather(m, a, k)[..];
     let out = Out(c);
     let (out, qa, codes) = (&out, &qa[..], &codes[..]);
     panel::for_each_tile(m, n, |r0, rows, p| {
         // SAFETY: VNNI is available (caller); the tile's rows and the panel's columns below n
         // lie in c and belong to this tile only.
-        unsafe { by_rows!(rows, tile, qa, lda, codes, w, p, out.0, ldc, r0) }
+        unsafe {
+            by_rows!(rows, tile, qa, lda, codes, w, p, out.0, ldc, r0);
+            held.add_tile(xs, r0, rows, p * NR..(p * NR + NR).min(n), out.0, ldc);
+        }
     });
 }
 

@@ -2,9 +2,11 @@
 //! AVX2 6 × 16, `kernel_avx512.rs`: AVX-512 12 × 32, chosen at run time by `isa.rs`) on a
 //! dedicated rayon pool, f32 weights packed once at load into the kernels' panels
 //! (`packed.rs`), element-wise work fused into one pass after each GEMM. At bf16 precision on a
-//! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`); at int8
+//! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`), below
+//! it on AMD's AVX512-BF16 the linear layers on `VDPBF16PS` (`kernel_bf16.rs`); at int8
 //! the linear layers run on AMX-INT8 (`kernel_amx_int8.rs`) and attention stays on AMX-BF16, or,
-//! below AMX, on AVX512-VNNI (`kernel_vnni.rs`) or portable code, with the same results.
+//! below AMX, on AVX512-VNNI (`kernel_vnni.rs`), AVX2 (`kernel_madd.rs`) or portable code, with
+//! the same results.
 
 mod attention;
 mod describe;
@@ -71,7 +73,7 @@ pub mod reduced {
     #[cfg(target_arch = "x86_64")]
     pub use super::kernel_bf16::{available as bf16_available, matmul as matmul_bf16, Bf16Panels};
     pub use super::kernel_int8::{matmul_int8, name as int8_name, Int8Weight};
-    pub use super::quant::QuantizedRows;
+    pub use super::quant::{HeldOut, QuantizedRows};
 }
 
 /// A `[rows × cols]` row-major activation (its buffer goes back to the backend's pool on drop).
@@ -272,8 +274,7 @@ impl CpuBackend {
                         held.add(m, x.data(), w.in_dim, dst, n);
                     }
                     PartWeight::I8(p, held) => {
-                        kernel_int8::matmul_int8(m, x.data(), p, dst, n);
-                        held.add(m, x.data(), w.in_dim, dst, n);
+                        kernel_int8::matmul_int8(m, x.data(), p, held, dst, n)
                     }
                 }
             };
