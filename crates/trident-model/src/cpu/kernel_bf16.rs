@@ -92,7 +92,12 @@ unsafe fn convert_row(row: &[f32], h: &mut [u16]) {
         };
         let pair = _mm512_cvtne2ps_pbh(load(lo + 16), load(lo));
         // SAFETY: out holds 32 u16 (64 bytes).
-        unsafe { _mm512_storeu_si512(out.as_mut_ptr() as *mut _, std::mem::transmute(pair)) };
+        unsafe {
+            _mm512_storeu_si512(
+                out.as_mut_ptr() as *mut _,
+                std::mem::transmute::<__m512bh, __m512i>(pair),
+            )
+        };
     }
 }
 
@@ -123,11 +128,13 @@ unsafe fn tile<const R: usize>(
         for g in 0..groups {
             let bg = panel.as_ptr().add(g * NR * 2);
             let wv: [__m512bh; 4] = std::array::from_fn(|v| {
-                std::mem::transmute(_mm512_loadu_si512(bg.add(v * 32) as *const _))
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    bg.add(v * 32) as *const _
+                ))
             });
             for (r, acc) in acc.iter_mut().enumerate() {
                 let pair = (a.add(r * lda + 2 * g) as *const i32).read_unaligned();
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
                 for v in 0..4 {
                     acc[v] = _mm512_dpbf16_ps(acc[v], x, wv[v]);
                 }
