@@ -1,9 +1,10 @@
 //! Linear-layer weights packed once, at load, into the `B` micro-panels of `kernel.rs`, and the
 //! GEMM on them: [`super::gemm::matmul_wt`] without its packing pass over the whole weight on
 //! every call, which costs as much as the arithmetic on a batch of a few dozen tokens. In f32 the
-//! arithmetic, and so every output bit, is the same; in bf16 (below AMX) the panels keep bf16,
-//! which the kernels widen as they load it — f32 arithmetic on the rounded weights, as before,
-//! at half the memory and without a widened copy per call.
+//! arithmetic, and so every output bit, is the same; in bf16 (below AMX, where `kernel_bf16.rs`
+//! is not preferred) the panels keep bf16, which the kernels widen as they load it — f32
+//! arithmetic on the rounded weights, as before, at half the memory and without a widened copy
+//! per call.
 
 use rayon::prelude::*;
 
