@@ -130,13 +130,13 @@ impl HeldOut {
         if self.cols.is_empty() || self.n == 0 || m == 0 {
             return;
         }
-        // SAFETY: rows 0..m of c at stride ldc (caller); nothing else touches them meanwhile.
-        let c = unsafe { std::slice::from_raw_parts_mut(c, (m - 1) * ldc + self.n) };
         let xs = self.gather(m, a, k);
-        c.par_chunks_mut(HELD_ROWS * ldc).enumerate().for_each(|(b, rows)| {
-            let count = (m - b * HELD_ROWS).min(HELD_ROWS);
-            // SAFETY: the chunk holds `count` rows of n values at stride ldc.
-            unsafe { self.add_rows(&xs, b * HELD_ROWS, count, 0..self.n, rows.as_mut_ptr(), ldc) }
+        let out = Out(c);
+        let out = &out;
+        (0..m.div_ceil(HELD_ROWS)).into_par_iter().for_each(|b| {
+            let r0 = b * HELD_ROWS;
+            // SAFETY: rows 0..m of c at stride ldc (caller); each block's rows are its own.
+            unsafe { self.add_tile(&xs, r0, (m - r0).min(HELD_ROWS), 0..self.n, out.0, ldc) }
         });
     }
 
@@ -149,15 +149,15 @@ impl HeldOut {
     }
 
     /// As [`HeldOut::add`] for rows `r0..r0 + rows` and `cols` of `c` only, on this thread, the
-    /// activations from [`HeldOut::gather`]:
-    /// an int8 kernel's tile, just written and still in cache (a pass over the whole output
-    /// read it back from memory: 8 % of the int8 layers' time on a Zen 4 EPYC). The same
-    /// operations per output, so the same bits.
+    /// activations from [`HeldOut::gather`]: an int8 kernel's tile, just written and still in
+    /// cache (a pass over the whole output read it back from memory: 8 % of an int8 run's time
+    /// on a Zen 4 EPYC). The same operations per output, so the same bits.
     ///
     /// # Safety
     /// `c` must be valid for those rows and columns at stride `ldc`, must not alias `a`, and
     /// nothing else may touch them meanwhile.
-    #[inline]
+    /// (Not inlined: one call per tile, kept out of the kernels' loops.)
+    #[inline(never)]
     pub unsafe fn add_tile(
         &self,
         xs: &[f32],
@@ -171,29 +171,12 @@ impl HeldOut {
             return;
         }
         assert!(xs.len() >= (r0 + rows) * self.cols.len() && cols.end <= self.n, "held-out tile");
-        // SAFETY: the caller's promises.
-        unsafe { self.add_rows(xs, r0, rows, cols, c.add(r0 * ldc), ldc) }
-    }
-
-    /// Rows `r0..r0 + rows` of the product into `c` (row `r0` first), on the best variant.
-    ///
-    /// # Safety
-    /// As [`HeldOut::add_tile`].
-    unsafe fn add_rows(
-        &self,
-        xs: &[f32],
-        r0: usize,
-        rows: usize,
-        cols: std::ops::Range<usize>,
-        c: *mut f32,
-        ldc: usize,
-    ) {
-        let (n, w) = (self.n, &self.w[..]);
-        let held = self.cols.len();
+        let (n, w, held) = (self.n, &self.w[..], self.cols.len());
         let x = |r: usize, h: usize| xs[(r0 + r) * held + h];
-        // SAFETY: the caller's promises; each variant runs only at an isa level with its
-        // features.
+        // SAFETY: the caller's promises (c then points at row r0); each variant runs only at an
+        // isa level with its features.
         unsafe {
+            let c = c.add(r0 * ldc);
             #[cfg(target_arch = "x86_64")]
             {
                 use super::isa::{isa, Isa};
@@ -213,6 +196,12 @@ impl HeldOut {
 /// Rows per work item of [`HeldOut::add`] (the AMX path's pass): each block of held-out weights
 /// is read once for this many rows.
 const HELD_ROWS: usize = 8;
+
+/// `C`, written by blocks of rows in parallel.
+struct Out(*mut f32);
+// SAFETY: blocks write disjoint rows of `C`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
 
 /// `c[r·ldc + j] += x(r, h) · w[h·n + j]` for rows `r < rows`, columns `j` in `cols` and every
 /// `h` whose `x(r, h)` is not zero, in order of `h`: 64 columns of a row at a time, held in
@@ -258,37 +247,28 @@ unsafe fn add_rows(
     }
 }
 
-/// [`add_rows`] in AVX2 vectors (Rust never fuses the multiply and add, so the same bits).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn add_rows_avx2(
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: std::ops::Range<usize>,
-    n: usize,
-    w: &[f32],
-    x: impl Fn(usize, usize) -> f32,
-) {
-    // SAFETY: as add_rows (caller).
-    unsafe { add_rows(c, ldc, rows, cols, n, w, x) }
+/// [`add_rows`] compiled for an instruction set's vectors (Rust never fuses the multiply and
+/// add, so the same bits).
+macro_rules! add_rows_on {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            c: *mut f32,
+            ldc: usize,
+            rows: usize,
+            cols: std::ops::Range<usize>,
+            n: usize,
+            w: &[f32],
+            x: impl Fn(usize, usize) -> f32,
+        ) {
+            // SAFETY: as add_rows (caller).
+            unsafe { add_rows(c, ldc, rows, cols, n, w, x) }
+        }
+    };
 }
-
-/// [`add_rows`] in AVX-512 vectors (the same bits).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn add_rows_avx512(
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: std::ops::Range<usize>,
-    n: usize,
-    w: &[f32],
-    x: impl Fn(usize, usize) -> f32,
-) {
-    // SAFETY: as add_rows (caller).
-    unsafe { add_rows(c, ldc, rows, cols, n, w, x) }
-}
+add_rows_on!(add_rows_avx2, "avx2");
+add_rows_on!(add_rows_avx512, "avx512f");
 
 /// Quantises one row (times `smooth`, when not empty) into `q[..row.len()]` and returns its
 /// code, with the same f32 operations as `kernel_amx_int8::pack_a`.
