@@ -1,7 +1,7 @@
 //! Loading a linear layer's weights at a precision: f32 or bf16 packed for the micro-kernels,
-//! AMX-BF16, AVX512-BF16 and int8 (AMX-INT8, VNNI, AVX2 or portable) packed for their kernels, with the parts of a
-//! fused layer (Q, K, V) made one weight so its input is quantised or converted once. The workers
-//! of one model share these copies ([`SharedWeights`]).
+//! AMX-BF16, AVX512-BF16 and int8 (AMX-INT8, VNNI, AVX2 or portable) packed for their kernels,
+//! with the parts of a fused layer (Q, K, V) made one weight so its input is quantised or
+//! converted once. The workers of one model share these copies ([`SharedWeights`]).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
