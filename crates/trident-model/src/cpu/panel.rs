@@ -1,8 +1,9 @@
 //! The tiling of AVX-512 dot-product kernels (`kernel_vnni.rs`: `VPDPBUSD`, u8 × i8 quads into
 //! i32; `kernel_bf16.rs`: `VDPBF16PS`, bf16 pairs into f32): each 32-bit lane of a step takes
-//! one group of 4 bytes of a row and of a weight column. Weights are packed once at load in panels of
-//! 64 output columns — per group, 64 columns × 4 bytes, four 512-bit loads — and a 6 × 64 tile
-//! keeps 24 accumulators in registers, broadcasting each row's group against the four loads.
+//! one group of 4 bytes of a row and of a weight column. Weights are packed once at load in
+//! panels of 64 output columns — per group, 64 columns × 4 bytes, four 512-bit loads — and a
+//! 6 × 64 tile keeps 24 accumulators in registers, broadcasting each row's group against the
+//! four loads.
 //! AVX2's int8 kernel (`kernel_madd.rs`) walks the same 6-row × 64-column work in four
 //! 16-column panels (it has 16 registers, not 32).
 
