@@ -15,7 +15,7 @@ use super::ops::softmax;
 
 /// Query rows per block (a multiple of `MR`): the score block `QBLOCK × L` stays within L2 for
 /// a few thousand keys.
-const QBLOCK: usize = 24;
+pub(super) const QBLOCK: usize = 24;
 /// Keys per packed block of the `P·V` product.
 const KBLOCK: usize = 256;
 
@@ -27,7 +27,7 @@ thread_local! {
     static PROBS: RefCell<Aligned> = RefCell::default();
 }
 
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub *mut f32);
 // SAFETY: every work item writes a disjoint block of the output (its rows × its head's columns).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
@@ -47,7 +47,7 @@ pub fn attention(qkv: &[f32], out: &mut [f32], hidden: usize, heads: usize, cu_s
 
 /// The work items, (sequence start, end, head), longest sequence first so that a long
 /// sequence's heads do not end up last on one thread.
-fn items(cu_seqlens: &[u32], heads: usize) -> Vec<(usize, usize, usize)> {
+pub(super) fn items(cu_seqlens: &[u32], heads: usize) -> Vec<(usize, usize, usize)> {
     let mut items = Vec::new();
     for s in 0..cu_seqlens.len().saturating_sub(1) {
         let (start, end) = (cu_seqlens[s] as usize, cu_seqlens[s + 1] as usize);
@@ -282,18 +282,26 @@ mod tests {
 
     #[test]
     fn packed_attention_matches_naive() {
-        // Ragged lengths: one token, a partial query block, and 600 keys (three key blocks).
+        // Three blocks of 256 keys in the longest sequence.
         let (hidden, heads) = (16, 4);
+        let worst = worst(hidden, heads, |qkv, out, cu| attention(qkv, out, hidden, heads, cu));
+        assert!(worst < 1e-5, "max error {worst}");
+    }
+
+    /// Test inputs: ragged lengths (one token, a partial query block, 600 keys) and the heads.
+    fn ragged(hidden: usize) -> (Vec<f32>, [u32; 5]) {
         let cu = [0u32, 3, 4, 4 + 150, 154 + 600];
-        let tokens = 754;
-        let qkv: Vec<f32> =
-            (0..tokens * 3 * hidden).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-        let mut got = vec![0f32; tokens * hidden];
-        attention(&qkv, &mut got, hidden, heads, &cu);
+        let qkv = (0..754 * 3 * hidden).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+        (qkv, cu)
+    }
+
+    /// Largest |got − f64 attention| over the ragged inputs at `hidden` / `heads`.
+    fn worst(hidden: usize, heads: usize, run: impl Fn(&[f32], &mut [f32], &[u32])) -> f64 {
+        let (qkv, cu) = ragged(hidden);
+        let mut got = vec![0f32; 754 * hidden];
+        run(&qkv, &mut got, &cu);
         let want = naive(&qkv, hidden, heads, &cu);
-        for (g, w) in got.iter().zip(&want) {
-            assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
-        }
+        got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max)
     }
 
     /// The AMX attention against f64 attention of the bf16-rounded Q, K, V (and P): the
@@ -306,20 +314,35 @@ mod tests {
             return;
         }
         for (hidden, heads) in [(16, 4), (128, 2)] {
-            let cu = [0u32, 3, 4, 4 + 150, 154 + 600];
-            let tokens = 754;
-            let qkv: Vec<f32> = (0..tokens * 3 * hidden)
-                .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
-                .collect();
-            let mut got = vec![0f32; tokens * hidden];
             // SAFETY: AMX is available.
-            unsafe { attention_amx(&qkv, &mut got, hidden, heads, &cu) };
-            let want = naive(&qkv, hidden, heads, &cu);
-            let worst =
-                got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max);
+            let worst = worst(hidden, heads, |qkv, out, cu| unsafe {
+                attention_amx(qkv, out, hidden, heads, cu)
+            });
             // Values are in [-1, 1]; bf16 keeps 8 bits, and scores of 64-wide heads reach ~10.
             assert!(worst < 3e-2, "{hidden}/{heads}: max error {worst}");
             println!("amx attention {hidden}/{heads}: max |error| {worst:.2e}");
+        }
+    }
+
+    /// The AVX512-BF16 attention, to the same tolerance, with head widths of 4, 64 and 80
+    /// (a partial 16-feature block and a second 64-column panel of values).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_dot_attention_matches_naive_to_bf16_rounding() {
+        if !super::super::kernel_bf16::available() {
+            println!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for (hidden, heads) in [(16, 4), (128, 2), (160, 2)] {
+            let worst = worst(hidden, heads, |qkv, out, cu| {
+                // SAFETY: AVX512-BF16 is available.
+                pool.install(|| unsafe {
+                    super::super::attention_bf16::attention(qkv, out, hidden, heads, cu)
+                })
+            });
+            assert!(worst < 1e-2, "{hidden}/{heads}: max error {worst}");
+            println!("avx512 bf16 attention {hidden}/{heads}: max |error| {worst:.2e}");
         }
     }
 }

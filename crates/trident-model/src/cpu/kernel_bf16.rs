@@ -1,9 +1,10 @@
-//! The bf16 precision's linear layers on AVX512-BF16 below AMX: `VDPBF16PS` multiplies two
-//! bf16 pairs per 32-bit lane and adds them to an f32 sum — the AMX-BF16 kernel's arithmetic
-//! (bf16 operands rounded to nearest even, f32 sums) with twice the products of an f32 FMA per
-//! instruction. Worth it only where the CPU issues it as fast as an FMA: AMD Zen 4 does (one
-//! 512-bit dot per cycle per core, as many as FMAs); Intel cores without AMX issue one where
-//! they issue two FMAs, and there the f32 kernel on bf16 weights is faster ([`preferred`]).
+//! The bf16 precision's linear layers, and the reduced precisions' attention
+//! (`attention_bf16.rs`), on AVX512-BF16 below AMX: `VDPBF16PS` multiplies two bf16 pairs per
+//! 32-bit lane and adds them to an f32 sum — the AMX-BF16 kernel's arithmetic (bf16 operands
+//! rounded to nearest even, f32 sums) with twice the products of an f32 FMA per instruction.
+//! Worth it only where the CPU issues it as fast as an FMA: AMD Zen 4 does (one 512-bit dot
+//! per cycle per core, as many as FMAs); Intel cores without AMX issue one where they issue
+//! two FMAs, and there the f32 kernel on bf16 weights is faster ([`preferred`]).
 //! Tiles and packing: `panel.rs`.
 
 use std::arch::x86_64::*;
@@ -46,6 +47,32 @@ impl Bf16Panels {
         let data = panel::pack_panels::<u16, 2, NR>(n, k, |j, kk| bf16_bits(w[j * k + kk]));
         Bf16Panels { data, n, k }
     }
+
+    pub fn view(&self) -> PanelsRef<'_> {
+        PanelsRef { data: &self.data, n: self.n, k: self.k }
+    }
+}
+
+/// A `[n × k]` bf16 operand in [`Bf16Panels`]' order, borrowed (attention packs its keys and
+/// values into its own buffers).
+#[derive(Clone, Copy)]
+pub struct PanelsRef<'a> {
+    data: &'a [u16],
+    n: usize,
+    k: usize,
+}
+
+impl<'a> PanelsRef<'a> {
+    /// `data` holds `⌈n/64⌉` panels of `⌈k/2⌉` groups of 64 columns × 2 values.
+    pub fn new(data: &'a [u16], n: usize, k: usize) -> Self {
+        assert!(data.len() >= n.div_ceil(NR) * k.div_ceil(2) * NR * 2, "PanelsRef size");
+        PanelsRef { data, n, k }
+    }
+
+    /// The `u16`s that [`PanelsRef::new`] needs for `[n × k]`.
+    pub fn len(n: usize, k: usize) -> usize {
+        n.div_ceil(NR) * k.div_ceil(2) * NR * 2
+    }
 }
 
 /// `c[m × w.n] = bf16(a[m × w.k]) · wᵀ` (f32 sums) on the current rayon pool.
@@ -64,10 +91,10 @@ pub unsafe fn matmul(m: usize, a: &[f32], w: &Bf16Panels, c: *mut f32, ldc: usiz
     let mut ha = vec![0u16; m * lda];
     ha.par_chunks_mut(lda).enumerate().for_each(|(i, h)| {
         // SAFETY: AVX512-BF16 (caller); h holds lda values, a multiple of 32, ≥ k.
-        unsafe { convert_row(&a[i * k..(i + 1) * k], h) }
+        unsafe { convert_row(&a[i * k..(i + 1) * k], 1.0, h) }
     });
     let out = Out(c);
-    let (out, ha) = (&out, &ha[..]);
+    let (out, ha, w) = (&out, &ha[..], w.view());
     panel::for_each_tile(m, n, |r0, rows, p| {
         // SAFETY: AVX512-BF16 is available (caller); the tile's rows and the panel's columns
         // below n lie in c and belong to this tile only.
@@ -75,20 +102,40 @@ pub unsafe fn matmul(m: usize, a: &[f32], w: &Bf16Panels, c: *mut f32, ldc: usiz
     });
 }
 
-/// `row` as bf16 into `h` (zero past the row), 32 features at a time, rounded to nearest even
-/// by the CPU's conversion (as the AMX kernel's activations; subnormals flush to zero).
+/// `c[m × w.n] = a · wᵀ` on this thread, `a` being `m` rows of bf16 at stride `lda` (from
+/// [`convert_row`]), panel by panel so that each panel is read from cache by all the rows.
+///
+/// # Safety
+/// As [`matmul`]; `lda` is even and at least `w.k`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn block(m: usize, ha: &[u16], lda: usize, w: PanelsRef, c: *mut f32, ldc: usize) {
+    assert!(lda.is_multiple_of(2) && lda >= w.k && ha.len() >= m * lda, "block operand sizes");
+    for p in 0..w.n.div_ceil(NR) {
+        for r0 in (0..m).step_by(panel::MR) {
+            // SAFETY: the caller covers c; the asserts above cover ha.
+            unsafe { by_rows!(panel::MR.min(m - r0), tile, ha, lda, w, p, c, ldc, r0) }
+        }
+    }
+}
+
+/// `scale · row` as bf16 into `h` (zero past the row), 32 features at a time, rounded to
+/// nearest even by the CPU's conversion (as the AMX kernel's activations; subnormals flush to
+/// zero).
 ///
 /// # Safety
 /// AVX512-BF16 is available; `h.len()` is a multiple of 32 and at least `row.len()`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn convert_row(row: &[f32], h: &mut [u16]) {
+pub unsafe fn convert_row(row: &[f32], scale: f32, h: &mut [u16]) {
+    let scale = _mm512_set1_ps(scale);
     for (c, out) in h.chunks_exact_mut(32).enumerate() {
         let (lo, hi) = (32 * c, row.len().min(32 * c + 32));
         let load = |at: usize| {
             let len = hi.saturating_sub(at).min(16);
             let mask: __mmask16 = if len == 16 { !0 } else { (1u16 << len) - 1 };
             // SAFETY: the mask keeps only elements below row.len().
-            unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(at.min(row.len()))) }
+            _mm512_mul_ps(scale, unsafe {
+                _mm512_maskz_loadu_ps(mask, row.as_ptr().add(at.min(row.len())))
+            })
         };
         let pair = _mm512_cvtne2ps_pbh(load(lo + 16), load(lo));
         // SAFETY: out holds 32 u16 (64 bytes).
@@ -111,7 +158,7 @@ unsafe fn convert_row(row: &[f32], h: &mut [u16]) {
 unsafe fn tile<const R: usize>(
     ha: &[u16],
     lda: usize,
-    w: &Bf16Panels,
+    w: PanelsRef,
     p: usize,
     c: *mut f32,
     ldc: usize,

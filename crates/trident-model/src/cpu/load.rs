@@ -47,7 +47,7 @@ impl CpuBackend {
         let reduced = precision.reduced();
         let int8 = precision == CpuPrecision::Int8;
         let bf16 = reduced && !int8;
-        let amx = bf16 && self.amx;
+        let amx = bf16 && self.kernels.amx;
         let n = bias.len();
         let linear =
             |weights| CpuLinear { name: name.to_string(), weights, bias, in_dim, out_dim: n };
@@ -96,13 +96,13 @@ impl CpuBackend {
                 let q = quant::QuantizedRows::new(n, in_dim, &src, factors.as_deref());
                 let held = quant::HeldOut::new(n, in_dim, &src, factors.as_deref());
                 #[cfg(target_arch = "x86_64")]
-                if self.amx {
+                if self.kernels.amx {
                     return PartWeight::AmxI8(kernel_amx_int8::AmxI8Weight::pack(&q), held);
                 }
                 return PartWeight::I8(kernel_int8::Int8Weight::new(q), held);
             }
             #[cfg(target_arch = "x86_64")]
-            if bf16 && self.bf16_dot {
+            if bf16 && self.kernels.bf16_dot {
                 return PartWeight::Bf16Dot(kernel_bf16::Bf16Panels::pack(n, in_dim, &src));
             }
             if bf16 {

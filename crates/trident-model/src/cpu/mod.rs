@@ -3,12 +3,14 @@
 //! dedicated rayon pool, f32 weights packed once at load into the kernels' panels
 //! (`packed.rs`), element-wise work fused into one pass after each GEMM. At bf16 precision on a
 //! CPU with AMX the linear layers and attention run on the tile unit (`kernel_amx.rs`), below
-//! it on AMD's AVX512-BF16 the linear layers on `VDPBF16PS` (`kernel_bf16.rs`); at int8
+//! it on AMD's AVX512-BF16 on `VDPBF16PS` (`kernel_bf16.rs`, `attention_bf16.rs`); at int8
 //! the linear layers run on AMX-INT8 (`kernel_amx_int8.rs`) and attention stays on AMX-BF16, or,
 //! below AMX, on AVX512-VNNI (`kernel_vnni.rs`), AVX2 (`kernel_madd.rs`) or portable code, with
-//! the same results.
+//! the same results (attention as at bf16).
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_bf16;
 mod describe;
 mod gemm;
 mod isa;
@@ -47,7 +49,7 @@ use crate::backend::{
 };
 use pool::{BufferPool, Pooled};
 
-use describe::{amx_for, bf16_dot_for, kernels};
+use describe::Kernels;
 pub use describe::{kernels_for, CpuPrecision};
 /// The linear-layer GEMM, public for `examples/gemm_bench.rs`.
 #[doc(hidden)]
@@ -154,11 +156,9 @@ pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     precision: CpuPrecision,
-    /// Reduced-precision linear layers and attention on AMX tiles (decided when the backend is
-    /// made: the weights are packed in the tile order at load).
-    amx: bool,
-    /// bf16 linear layers on AVX512-BF16 dot products (decided with `amx`, for the same reason).
-    bf16_dot: bool,
+    /// The kernels beside the f32 ones (decided when the backend is made: the weights are
+    /// packed for them at load).
+    kernels: Kernels,
     buffers: Arc<BufferPool>,
     /// Calibration: every linear layer's input is folded into per-feature maxima.
     recorder: Option<Arc<Recorder>>,
@@ -186,13 +186,11 @@ impl CpuBackend {
             .thread_name(|i| format!("trident-cpu-{i}"))
             .build()
             .expect("rayon thread pool");
-        let (amx, bf16_dot) = (amx_for(precision), bf16_dot_for(precision));
         CpuBackend {
             pool: Arc::new(pool),
             threads,
             precision,
-            amx,
-            bf16_dot,
+            kernels: Kernels::for_precision(precision),
             buffers: Arc::default(),
             recorder: None,
             smoothing: None,
@@ -312,11 +310,7 @@ impl Backend for CpuBackend {
     type Embeddings = CpuEmbeddings;
 
     fn describe(&self) -> String {
-        format!(
-            "cpu ({} threads, {})",
-            self.threads,
-            kernels(self.precision, self.amx, self.bf16_dot)
-        )
+        format!("cpu ({} threads, {})", self.threads, self.kernels.describe(self.precision))
     }
 
     fn load_linear(&self, name: &str, parts: &[LinearParts]) -> BResult<CpuLinear> {
@@ -469,10 +463,17 @@ impl Backend for CpuBackend {
         let cu = &batch.cu_seqlens;
         self.pool.install(|| {
             #[cfg(target_arch = "x86_64")]
-            if self.amx {
+            if self.kernels.amx {
                 // SAFETY: `amx` is only set where kernel_amx::available() held.
                 return unsafe {
                     attention::attention_amx(qkv.data(), &mut buf.data, hidden, heads, cu)
+                };
+            }
+            #[cfg(target_arch = "x86_64")]
+            if self.kernels.bf16_attention {
+                // SAFETY: only set where kernel_bf16::available() held.
+                return unsafe {
+                    attention_bf16::attention(qkv.data(), &mut buf.data, hidden, heads, cu)
                 };
             }
             attention::attention(qkv.data(), &mut buf.data, hidden, heads, cu)

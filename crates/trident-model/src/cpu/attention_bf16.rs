@@ -1,0 +1,264 @@
+//! Attention of the reduced precisions below AMX, on AVX512-BF16 (`kernel_bf16.rs`'s 6 × 64
+//! tiles): `Q·Kᵀ` and `P·V` with bf16 operands and f32 sums, scores and softmax in f32 — the
+//! arithmetic of the AMX attention (`attention.rs`), on the CPUs where `VDPBF16PS` issues as
+//! fast as an FMA, so at twice its products. Work items and blocking as in `attention.rs`.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::attention::{items, SendPtr, QBLOCK};
+use super::kernel_bf16::{block, convert_row, PanelsRef};
+use super::panel::NR;
+
+/// This thread's buffers: the head's packed keys and values, a block's queries, scores and
+/// probabilities, and one converted row.
+#[derive(Default)]
+struct Scratch {
+    keys: Vec<u16>,
+    values: Vec<u16>,
+    queries: Vec<u16>,
+    scores: Vec<f32>,
+    probs: Vec<u16>,
+    row: Vec<u16>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// `qkv` is `[tokens × 3H]` (`[q | k | v]`); writes `[tokens × H]` into `out`.
+///
+/// # Safety
+/// [`super::kernel_bf16::available`] returned true.
+pub unsafe fn attention(qkv: &[f32], out: &mut [f32], hidden: usize, heads: usize, cu: &[u32]) {
+    let ld = 3 * hidden;
+    assert_eq!(qkv.len() / ld * hidden, out.len(), "attention output size");
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    items(cu, heads).par_iter().for_each(|&item| {
+        let run = |s: &mut Scratch| {
+            // SAFETY: AVX512-BF16 is available (caller).
+            unsafe { head(qkv, &out_ptr, s, hidden, heads, item) }
+        };
+        if SCRATCH.with(|c| c.try_borrow_mut().ok().map(|mut s| run(&mut s))).is_none() {
+            run(&mut Scratch::default());
+        }
+    });
+}
+
+/// `v` cleared and `n` zeros long (the panels' padding must be zero).
+fn zeroed<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    v.clear();
+    v.resize(n, T::default());
+    v
+}
+
+/// One sequence `start..end`, one head `h`, in blocks of [`QBLOCK`] queries.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn head(
+    qkv: &[f32],
+    out: &SendPtr,
+    s: &mut Scratch,
+    hidden: usize,
+    heads: usize,
+    (start, end, h): (usize, usize, usize),
+) {
+    let (d, ld, len) = (hidden / heads, 3 * hidden, end - start);
+    let scale = 1.0 / (d as f32).sqrt();
+    // Rows of bf16 are padded to 32 values (zero past the row, as the panels past k).
+    let (ldq, ldp) = (d.next_multiple_of(32), len.next_multiple_of(32));
+    let at = |t: usize, c0: usize| &qkv[t * ld + c0..t * ld + c0 + d];
+    // Kᵀ: the keys are the columns, the head's features (in pairs) the sums.
+    let keys = zeroed(&mut s.keys, PanelsRef::len(len, d));
+    let row = zeroed(&mut s.row, ldq);
+    for j in 0..len {
+        // SAFETY: AVX512-BF16 (caller); row holds ldq values, a multiple of 32, ≥ d.
+        unsafe { convert_row(at(start + j, hidden + h * d), 1.0, row) };
+        let (p, c) = (j / NR, j % NR);
+        for (g, pair) in row[..2 * d.div_ceil(2)].chunks_exact(2).enumerate() {
+            let i = ((p * d.div_ceil(2) + g) * NR + c) * 2;
+            keys[i..i + 2].copy_from_slice(pair);
+        }
+    }
+    // V: the head's features are the columns, the keys (in pairs) the sums.
+    let values = zeroed(&mut s.values, PanelsRef::len(d, len));
+    // SAFETY: AVX512-BF16 (caller); values holds the panels of [d × len].
+    unsafe { pack_values(qkv, ld, start, len, 2 * hidden + h * d, d, values) };
+    let keys = PanelsRef::new(&s.keys, len, d);
+    let values = PanelsRef::new(&s.values, d, len);
+    let queries = zeroed(&mut s.queries, QBLOCK * ldq);
+    let probs = zeroed(&mut s.probs, QBLOCK * ldp);
+    let scores = zeroed(&mut s.scores, QBLOCK * len);
+    for q0 in (start..end).step_by(QBLOCK) {
+        let rows = QBLOCK.min(end - q0);
+        for (r, q) in queries.chunks_exact_mut(ldq).take(rows).enumerate() {
+            // SAFETY: as above.
+            unsafe { convert_row(at(q0 + r, h * d), scale, q) };
+        }
+        let mut sums = [0f32; QBLOCK];
+        // SAFETY: AVX512-BF16 (caller); `scores` holds rows × len, and this item alone writes
+        // rows q0..q0 + rows, columns h·d..(h + 1)·d of `out`.
+        unsafe {
+            block(rows, queries, ldq, keys, scores.as_mut_ptr(), len);
+            let rows_of = scores.chunks_exact(len).zip(probs.chunks_exact_mut(ldp));
+            for ((row, p), sum) in rows_of.zip(&mut sums).take(rows) {
+                *sum = exponentials(row, p);
+            }
+            block(rows, probs, ldp, values, out.0.add(q0 * hidden + h * d), hidden);
+            // Softmax's division, on the d outputs of each row rather than its len numerators.
+            for (r, sum) in sums.iter().enumerate().take(rows) {
+                let o = std::slice::from_raw_parts_mut(out.0.add((q0 + r) * hidden + h * d), d);
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|v| *v *= inv);
+            }
+        }
+    }
+}
+
+/// Softmax's numerators: `p = bf16(exp(row − max row))` (zero past the row, up to
+/// `p.len()`, a multiple of 32); returns their sum (f32, of the unrounded exponentials).
+///
+/// # Safety
+/// AVX512-BF16 is available.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn exponentials(row: &[f32], p: &mut [u16]) -> f32 {
+    assert!(p.len().is_multiple_of(32) && p.len() >= row.len());
+    let n = row.len();
+    let mask = |at: usize| -> __mmask16 {
+        let len = n.saturating_sub(at).min(16);
+        if len == 16 {
+            !0
+        } else {
+            (1u16 << len) - 1
+        }
+    };
+    // SAFETY (both loads): the mask keeps elements below n.
+    let load = |at: usize| unsafe { _mm512_maskz_loadu_ps(mask(at), row.as_ptr().add(at.min(n))) };
+    let mut top = [_mm512_set1_ps(f32::MIN); 2];
+    for at in (0..n).step_by(16) {
+        let x = _mm512_mask_blend_ps(mask(at), _mm512_set1_ps(f32::MIN), load(at));
+        top[at / 16 % 2] = _mm512_max_ps(top[at / 16 % 2], x);
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(top[0], top[1])));
+    let mut sum = _mm512_setzero_ps();
+    for (c, out) in p.chunks_exact_mut(32).enumerate() {
+        let exp =
+            |at: usize| _mm512_maskz_mov_ps(mask(at), exp_nonpos(_mm512_sub_ps(load(at), max)));
+        let (lo, hi) = (exp(32 * c), exp(32 * c + 16));
+        sum = _mm512_add_ps(sum, _mm512_add_ps(lo, hi));
+        let pair = _mm512_cvtne2ps_pbh(hi, lo);
+        // SAFETY: out holds 32 u16 (64 bytes).
+        unsafe {
+            _mm512_storeu_si512(
+                out.as_mut_ptr() as *mut _,
+                std::mem::transmute::<__m512bh, __m512i>(pair),
+            )
+        };
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+/// `eˣ` for `x ≤ 0` (clamped at −87, whose exponential is still normal): `x = n·ln 2 + r`,
+/// `|r| ≤ ln 2 / 2`, `eʳ` by its Taylor polynomial to degree 6 (relative error ~1e-7, far
+/// below bf16's rounding of the result), times `2ⁿ` by `VSCALEFPS`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_nonpos(x: __m512) -> __m512 {
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
+/// The `d` columns from `c0` of tokens `start..start + len` as the panels of `[d × len]`:
+/// per pair of keys and 16 features, both rows converted by one `VCVTNE2PS2BF16` and
+/// interleaved by one permute.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_values(
+    qkv: &[f32],
+    ld: usize,
+    start: usize,
+    len: usize,
+    c0: usize,
+    d: usize,
+    values: &mut [u16],
+) {
+    assert!(values.len() >= PanelsRef::len(d, len) && c0 + d <= ld);
+    assert!(qkv.len() >= (start + len) * ld, "pack_values: tokens past qkv");
+    // Lane 2i takes feature i of the first key (low half), lane 2i + 1 that of the second.
+    let interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
+    let groups = len.div_ceil(2);
+    for g in 0..groups {
+        let load = |key: usize, f: usize, mask: __mmask16| {
+            if key >= len {
+                return _mm512_setzero_ps();
+            }
+            // SAFETY: the mask keeps features below d of a token inside qkv (asserts above).
+            unsafe { _mm512_maskz_loadu_ps(mask, qkv.as_ptr().add((start + key) * ld + c0 + f)) }
+        };
+        for f in (0..d).step_by(16) {
+            let mask: __mmask16 = if d - f >= 16 { !0 } else { (1 << (d - f)) - 1 };
+            let both = _mm512_cvtne2ps_pbh(load(2 * g + 1, f, mask), load(2 * g, f, mask));
+            // SAFETY: 32 bf16 as 32 16-bit lanes, the same 512 bits.
+            let both = unsafe { std::mem::transmute::<__m512bh, __m512i>(both) };
+            let pairs = _mm512_permutexvar_epi16(interleave, both);
+            let (p, c) = (f / NR, f % NR);
+            let at = ((p * groups + g) * NR + c) * 2;
+            // SAFETY: 16 columns from c < 64 lie in the panel (asserted size).
+            unsafe { _mm512_storeu_si512(values.as_mut_ptr().add(at) as *mut _, pairs) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exponentials against f64's, on ragged rows (a partial 16-lane block, a partial
+    /// 32-value row of bf16, a large spread of scores).
+    #[test]
+    fn exponentials_match_f64() {
+        if !super::super::kernel_bf16::available() {
+            println!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let widen = |b: u16| f32::from_bits((b as u32) << 16) as f64;
+        for n in [1usize, 5, 16, 17, 33, 100] {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 60.0) * 1.7).collect();
+            let mut p = vec![7u16; n.next_multiple_of(32)];
+            // SAFETY: AVX512-BF16 is available.
+            let sum = unsafe { exponentials(&row, &mut p) } as f64;
+            let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            // Below −87 the exponential is clamped (e⁻⁸⁷ ≈ 1.6e-38 against the row's 1).
+            let want: Vec<f64> = row.iter().map(|&x| (x as f64 - max).max(-87.0).exp()).collect();
+            let total: f64 = want.iter().sum();
+            assert!((sum - total).abs() <= 1e-6 * total, "n {n}: sum {sum} vs {total}");
+            for (i, w) in want.iter().enumerate() {
+                // bf16 rounding: half a unit in the 8th bit, plus the polynomial's error.
+                let got = widen(p[i]);
+                assert!((got - w).abs() <= w * (1.0 / 256.0 + 1e-6), "n {n} [{i}]: {got} vs {w}");
+            }
+            assert!(p[n..].iter().all(|&b| b == 0), "n {n}: padding not zero");
+        }
+        // eˣ itself, to f32 precision, down to the clamp.
+        for i in 0..=8700 {
+            let x = -(i as f32) / 100.0;
+            let mut out = [0f32; 16];
+            // SAFETY: AVX-512F is available with AVX512-BF16.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), exp_nonpos(_mm512_set1_ps(x))) };
+            let want = (x as f64).exp();
+            assert!((out[0] as f64 - want).abs() <= want * 4e-7, "exp({x}): {} vs {want}", out[0]);
+        }
+    }
+}
