@@ -47,6 +47,19 @@ pub unsafe fn attention(qkv: &[f32], out: &mut [f32], hidden: usize, heads: usiz
     });
 }
 
+/// Tokens ahead of the one being read whose rows are prefetched: a head's rows lie 12 KiB
+/// apart in `qkv` (BGE-M3), each on another page, beyond the hardware prefetchers' reach.
+const AHEAD: usize = 8;
+
+/// Asks for `row`'s cache lines.
+#[inline]
+fn prefetch(row: &[f32]) {
+    for line in row.chunks(16) {
+        // SAFETY: a prefetch of an address inside `row` (it never faults).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr() as *const i8) };
+    }
+}
+
 /// `v` cleared and `n` zeros long (the panels' padding must be zero).
 fn zeroed<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     v.clear();
@@ -73,6 +86,9 @@ unsafe fn head(
     let keys = zeroed(&mut s.keys, PanelsRef::len(len, d));
     let row = zeroed(&mut s.row, ldq);
     for j in 0..len {
+        if j + AHEAD < len {
+            prefetch(at(start + j + AHEAD, hidden + h * d));
+        }
         // SAFETY: AVX512-BF16 (caller); row holds ldq values, a multiple of 32, ≥ d.
         unsafe { convert_row(at(start + j, hidden + h * d), 1.0, row) };
         let (p, c) = (j / NR, j % NR);
@@ -92,6 +108,9 @@ unsafe fn head(
     let scores = zeroed(&mut s.scores, QBLOCK * len);
     for q0 in (start..end).step_by(QBLOCK) {
         let rows = QBLOCK.min(end - q0);
+        for t in (q0 + rows..end).take(rows) {
+            prefetch(at(t, h * d));
+        }
         for (r, q) in queries.chunks_exact_mut(ldq).take(rows).enumerate() {
             // SAFETY: as above.
             unsafe { convert_row(at(q0 + r, h * d), scale, q) };
@@ -135,12 +154,13 @@ unsafe fn exponentials(row: &[f32], p: &mut [u16]) -> f32 {
     };
     // SAFETY (both loads): the mask keeps elements below n.
     let load = |at: usize| unsafe { _mm512_maskz_loadu_ps(mask(at), row.as_ptr().add(at.min(n))) };
-    let mut top = [_mm512_set1_ps(f32::MIN); 2];
-    for at in (0..n).step_by(16) {
-        let x = _mm512_mask_blend_ps(mask(at), _mm512_set1_ps(f32::MIN), load(at));
-        top[at / 16 % 2] = _mm512_max_ps(top[at / 16 % 2], x);
+    let low = _mm512_set1_ps(f32::MIN);
+    let (mut top0, mut top1) = (low, low);
+    for at in (0..n).step_by(32) {
+        top0 = _mm512_max_ps(top0, _mm512_mask_blend_ps(mask(at), low, load(at)));
+        top1 = _mm512_max_ps(top1, _mm512_mask_blend_ps(mask(at + 16), low, load(at + 16)));
     }
-    let max = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(top[0], top[1])));
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(top0, top1)));
     let mut sum = _mm512_setzero_ps();
     for (c, out) in p.chunks_exact_mut(32).enumerate() {
         let exp =
@@ -200,6 +220,10 @@ unsafe fn pack_values(
     );
     let groups = len.div_ceil(2);
     for g in 0..groups {
+        for key in [2 * g + AHEAD, 2 * g + AHEAD + 1].into_iter().filter(|&key| key < len) {
+            let t = (start + key) * ld + c0;
+            prefetch(&qkv[t..t + d]);
+        }
         let load = |key: usize, f: usize, mask: __mmask16| {
             if key >= len {
                 return _mm512_setzero_ps();
