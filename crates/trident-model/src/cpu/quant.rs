@@ -43,12 +43,33 @@ pub fn channel_scale(row: &[f32]) -> f32 {
 }
 
 /// `w`'s code in a channel of scale `s` (`w / s`, as documented: `w · (1/s)` may round otherwise).
+#[inline(always)]
 pub fn quantize_weight(w: f32, s: f32) -> i8 {
     if s > 0.0 {
         (w / s).round_ties_even().clamp(-127.0, 127.0) as i8
     } else {
         0
     }
+}
+
+/// `row`'s codes at scale `s` ([`quantize_weight`] on each). Compiled for AVX2 where the CPU
+/// has it, whose rounding instruction the loop vectorises to: the baseline build calls libm's
+/// `rintf` per weight (a seventh of an int8 model's load time in `perf`). The same codes.
+fn quantize_weight_row(row: &[f32], s: f32, q: &mut [i8]) {
+    #[inline(always)]
+    fn body(row: &[f32], s: f32, q: &mut [i8]) {
+        q.iter_mut().zip(row).for_each(|(q, &x)| *q = quantize_weight(x, s));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(row: &[f32], s: f32, q: &mut [i8]) {
+            body(row, s, q)
+        }
+        // SAFETY: AVX2 detected.
+        return unsafe { avx2(row, s, q) };
+    }
+    body(row, s, q)
 }
 
 /// A weight `[n × k]` quantised per output channel: row-major codes, the scales, each row's
@@ -81,7 +102,7 @@ impl QuantizedRows {
                 None => src.to_vec(),
             };
             *s = channel_scale(&row);
-            q.iter_mut().zip(&row).for_each(|(q, &x)| *q = quantize_weight(x, *s));
+            quantize_weight_row(&row, *s, q);
             *sum = q.iter().map(|&x| x as i32).sum();
         });
         // A held-out feature (factor 0) is zero in both operands: its weight column is zero
@@ -325,6 +346,22 @@ pub unsafe fn quantize64(run: &[f32; 64], q: RowQ, out: *mut u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vectorised row of weight codes against the scalar code: ties to even, both signs,
+    /// clamped values, NaN and infinities, a zero scale, ragged lengths.
+    #[test]
+    fn weight_rows_equal_the_scalar_codes() {
+        let mut row: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.25).collect();
+        row.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, 1e30, -1e30]);
+        for s in [0.5, 1.0, 0.3, 0.0] {
+            for len in [0, 1, 7, 33, row.len()] {
+                let mut q = vec![99i8; len];
+                quantize_weight_row(&row[..len], s, &mut q);
+                let want: Vec<i8> = row[..len].iter().map(|&x| quantize_weight(x, s)).collect();
+                assert_eq!(q, want, "scale {s}, {len} weights");
+            }
+        }
+    }
 
     #[test]
     fn row_codes_cover_the_range_and_keep_zero_exact() {
