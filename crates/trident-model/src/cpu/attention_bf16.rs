@@ -67,6 +67,14 @@ fn zeroed<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     v
 }
 
+/// `v`'s first `n` values, grown if need be (whatever they hold: written before they are read).
+fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    &mut v[..n]
+}
+
 /// One sequence `start..end`, one head `h`, in blocks of [`QBLOCK`] queries.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn head(
@@ -84,7 +92,7 @@ unsafe fn head(
     let at = |t: usize, c0: usize| &qkv[t * ld + c0..t * ld + c0 + d];
     // Kᵀ: the keys are the columns, the head's features (in pairs) the sums.
     let keys = zeroed(&mut s.keys, PanelsRef::len(len, d));
-    let row = zeroed(&mut s.row, ldq);
+    let row = sized(&mut s.row, ldq);
     for j in 0..len {
         if j + AHEAD < len {
             prefetch(at(start + j + AHEAD, hidden + h * d));
@@ -103,9 +111,9 @@ unsafe fn head(
     unsafe { pack_values(qkv, ld, start, len, 2 * hidden + h * d, d, values) };
     let keys = PanelsRef::new(&s.keys, len, d);
     let values = PanelsRef::new(&s.values, d, len);
-    let queries = zeroed(&mut s.queries, QBLOCK * ldq);
-    let probs = zeroed(&mut s.probs, QBLOCK * ldp);
-    let scores = zeroed(&mut s.scores, QBLOCK * len);
+    let queries = sized(&mut s.queries, QBLOCK * ldq);
+    let probs = sized(&mut s.probs, QBLOCK * ldp);
+    let scores = sized(&mut s.scores, QBLOCK * len);
     for q0 in (start..end).step_by(QBLOCK) {
         let rows = QBLOCK.min(end - q0);
         for t in (q0 + rows..end).take(rows) {

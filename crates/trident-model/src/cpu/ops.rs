@@ -32,6 +32,7 @@ macro_rules! simd {
         }
     };
 }
+pub(super) use simd;
 
 /// erf(z) ≈ z·P(z²)/Q(z²) on |z| ≤ 3.92 (beyond, erf is ±1 to f32 precision), evaluated in
 /// f64. Coefficients fitted here (weighted least squares towards minimax over [0, 3.92]);

@@ -52,24 +52,13 @@ pub fn quantize_weight(w: f32, s: f32) -> i8 {
     }
 }
 
-/// `row`'s codes at scale `s` ([`quantize_weight`] on each). Compiled for AVX2 where the CPU
-/// has it, whose rounding instruction the loop vectorises to: the baseline build calls libm's
-/// `rintf` per weight (a seventh of an int8 model's load time in `perf`). The same codes.
-fn quantize_weight_row(row: &[f32], s: f32, q: &mut [i8]) {
-    #[inline(always)]
-    fn body(row: &[f32], s: f32, q: &mut [i8]) {
+super::ops::simd! {
+    /// `row`'s codes at scale `s` ([`quantize_weight`] on each), compiled for the CPU's vectors:
+    /// the baseline build calls libm's `rintf` per weight (a seventh of an int8 model's load
+    /// time in `perf`), AVX2's rounding instruction vectorises. The same codes.
+    pub fn quantize_weight_row(row: &[f32], s: f32, q: &mut [i8]) {
         q.iter_mut().zip(row).for_each(|(q, &x)| *q = quantize_weight(x, s));
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(row: &[f32], s: f32, q: &mut [i8]) {
-            body(row, s, q)
-        }
-        // SAFETY: AVX2 detected.
-        return unsafe { avx2(row, s, q) };
-    }
-    body(row, s, q)
 }
 
 /// A weight `[n × k]` quantised per output channel: row-major codes, the scales, each row's
