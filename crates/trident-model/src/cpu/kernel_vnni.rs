@@ -52,7 +52,7 @@ unsafe fn accumulate<const R: usize>(
 }
 
 /// `c[m × w.n] = a[m × w.k] · wᵀ` on the current rayon pool, `held`'s products added to each
-/// tile as it is written.
+/// tile before it is written.
 ///
 /// # Safety
 /// `c` must be valid for `m` rows of `w.n` values at stride `ldc` and must not alias `a`;
@@ -75,45 +75,65 @@ pub unsafe fn matmul(m: usize, a: &[f32], w: &Int8Panels, held: &HeldOut, c: *mu
         // SAFETY: VNNI is available (caller); the tile's rows and the panel's columns below n
         // lie in c and belong to this tile only.
         unsafe {
-            by_rows!(rows, tile, qa, lda, codes, w, p, out.0, ldc, r0);
-            held.add_tile(xs, r0, rows, p * NR..(p * NR + NR).min(n), out.0, ldc);
+            by_rows!(rows, tile, qa, lda, codes, w, (held, xs), p, out.0, ldc, r0);
         }
     });
 }
 
 /// `quant::quantize_row` 64 features at a time (the same codes: `quant.rs` checks the
-/// vector codes against the scalar ones; min and max are exact either way).
+/// vector codes against the scalar ones; min and max are exact either way), each run of 64
+/// smoothed in registers straight from the row (a copied run cost twice the quantising).
 ///
 /// # Safety
 /// AVX-512F/BW are available; `q.len()` is a multiple of 64 and at least `row.len()`.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn quantize_row(row: &[f32], smooth: &[f32], q: &mut [u8]) -> RowQ {
-    let run = |c: usize| {
-        let mut run = [0f32; 64];
-        let (lo, hi) = (64 * c, row.len().min(64 * c + 64));
-        if lo < hi {
-            run[..hi - lo].copy_from_slice(&row[lo..hi]);
-            if !smooth.is_empty() {
-                run.iter_mut().zip(&smooth[lo..hi]).for_each(|(x, f)| *x *= f);
-            }
-        }
-        run
-    };
+    assert!(q.len().is_multiple_of(64) && q.len() >= row.len());
+    assert!(smooth.is_empty() || smooth.len() >= row.len());
     let runs = q.len() / 64;
     let (lo, hi) = (0..runs).fold((0f32, 0f32), |(lo, hi), c| {
-        // SAFETY: AVX-512F (this function's features).
-        let (l, h) = unsafe { quant::min_max64(&run(c)) };
+        // SAFETY: AVX-512F (this function's features); the run's reads as `smoothed_run`'s.
+        let (l, h) = quant::min_max4(unsafe { smoothed_run(row, smooth, c) });
         (lo.min(l), hi.max(h))
     });
     let code = RowQ::new(lo, hi);
     for c in 0..runs {
         // SAFETY: AVX-512F/BW; q holds 64 bytes from 64·c.
-        unsafe { quant::quantize64(&run(c), code, q.as_mut_ptr().add(64 * c)) };
+        unsafe { quant::quantize4(smoothed_run(row, smooth, c), code, q.as_mut_ptr().add(64 * c)) };
     }
     code
 }
 
-/// `C[i][j] = (Σ q_a·q_w − z_i·colsum[j]) · s_j · s_i` for `R` rows from `r0` and panel `p`.
+/// Features `64·c..64·c + 64` of `row`, times `smooth`'s when it is not empty, zero past the
+/// row: the same products as a copied run.
+///
+/// # Safety
+/// AVX-512F is available; `smooth` is empty or at least as long as `row`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn smoothed_run(row: &[f32], smooth: &[f32], c: usize) -> [__m512; 4] {
+    let n = row.len();
+    std::array::from_fn(|v| {
+        let at = 64 * c + 16 * v;
+        let lanes = n.saturating_sub(at).min(16);
+        let mask = ((1u32 << lanes) - 1) as __mmask16;
+        // SAFETY: the mask keeps lanes below n (of row, and of smooth when not empty).
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_add(at));
+            if smooth.is_empty() {
+                x
+            } else {
+                _mm512_mul_ps(x, _mm512_maskz_loadu_ps(mask, smooth.as_ptr().wrapping_add(at)))
+            }
+        }
+    })
+}
+
+/// `C[i][j] = (Σ q_a·q_w − z_i·colsum[j]) · s_j · s_i` for `R` rows from `r0` and panel `p`,
+/// plus the held-out products `Σ_h xs[i][h] · W[j][h]` (`HeldOut::block`) added in registers
+/// before the store: the int8 kernels' pass over the tile just written (`HeldOut::add_tile`)
+/// reloaded it and cost 5 % of an int8 run on a Zen 4 EPYC; the same operations, so the same
+/// bits.
 ///
 /// # Safety
 /// AVX512-VNNI is available; `c` is valid for rows `r0..r0 + R` and the panel's columns below
@@ -125,6 +145,7 @@ unsafe fn tile<const R: usize>(
     lda: usize,
     codes: &[RowQ],
     w: &Int8Panels,
+    (held, xs): (&HeldOut, &[f32]),
     p: usize,
     c: *mut f32,
     ldc: usize,
@@ -132,16 +153,19 @@ unsafe fn tile<const R: usize>(
 ) {
     let groups = w.k.div_ceil(4);
     let panel = &w.data[p * groups * NR * 4..(p + 1) * groups * NR * 4];
+    let (features, hw) = held.block(p);
     assert!(qa.len() >= (r0 + R) * lda && codes.len() >= r0 + R);
-    // SAFETY: qa holds rows r0..r0 + R of lda bytes, panel one panel; the caller covers c.
+    assert!(xs.len() >= (r0 + R) * features && hw.len() >= features * NR);
+    // SAFETY: qa holds rows r0..r0 + R of lda bytes, panel one panel, hw `features` rows of 64
+    // weights; the caller covers c.
     unsafe {
         let acc =
             accumulate::<R>(groups, qa.as_ptr().add(r0 * lda), lda, panel.as_ptr() as *const u8);
-        for (r, acc) in acc.iter().enumerate() {
+        let mut y = [[_mm512_setzero_ps(); 4]; R];
+        for (r, (acc, y)) in acc.iter().zip(&mut y).enumerate() {
             let code = codes[r0 + r];
             let (zp, si) = (_mm512_set1_epi32(code.zp), _mm512_set1_ps(code.scale));
-            let row = c.add((r0 + r) * ldc);
-            for (v, &sum) in acc.iter().enumerate() {
+            for (v, (&sum, y)) in acc.iter().zip(y).enumerate() {
                 let j = p * NR + 16 * v;
                 if j >= w.n {
                     break;
@@ -149,7 +173,29 @@ unsafe fn tile<const R: usize>(
                 let colsum = _mm512_loadu_si512(w.colsum.as_ptr().add(j) as *const _);
                 let sj = _mm512_loadu_ps(w.scale.as_ptr().add(j));
                 let exact = _mm512_sub_epi32(sum, _mm512_mullo_epi32(zp, colsum));
-                let y = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(exact), sj), si);
+                *y = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(exact), sj), si);
+            }
+        }
+        for h in 0..features {
+            let wv: [__m512; 4] =
+                std::array::from_fn(|v| _mm512_loadu_ps(hw.as_ptr().add(h * NR + 16 * v)));
+            for (r, y) in y.iter_mut().enumerate() {
+                let x = xs[(r0 + r) * features + h];
+                // A zero activation adds nothing, not even a −0 + 0 (as `HeldOut::add_tile`).
+                let keep: __mmask16 = if x != 0.0 { !0 } else { 0 };
+                let x = _mm512_set1_ps(x);
+                for (y, &wv) in y.iter_mut().zip(&wv) {
+                    *y = _mm512_mask_add_ps(*y, keep, *y, _mm512_mul_ps(x, wv));
+                }
+            }
+        }
+        for (r, y) in y.iter().enumerate() {
+            let row = c.add((r0 + r) * ldc);
+            for (v, &y) in y.iter().enumerate() {
+                let j = p * NR + 16 * v;
+                if j >= w.n {
+                    break;
+                }
                 panel::store(row, j, w.n, y);
             }
         }

@@ -109,7 +109,7 @@ impl QuantizedRows {
 pub struct HeldOut {
     /// The features, ascending.
     cols: Vec<usize>,
-    /// `w[h·n + j] = W[j][cols[h]]`, unsmoothed.
+    /// `W[j][cols[h]]`, unsmoothed, by blocks of 64 columns ([`blocked`]).
     w: Vec<f32>,
     n: usize,
 }
@@ -119,8 +119,9 @@ impl HeldOut {
     pub fn new(n: usize, k: usize, w: &[f32], factors: Option<&[f32]>) -> HeldOut {
         let cols: Vec<usize> =
             factors.map_or(Vec::new(), |f| (0..k).filter(|&kk| f[kk] == 0.0).collect());
-        let w = cols.iter().flat_map(|&kk| (0..n).map(move |j| w[j * k + kk])).collect();
-        HeldOut { cols, w, n }
+        let by_feature: Vec<f32> =
+            cols.iter().flat_map(|&kk| (0..n).map(move |j| w[j * k + kk])).collect();
+        HeldOut { w: blocked(&by_feature, cols.len(), n), cols, n }
     }
 
     /// The features held out.
@@ -148,6 +149,14 @@ impl HeldOut {
             // SAFETY: rows 0..m of c at stride ldc (caller); each block's rows are its own.
             unsafe { self.add_tile(&xs, r0, (m - r0).min(HELD_ROWS), 0..self.n, out.0, ldc) }
         });
+    }
+
+    /// The number of features held out, and the weights of the 64 columns from `64·b`
+    /// (`[features × 64]`, zero past `n`): what a kernel adds to a tile of panel `b` itself,
+    /// each output's products in feature order after its int8 sum, skipping zero activations.
+    pub fn block(&self, b: usize) -> (usize, &[f32]) {
+        let held = self.cols.len();
+        (held, &self.w[b * 64 * held..(b + 1) * 64 * held])
     }
 
     /// The held-out features of rows `0..m` of `a` (`[m × k]`), `[m × features]`: what
@@ -181,7 +190,7 @@ impl HeldOut {
             return;
         }
         assert!(xs.len() >= (r0 + rows) * self.cols.len() && cols.end <= self.n, "held-out tile");
-        let (n, w, held) = (self.n, &self.w[..], self.cols.len());
+        let (w, held) = (&self.w[..], self.cols.len());
         let x = |r: usize, h: usize| xs[(r0 + r) * held + h];
         // SAFETY: the caller's promises (c then points at row r0); each variant runs only at an
         // isa level with its features.
@@ -192,13 +201,13 @@ impl HeldOut {
                 use super::isa::{isa, Isa};
                 let level = isa();
                 if level >= Isa::Avx512 {
-                    return add_rows_avx512(c, ldc, rows, cols, n, w, x);
+                    return add_rows_avx512(c, ldc, rows, cols, held, w, x);
                 }
                 if level >= Isa::Avx2 {
-                    return add_rows_avx2(c, ldc, rows, cols, n, w, x);
+                    return add_rows_avx2(c, ldc, rows, cols, held, w, x);
                 }
             }
-            add_rows(c, ldc, rows, cols, n, w, x)
+            add_rows(c, ldc, rows, cols, held, w, x)
         }
     }
 }
@@ -213,43 +222,58 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
-/// `c[r·ldc + j] += x(r, h) · w[h·n + j]` for rows `r < rows`, columns `j` in `cols` and every
-/// `h` whose `x(r, h)` is not zero, in order of `h`: 64 columns of a row at a time, held in
-/// registers over all `h` (the same operations per output, whatever the blocking).
+/// `w` (`[held × n]`, a feature's weights per row) by blocks of 64 columns: block `b` holds
+/// each feature's 64 weights in turn, zero past `n` — the weights a tile adds, one run.
+fn blocked(w: &[f32], held: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n.next_multiple_of(64) * held];
+    for (h, row) in w.chunks_exact(n.max(1)).take(held).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            out[((j / 64) * held + h) * 64 + j % 64] = v;
+        }
+    }
+    out
+}
+
+/// `c[r·ldc + j] += x(r, h) · W[j][h]` for rows `r < rows`, columns `j` in `cols` and every
+/// `h < held` whose `x(r, h)` is not zero, in order of `h`: 64 columns of a row at a time, held
+/// in registers over all `h` (the same operations per output, whatever the blocking).
 ///
 /// # Safety
-/// `c` is valid for `rows` rows at stride `ldc`, columns `cols`; `w` holds `h·n` values.
+/// `c` is valid for `rows` rows at stride `ldc`, columns `cols`; `w` is [`blocked`] from
+/// `held` features' weights over at least `cols.end` columns; `cols` starts at a block.
 #[inline(always)]
 unsafe fn add_rows(
     c: *mut f32,
     ldc: usize,
     rows: usize,
     cols: std::ops::Range<usize>,
-    n: usize,
+    held: usize,
     w: &[f32],
     x: impl Fn(usize, usize) -> f32,
 ) {
+    assert!(cols.start.is_multiple_of(64) && w.len() >= cols.end.next_multiple_of(64) * held);
     for b in cols.clone().step_by(64) {
         let len = 64.min(cols.end - b);
+        let w = &w[b * held..(b + 64) * held];
         for r in 0..rows {
             // SAFETY: row r's columns b..b + len lie in c (caller).
             let ys = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc + b), len) };
             if let Ok(ys) = <&mut [f32; 64]>::try_from(&mut *ys) {
                 // A whole block: a fixed length, so the sums stay in registers.
                 let mut acc = *ys;
-                for (h, w) in w.chunks_exact(n).enumerate() {
+                for (h, w) in w.chunks_exact(64).enumerate() {
                     let x = x(r, h);
                     if x != 0.0 {
-                        let w: &[f32; 64] = w[b..b + 64].try_into().expect("64 columns");
+                        let w: &[f32; 64] = w.try_into().expect("64 columns");
                         acc.iter_mut().zip(w).for_each(|(y, w)| *y += x * w);
                     }
                 }
                 *ys = acc;
             } else {
-                for (h, w) in w.chunks_exact(n).enumerate() {
+                for (h, w) in w.chunks_exact(64).enumerate() {
                     let x = x(r, h);
                     if x != 0.0 {
-                        ys.iter_mut().zip(&w[b..b + len]).for_each(|(y, w)| *y += x * w);
+                        ys.iter_mut().zip(&w[..len]).for_each(|(y, w)| *y += x * w);
                     }
                 }
             }
@@ -268,12 +292,12 @@ macro_rules! add_rows_on {
             ldc: usize,
             rows: usize,
             cols: std::ops::Range<usize>,
-            n: usize,
+            held: usize,
             w: &[f32],
             x: impl Fn(usize, usize) -> f32,
         ) {
             // SAFETY: as add_rows (caller).
-            unsafe { add_rows(c, ldc, rows, cols, n, w, x) }
+            unsafe { add_rows(c, ldc, rows, cols, held, w, x) }
         }
     };
 }
@@ -298,15 +322,21 @@ pub fn quantize_row<Q: From<u8>>(row: &[f32], smooth: &[f32], q: &mut [Q]) -> Ro
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn min_max64(run: &[f32; 64]) -> (f32, f32) {
-    use std::arch::x86_64::*;
     // SAFETY: 64 floats, four unaligned loads.
-    unsafe {
-        let p = run.as_ptr();
-        let v = [0, 16, 32, 48].map(|o| _mm512_loadu_ps(p.add(o)));
-        let lo = _mm512_min_ps(_mm512_min_ps(v[0], v[1]), _mm512_min_ps(v[2], v[3]));
-        let hi = _mm512_max_ps(_mm512_max_ps(v[0], v[1]), _mm512_max_ps(v[2], v[3]));
-        (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi))
-    }
+    min_max4(std::array::from_fn(|v| unsafe {
+        std::arch::x86_64::_mm512_loadu_ps(run.as_ptr().add(16 * v))
+    }))
+}
+
+/// [`min_max64`] of 64 values in four registers.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub fn min_max4(v: [std::arch::x86_64::__m512; 4]) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let lo = _mm512_min_ps(_mm512_min_ps(v[0], v[1]), _mm512_min_ps(v[2], v[3]));
+    let hi = _mm512_max_ps(_mm512_max_ps(v[0], v[1]), _mm512_max_ps(v[2], v[3]));
+    (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi))
 }
 
 /// 64 values' codes into `out` ([`RowQ::quantize`], vectorised: the MXCSR default rounds to
@@ -317,18 +347,32 @@ pub unsafe fn min_max64(run: &[f32; 64]) -> (f32, f32) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 pub unsafe fn quantize64(run: &[f32; 64], q: RowQ, out: *mut u8) {
-    use std::arch::x86_64::*;
-    // SAFETY: 64 floats in, 4 × 16 bytes out (caller).
+    // SAFETY: 64 floats in, four unaligned loads; `out` as the caller promises.
     unsafe {
-        let (inv, zp) = (_mm512_set1_ps(q.inv), _mm512_set1_epi32(q.zp));
-        let (lo, hi) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
-        let out = out as *mut __m128i;
-        for h in 0..4 {
-            let x = _mm512_mul_ps(_mm512_loadu_ps(run.as_ptr().add(16 * h)), inv);
-            let v = _mm512_add_epi32(_mm512_cvtps_epi32(x), zp);
-            let v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
-            _mm_storeu_si128(out.add(h), _mm512_cvtepi32_epi8(v));
-        }
+        let v =
+            std::array::from_fn(|v| std::arch::x86_64::_mm512_loadu_ps(run.as_ptr().add(16 * v)));
+        quantize4(v, q, out)
+    }
+}
+
+/// [`quantize64`] of 64 values in four registers.
+///
+/// # Safety
+/// The CPU has AVX-512F and BW; `out` is valid for 64 bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn quantize4(v: [std::arch::x86_64::__m512; 4], q: RowQ, out: *mut u8) {
+    use std::arch::x86_64::*;
+    let (inv, zp) = (_mm512_set1_ps(q.inv), _mm512_set1_epi32(q.zp));
+    let (lo, hi) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
+    let out = out as *mut __m128i;
+    for (h, &v) in v.iter().enumerate() {
+        let x = _mm512_mul_ps(v, inv);
+        let c = _mm512_add_epi32(_mm512_cvtps_epi32(x), zp);
+        let c = _mm512_min_epi32(_mm512_max_epi32(c, lo), hi);
+        // SAFETY: 4 × 16 bytes out (caller).
+        unsafe { _mm_storeu_si128(out.add(h), _mm512_cvtepi32_epi8(c)) };
     }
 }
 
@@ -411,6 +455,7 @@ mod tests {
         // block of HELD_ROWS and a partial one), each with a zero feature somewhere.
         let (n, ldc, m) = (150, 153, 11);
         let w: Vec<f32> = (0..3 * n).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 77.0).collect();
+        let wb = blocked(&w, 3, n);
         let x = |r: usize, h: usize| [1.3f32, 0.0, -2.7][(h + r) % 3] * (r as f32 + 0.5);
         let start: Vec<f32> = (0..m * ldc).map(|j| (j as f32).sin()).collect();
         let mut want = start.clone();
@@ -439,20 +484,20 @@ mod tests {
         };
         // SAFETY (all three): the blocks lie in `got`; each variant's features are checked.
         check("portable", &|c, i0, rows, cols| unsafe {
-            add_rows(c, ldc, rows, cols, n, &w, |r, h| x(i0 + r, h))
+            add_rows(c, ldc, rows, cols, 3, &wb, |r, h| x(i0 + r, h))
         });
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") {
                 check("avx2", &|c, i0, rows, cols| unsafe {
-                    add_rows_avx2(c, ldc, rows, cols, n, &w, |r, h| x(i0 + r, h))
+                    add_rows_avx2(c, ldc, rows, cols, 3, &wb, |r, h| x(i0 + r, h))
                 });
             } else {
                 println!("AVX2 variant skipped: this CPU has no AVX2");
             }
             if is_x86_feature_detected!("avx512f") {
                 check("avx512", &|c, i0, rows, cols| unsafe {
-                    add_rows_avx512(c, ldc, rows, cols, n, &w, |r, h| x(i0 + r, h))
+                    add_rows_avx512(c, ldc, rows, cols, 3, &wb, |r, h| x(i0 + r, h))
                 });
             } else {
                 println!("AVX-512 variant skipped: this CPU has no AVX-512F");
