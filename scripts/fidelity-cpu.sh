@@ -33,11 +33,29 @@ for p in $MODES; do
     "$TRIDENT" embed --model "$MODEL" --input "$WORK/input.jsonl" --threads "$THREADS" \
         --precision "$p" >"$WORK/trident-$p.jsonl" 2>"$WORK/trident-$p.err"
 done
+# Without AMX but with AVX512-BF16, the AMX kernels' arithmetic once more, its tile products
+# emulated in software (TRIDENT_AMX_EMULATE: the instructions' results, not their speed; the
+# hardware also flushes subnormal inputs). EMULATE_AMX=0 leaves it out.
+EMULATED=""
+if [ "${EMULATE_AMX:-1}" = 1 ] && ! grep -qw amx_bf16 /proc/cpuinfo \
+    && grep -qw avx512_bf16 /proc/cpuinfo; then
+    EMULATED="bf16 int8"
+    for p in $EMULATED; do
+        TRIDENT_AMX_EMULATE=1 "$TRIDENT" embed --model "$MODEL" --input "$WORK/input.jsonl" \
+            --threads "$THREADS" --precision "$p" >"$WORK/trident-$p-amx-emulated.jsonl" \
+            2>"$WORK/trident-$p-amx-emulated.err"
+    done
+fi
 {
     for p in $MODES; do
         [ "$p" = f32 ] && continue
         python3 scripts/precision-fidelity.py "$WORK/trident-f32.jsonl" "$WORK/trident-$p.jsonl" \
             --label "trident $p vs trident f32"
+    done
+    for p in $EMULATED; do
+        python3 scripts/precision-fidelity.py "$WORK/trident-f32.jsonl" \
+            "$WORK/trident-$p-amx-emulated.jsonl" \
+            --label "trident $p on AMX (emulated in software) vs trident f32"
     done
     if python3 -c "import onnxruntime, onnx" 2>/dev/null; then
         for q in "" --int8; do

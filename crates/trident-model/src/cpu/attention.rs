@@ -9,9 +9,9 @@ use rayon::prelude::*;
 
 use super::gemm::with_scratch;
 use super::kernel::{block, pack_a, pack_b_cols, pack_b_rows, Aligned, MR, NR};
-#[cfg(target_arch = "x86_64")]
-use super::kernel_amx;
 use super::ops::softmax;
+#[cfg(target_arch = "x86_64")]
+use super::{kernel_amx, softmax_bf16};
 
 /// Query rows per block (a multiple of `MR`): the score block `QBLOCK × L` stays within L2 for
 /// a few thousand keys.
@@ -152,8 +152,9 @@ thread_local! {
     static AMX: RefCell<AmxScratch> = RefCell::default();
 }
 
-/// As [`attention`] with `Q·Kᵀ` and `P·V` on AMX tiles (bf16 operands, f32 sums; scores and
-/// softmax in f32): the bf16 precision's attention.
+/// As [`attention`] with `Q·Kᵀ` and `P·V` on AMX tiles (bf16 operands, f32 sums; scores, the
+/// exponentials' sums and the division in f32, `softmax_bf16.rs`): the reduced precisions'
+/// attention.
 ///
 /// # Safety
 /// [`kernel_amx::available`] returned true.
@@ -225,15 +226,30 @@ unsafe fn head_amx(
                 let c = scores.as_mut_ptr().add(j);
                 block(dt, qa, (&s.keys, 2 * q), c, len, rows, cols);
             }
-            for row in scores.chunks_exact_mut(len) {
-                softmax(row);
+            // Softmax's numerators as bf16 straight into the A tiles' lines (row i, key tile t
+            // at line (i / TM · lt + t) · TM + i % TM, as `pack_a` lays them; rows past `rows`
+            // zero), its division after `P·V`, on the d outputs of each row.
+            let mut sums = [0f32; 2 * TM];
+            let lines = s.probs.as_mut_ptr();
+            for (i, sum) in sums.iter_mut().enumerate() {
+                let line = |t: usize| lines.add((i / TM * lt + t) * TM + i % TM);
+                if i < rows {
+                    let row = &scores[i * len..(i + 1) * len];
+                    *sum = softmax_bf16::exponentials(row, lt, |t| (*line(t)).0.as_mut_ptr());
+                } else {
+                    (0..lt).for_each(|t| *line(t) = Line::default());
+                }
             }
-            pack_a(Strided { data: scores, ld: len, r0: 0, c0: 0 }, rows, len, 1.0, &mut s.probs);
             let pa = (s.probs.as_ptr(), s.probs[lt * TM..].as_ptr());
             for (q, j) in (0..d).step_by(2 * TM).enumerate() {
                 let cols = (2 * TM).min(d - j);
                 let c = out.0.add(q0 * hidden + h * d + j);
                 block(lt, pa, (&s.values, 2 * q), c, hidden, rows, cols);
+            }
+            for (r, sum) in sums.iter().enumerate().take(rows) {
+                let o = std::slice::from_raw_parts_mut(out.0.add((q0 + r) * hidden + h * d), d);
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|v| *v *= inv);
             }
             q0 += rows;
         }
@@ -304,8 +320,8 @@ mod tests {
         got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).abs()).fold(0.0, f64::max)
     }
 
-    /// The AMX attention against f64 attention of the bf16-rounded Q, K, V (and P): the
-    /// tolerance is bf16's, the shapes those of the f32 test plus a head width of 64.
+    /// The AMX attention against f64 attention: the tolerance is bf16's, the shapes those of
+    /// the f32 test plus head widths of 64 and 80 (partial feature and output tiles).
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn amx_attention_matches_naive_to_bf16_rounding() {
@@ -313,13 +329,13 @@ mod tests {
             println!("skipped: no AMX-BF16 here (TRIDENT_AMX_EMULATE=1 runs it in software)");
             return;
         }
-        for (hidden, heads) in [(16, 4), (128, 2)] {
+        for (hidden, heads) in [(16, 4), (128, 2), (160, 2)] {
             // SAFETY: AMX is available.
             let worst = worst(hidden, heads, |qkv, out, cu| unsafe {
                 attention_amx(qkv, out, hidden, heads, cu)
             });
             // Values are in [-1, 1]; bf16 keeps 8 bits, and scores of 64-wide heads reach ~10.
-            assert!(worst < 3e-2, "{hidden}/{heads}: max error {worst}");
+            assert!(worst < 1e-2, "{hidden}/{heads}: max error {worst}");
             println!("amx attention {hidden}/{heads}: max |error| {worst:.2e}");
         }
     }

@@ -36,6 +36,8 @@ mod panel;
 mod pool;
 mod quant;
 mod smooth;
+#[cfg(target_arch = "x86_64")]
+mod softmax_bf16;
 mod tile;
 
 use std::sync::Arc;
