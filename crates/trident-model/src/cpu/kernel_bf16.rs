@@ -187,16 +187,7 @@ unsafe fn tile<const R: usize>(
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            let row = c.add((r0 + r) * ldc);
-            for (v, &sum) in acc.iter().enumerate() {
-                let j = p * NR + 16 * v;
-                if j >= w.n {
-                    break;
-                }
-                panel::store(row, j, w.n, sum);
-            }
-        }
+        panel::store_tile(c, ldc, r0, p, w.n, &acc);
     }
 }
 

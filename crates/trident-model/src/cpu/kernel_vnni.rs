@@ -189,16 +189,7 @@ unsafe fn tile<const R: usize>(
                 }
             }
         }
-        for (r, y) in y.iter().enumerate() {
-            let row = c.add((r0 + r) * ldc);
-            for (v, &y) in y.iter().enumerate() {
-                let j = p * NR + 16 * v;
-                if j >= w.n {
-                    break;
-                }
-                panel::store(row, j, w.n, y);
-            }
-        }
+        panel::store_tile(c, ldc, r0, p, w.n, &y);
     }
 }
 

@@ -115,6 +115,28 @@ pub unsafe fn store(c: *mut f32, j: usize, n: usize, y: __m512) {
     unsafe { _mm512_mask_storeu_ps(c.add(j), mask, y) }
 }
 
+/// Stores a tile's `R` rows (`y[r][v]`: columns `p·NR + 16v..`) at rows `r0..r0 + R` of `c`,
+/// only the columns below `n`.
+///
+/// # Safety
+/// `c` is valid for those rows' columns of panel `p` below `n`, at stride `ldc`.
+#[inline(always)]
+pub unsafe fn store_tile<const R: usize>(
+    c: *mut f32,
+    ldc: usize,
+    r0: usize,
+    p: usize,
+    n: usize,
+    y: &[[__m512; 4]; R],
+) {
+    for (r, y) in y.iter().enumerate() {
+        for (v, &y) in y.iter().enumerate().take_while(|&(v, _)| p * NR + 16 * v < n) {
+            // SAFETY: the caller's contract; store keeps the columns below n.
+            unsafe { store(c.add((r0 + r) * ldc), p * NR + 16 * v, n, y) };
+        }
+    }
+}
+
 /// Dispatches `$run::<R>($args)` for `$rows` in 1..=6 (the tile's monomorphised row count).
 macro_rules! by_rows {
     ($rows:expr, $run:ident, $($arg:expr),*) => {
