@@ -246,11 +246,7 @@ unsafe fn head_amx(
                 let c = out.0.add(q0 * hidden + h * d + j);
                 block(lt, pa, (&s.values, 2 * q), c, hidden, rows, cols);
             }
-            for (r, sum) in sums.iter().enumerate().take(rows) {
-                let o = std::slice::from_raw_parts_mut(out.0.add((q0 + r) * hidden + h * d), d);
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|v| *v *= inv);
-            }
+            softmax_bf16::divide(out.0.add(q0 * hidden + h * d), hidden, d, &sums[..rows]);
             q0 += rows;
         }
         kernel_amx::release();

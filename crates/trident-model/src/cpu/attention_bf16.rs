@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use super::attention::{items, SendPtr, QBLOCK};
 use super::kernel_bf16::{block, convert_row, PanelsRef};
 use super::panel::NR;
-use super::softmax_bf16::exponentials;
+use super::softmax_bf16::{divide, exponentials};
 
 /// This thread's buffers: the head's packed keys and values, a block's queries, scores and
 /// probabilities, and one converted row.
@@ -136,11 +136,7 @@ unsafe fn head(
             }
             block(rows, probs, ldp, values, out.0.add(q0 * hidden + h * d), hidden);
             // Softmax's division, on the d outputs of each row rather than its len numerators.
-            for (r, sum) in sums.iter().enumerate().take(rows) {
-                let o = std::slice::from_raw_parts_mut(out.0.add((q0 + r) * hidden + h * d), d);
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|v| *v *= inv);
-            }
+            divide(out.0.add(q0 * hidden + h * d), hidden, d, &sums[..rows]);
         }
     }
 }

@@ -46,6 +46,21 @@ pub unsafe fn exponentials(row: &[f32], chunks: usize, chunk: impl Fn(usize) -> 
     _mm512_reduce_add_ps(sum)
 }
 
+/// Softmax's division, after `P·V`: row `r` of the `d` outputs at `out` (rows `ld` apart)
+/// divided by `sums[r]`, its exponentials' sum.
+///
+/// # Safety
+/// `out` is valid for `sums.len()` rows of `d` values at stride `ld`, and nothing else
+/// touches them meanwhile.
+pub unsafe fn divide(out: *mut f32, ld: usize, d: usize, sums: &[f32]) {
+    for (r, sum) in sums.iter().enumerate() {
+        // SAFETY: row r's d outputs (caller).
+        let o = unsafe { std::slice::from_raw_parts_mut(out.add(r * ld), d) };
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
 /// `eˣ` for `x ≤ 0` (clamped at −87, whose exponential is still normal): `x = n·ln 2 + r`,
 /// `|r| ≤ ln 2 / 2`, `eʳ` by its Taylor polynomial to degree 6 (relative error ~1e-7, far
 /// below bf16's rounding of the result), times `2ⁿ` by `VSCALEFPS`.
