@@ -312,15 +312,17 @@ pub unsafe fn matmul_amx(m: usize, a: &[f32], w: &kernel_amx::AmxWeight, c: *mut
 }
 
 /// `c[m × w.n] = a[m × w.k] · wᵀ` on AMX-INT8 tiles: `a` quantised per row as it is packed,
-/// `w` per output channel at load, i32 sums scaled back to f32 (see `kernel_amx_int8.rs`).
+/// `w` per output channel at load, i32 sums scaled back to f32 (see `kernel_amx_int8.rs`), and
+/// `held`'s f32 products added to each block before it is stored.
 ///
 /// # Safety
-/// As [`matmul_wt`]; and [`kernel_amx_int8::available`] returned true.
+/// As [`matmul_wt`]; and [`kernel_amx_int8::available`] returned true; `held` is `w`'s, or empty.
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn matmul_amx_int8(
     m: usize,
     a: &[f32],
     w: &kernel_amx_int8::AmxI8Weight,
+    held: &super::quant::HeldOut,
     c: *mut f32,
     ldc: usize,
 ) {
@@ -332,8 +334,9 @@ pub unsafe fn matmul_amx_int8(
         return;
     }
     let kt = w.k_tiles();
+    let (xs, features) = (held.gather(m, a, k), held.features().len());
     let out = Out(c);
-    let out = &out;
+    let (out, xs) = (&out, &xs[..]);
     amx_items(m, n, kt * kernel_amx_int8::TK, |r0, rows, pairs, ap| {
         let need = kernel_amx_int8::a_lines(rows, k);
         if ap.len() < need {
@@ -347,7 +350,8 @@ pub unsafe fn matmul_amx_int8(
         unsafe {
             for_blocks(rows, n, kt, pairs, ap, |a, p, r, j, (h, wd)| {
                 let (qa, c) = (&codes[r..r + 2 * TM], out.0.add((r0 + r) * ldc + j));
-                kernel_amx_int8::block(kt, a, (w, p), qa, c, ldc, h, wd)
+                let xs = (held, &xs[(r0 + r) * features..]);
+                kernel_amx_int8::block(kt, a, (w, p), qa, xs, c, ldc, h, wd)
             })
         }
     });
@@ -414,7 +418,8 @@ mod tests {
             let ldc = n + 3;
             let mut c = vec![9.0f32; m * ldc];
             // SAFETY: c is [m × ldc], ldc ≥ n; AMX-INT8 is available.
-            pool.install(|| unsafe { matmul_amx_int8(m, &a, &q, c.as_mut_ptr(), ldc) });
+            let none = crate::cpu::quant::HeldOut::default();
+            pool.install(|| unsafe { matmul_amx_int8(m, &a, &q, &none, c.as_mut_ptr(), ldc) });
             // The operands the quantiser sees (the same f32 operations as the packing).
             let (a0, w0) = (a.clone(), w.clone());
             let (a, w) = if smoothed {

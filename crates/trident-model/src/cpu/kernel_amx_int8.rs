@@ -10,7 +10,7 @@
 //! `W[j][4r..4r + 4]`).
 
 use super::kernel_amx::{emulated, emulated_block, tile_block, Line, Strided, TileOp, TM, TN};
-use super::quant::{self, QuantizedRows, RowQ};
+use super::quant::{self, HeldOut, QuantizedRows, RowQ};
 
 /// Input features per tile row (64 bytes of int8).
 pub const TK: usize = 64;
@@ -27,10 +27,6 @@ impl Line {
     fn bytes_mut(&mut self) -> &mut [i8; 64] {
         // SAFETY: 64 bytes either way; i8 has no alignment or validity requirement.
         unsafe { &mut *(self.0.as_mut_ptr() as *mut [i8; 64]) }
-    }
-
-    fn as_u8_ptr(&mut self) -> *mut u8 {
-        self.0.as_mut_ptr() as *mut u8
     }
 }
 
@@ -139,31 +135,17 @@ fn pack_a_avx512(
     codes: &mut [RowQ],
 ) {
     let (groups, kt) = (rows.div_ceil(2 * TM) * 2, k.div_ceil(TK));
-    let run = |i: usize, t: usize| {
-        let mut run = src.run::<64>(i, t * TK, rows, k);
-        if !smooth.is_empty() {
-            run.iter_mut().zip(&smooth[t * TK..]).for_each(|(x, f)| *x *= f);
-        }
-        run
-    };
+    let lines = dst.as_mut_ptr();
     for (i, code) in codes.iter_mut().enumerate().take(groups * TM) {
-        *code = if i < rows {
-            let (lo, hi) = (0..kt).fold((0f32, 0f32), |(lo, hi), t| {
-                // SAFETY: AVX-512F (this function's features).
-                let (l, h) = unsafe { quant::min_max64(&run(i, t)) };
-                (lo.min(l), hi.max(h))
-            });
-            RowQ::new(lo, hi)
-        } else {
-            RowQ::default()
-        };
+        // Rows past `rows`: an empty row, all zero codes.
+        let at = (src.r0 + i) * src.ld + src.c0;
+        let row = if i < rows { &src.data[at..at + k] } else { &[] };
         let (g, r) = (i / TM, i % TM);
-        for t in 0..kt {
-            let run = run(i, t);
-            let line = &mut dst[(g * kt + t) * TM + r];
-            // SAFETY: AVX-512F/BW (this function's features); a line is 64 bytes.
-            unsafe { quant::quantize64(&run, *code, line.as_u8_ptr()) };
-        }
+        // SAFETY: AVX-512F/BW (this function's features); run t of row i goes to its own line,
+        // inside dst (asserted by pack_a).
+        *code = unsafe {
+            quant::quantize_runs(row, smooth, kt, |t| lines.add((g * kt + t) * TM + r) as *mut u8)
+        };
     }
 }
 
@@ -172,18 +154,20 @@ fn pack_a_avx512(
 struct Acc([[i32; 2 * TN]; 2 * TM]);
 
 /// One 32 × 32 block of `C` over `kt` feature tiles: `A` tiles of two row groups (`a0`, `a1`),
-/// `B` tiles of panels `p`, `p + 1` of `w`; `qa` holds the 32 rows' codes. Overwrites `rows`
-/// × `cols` (≤ 32 each) of `C` with the corrected, scaled sums.
+/// `B` tiles of panels `p`, `p + 1` of `w`; `qa` holds the 32 rows' codes, `xs` their held-out
+/// activations (`HeldOut::gather`). Overwrites `rows` × `cols` (≤ 32 each) of `C` with the
+/// corrected, scaled sums plus the held-out products.
 ///
 /// # Safety
 /// `kernel_amx::configure` ran on this thread; `c` is valid for `rows` rows of `cols` values at
-/// stride `ldc`; the tiles exist; `qa` has 32 values.
+/// stride `ldc`; the tiles exist; `qa` has 32 values; `held` is `w`'s, or empty.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn block(
     kt: usize,
     (a0, a1): (*const Line, *const Line),
     (w, p): (&AmxI8Weight, usize),
     qa: &[RowQ],
+    (held, xs): (&HeldOut, &[f32]),
     c: *mut f32,
     ldc: usize,
     rows: usize,
@@ -192,6 +176,12 @@ pub unsafe fn block(
     let mut acc = std::mem::MaybeUninit::<Acc>::uninit();
     let cp = acc.as_mut_ptr() as *mut i32;
     let stride = 2 * TN * 4;
+    // The block's 32 columns are half of a 64-column block of held-out weights.
+    let (features, hw) = held.block(p * TN / 64);
+    let hw = &hw[(p * TN % 64).min(hw.len())..];
+    assert!(
+        xs.len() >= rows * features && (features == 0 || hw.len() >= (features - 1) * 64 + 2 * TN)
+    );
     // SAFETY: configured tiles; cp points at 32 rows of 32 i32 at `stride` bytes.
     unsafe {
         let b = (w.tile(p, 0), w.tile(p + 1, 0));
@@ -202,43 +192,83 @@ pub unsafe fn block(
         }
         let acc = acc.assume_init_ref();
         let span = p * TN..p * TN + 2 * TN;
-        dequantize(acc, qa, (&w.scale[span.clone()], &w.colsum[span]), c, ldc, rows, cols);
+        let held = (features, hw, xs);
+        dequantize(acc, qa, (&w.scale[span.clone()], &w.colsum[span]), held, c, ldc, rows, cols);
     }
 }
 
 /// `C[i][j] = (acc[i][j] − z_i·colsum[j]) · s_i · sw[j]` for the block's `rows × cols` (the
-/// correction in i32: |acc| ≤ 255 · 127 · k stays far inside it).
+/// correction in i32: |acc| ≤ 255 · 127 · k stays far inside it), then `xs[i][h] · hw[h][j]`
+/// added for each held-out feature `h` in order where `xs[i][h]` is not zero, in registers
+/// before the store: a pass of its own over `C` read it back from memory (the same operations
+/// as `HeldOut::add_tile`, so the same bits).
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn dequantize(
     acc: &Acc,
     qa: &[RowQ],
     (sw, colsum): (&[f32], &[i32]),
+    (features, hw, xs): (usize, &[f32], &[f32]),
     c: *mut f32,
     ldc: usize,
     rows: usize,
     cols: usize,
 ) {
     use std::arch::x86_64::*;
-    // SAFETY: sw and colsum have 32 values; c is valid for rows × cols at stride ldc (caller);
-    // the masks keep the stores inside cols.
+    // SAFETY: sw and colsum have 32 values, hw a row of 64 per feature from the block's first
+    // column (block asserts); c is valid for rows × cols at stride ldc (caller); the masks keep
+    // the stores inside cols.
     unsafe {
         let sw = [_mm512_loadu_ps(sw.as_ptr()), _mm512_loadu_ps(sw.as_ptr().add(TN))];
         let cs = [
             _mm512_loadu_si512(colsum.as_ptr() as _),
             _mm512_loadu_si512(colsum.as_ptr().add(TN) as _),
         ];
+        let mask = |h: usize| ((1u32 << cols.saturating_sub(h * TN).min(TN)) - 1) as __mmask16;
         for (i, row) in acc.0.iter().enumerate().take(rows) {
             let (s, z) = (_mm512_set1_ps(qa[i].scale), _mm512_set1_epi32(qa[i].zp));
-            for h in 0..2 {
-                let n = cols.saturating_sub(h * TN).min(TN);
-                if n == 0 {
-                    break;
-                }
+            // Both halves whatever `cols` (the sums, scales and weights past it exist): `y`
+            // stays in registers (a masked store to the stack and its reload stalled).
+            let mut y: [__m512; 2] = std::array::from_fn(|h| {
                 let v = _mm512_loadu_si512(row.as_ptr().add(h * TN) as _);
                 let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_mullo_epi32(z, cs[h])));
-                let v = _mm512_mul_ps(_mm512_mul_ps(v, sw[h]), s);
-                _mm512_mask_storeu_ps(c.add(i * ldc + h * TN), ((1u32 << n) - 1) as u16, v);
+                _mm512_mul_ps(_mm512_mul_ps(v, sw[h]), s)
+            });
+            for f in 0..features {
+                let x = *xs.get_unchecked(i * features + f);
+                // A zero activation adds nothing, not even a −0 + 0 (as `HeldOut::add_tile`).
+                let keep: __mmask16 = if x != 0.0 { !0 } else { 0 };
+                let x = _mm512_set1_ps(x);
+                for (h, y) in y.iter_mut().enumerate() {
+                    let w = _mm512_loadu_ps(hw.as_ptr().add(f * 64 + h * TN));
+                    *y = _mm512_mask_add_ps(*y, keep, *y, _mm512_mul_ps(x, w));
+                }
+            }
+            for (h, &y) in y.iter().enumerate() {
+                _mm512_mask_storeu_ps(c.add(i * ldc + h * TN), mask(h), y);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::gemm::matmul_amx_int8;
+    use super::super::kernel_int8::assert_product_equals_portable;
+    use super::*;
+
+    /// The same codes, exact sums and f32 scaling and held-out adds as the portable int8
+    /// kernel: its outputs bit for bit (and so the VNNI and AVX2 kernels').
+    #[test]
+    fn equals_the_portable_int8_kernel_bit_for_bit() {
+        if !available() {
+            println!("skipped: no AMX-INT8 here (TRIDENT_AMX_EMULATE=1 runs it in software)");
+            return;
+        }
+        assert_product_equals_portable("AMX-INT8", |m, a, q, held, c, ldc| {
+            let w = AmxI8Weight::pack(q);
+            // SAFETY: AMX-INT8 is available; c is [m × ldc] (the helper's).
+            unsafe { matmul_amx_int8(m, a, &w, held, c, ldc) }
+        });
     }
 }

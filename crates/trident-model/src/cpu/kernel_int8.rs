@@ -216,7 +216,21 @@ pub fn test_operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f
 /// (whose sums are checked against exact i64 ones below) bit for bit, plain and smoothed, on
 /// ragged shapes: k not a whole group, partial panels and tiles, rows past a 96-row block.
 #[cfg(test)]
-pub fn assert_equals_portable(kernel: &str, wrap: impl Fn(&QuantizedRows) -> Int8Weight) {
+pub fn assert_equals_portable(kernel: &str, wrap: impl Fn(&QuantizedRows) -> Int8Weight + Sync) {
+    // SAFETY: `wrap` packs only for a kernel that runs; c is [m × ldc] (as below).
+    assert_product_equals_portable(kernel, |m, a, q, held, c, ldc| unsafe {
+        matmul_int8(m, a, &wrap(q), held, c, ldc)
+    });
+}
+
+/// As [`assert_equals_portable`] for any int8 product `mul(m, a, q, held, c, ldc)` of `a`
+/// (`[m × k]`) and `q`'s weights plus `held`'s products into `c` (`[m × ldc]`), on a pool of
+/// three threads.
+#[cfg(test)]
+pub fn assert_product_equals_portable(
+    kernel: &str,
+    mul: impl Fn(usize, &[f32], &QuantizedRows, &HeldOut, *mut f32, usize) + Sync,
+) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
     let shapes = [(1, 1, 1), (7, 65, 37), (13, 130, 302), (100, 64, 1030), (3, 200, 4), (5, 21, 3)];
     for &(m, n, k) in &shapes {
@@ -229,17 +243,16 @@ pub fn assert_equals_portable(kernel: &str, wrap: impl Fn(&QuantizedRows) -> Int
             let factors = (variant != "plain").then_some(&f[..]);
             let q = QuantizedRows::new(n, k, &w, factors);
             let held = HeldOut::new(n, k, &w, factors);
-            let packed = wrap(&q);
             let ldc = n + 3;
             let mut want = vec![9.0f32; m * ldc];
             let (mut got, mut apart) = (want.clone(), want.clone());
-            // SAFETY: all are [m × ldc], ldc ≥ n; `wrap` packs only for a kernel that runs.
+            // SAFETY: all are [m × ldc], ldc ≥ n.
             pool.install(|| unsafe {
                 matmul_rows(m, &a, &q, &held, want.as_mut_ptr(), ldc);
-                matmul_int8(m, &a, &packed, &held, got.as_mut_ptr(), ldc);
+                mul(m, &a, &q, &held, got.as_mut_ptr(), ldc);
                 // The held-out products added in a pass of their own: the same bits.
                 matmul_rows(m, &a, &q, &HeldOut::default(), apart.as_mut_ptr(), ldc);
-                held.add(m, &a, k, apart.as_mut_ptr(), ldc);
+                held.add_tile(&held.gather(m, &a, k), 0, m, 0..n, apart.as_mut_ptr(), ldc);
             });
             for (i, ((g, w), p)) in got.iter().zip(&want).zip(&apart).enumerate() {
                 let at = (i / ldc, i % ldc);

@@ -66,7 +66,10 @@ pub unsafe fn matmul(m: usize, a: &[f32], w: &Int8Panels, held: &HeldOut, c: *mu
     // Rows padded to 64 features (zero codes past k meet zero weights).
     let lda = k.next_multiple_of(64);
     // SAFETY: AVX-512F/BW (caller: available()); each q holds lda ≥ k bytes, a multiple of 64.
-    let quantize = |row: &[f32], q: &mut [u8]| unsafe { quantize_row(row, &w.smooth, q) };
+    let quantize = |row: &[f32], q: &mut [u8]| unsafe {
+        let at = q.as_mut_ptr();
+        quant::quantize_runs(row, &w.smooth, lda / 64, |c| at.wrapping_add(64 * c))
+    };
     let (qa, codes) = panel::quantize_rows(m, k, lda, a, quantize);
     let xs = &held.gather(m, a, k)[..];
     let out = Out(c);
@@ -78,55 +81,6 @@ pub unsafe fn matmul(m: usize, a: &[f32], w: &Int8Panels, held: &HeldOut, c: *mu
             by_rows!(rows, tile, qa, lda, codes, w, (held, xs), p, out.0, ldc, r0);
         }
     });
-}
-
-/// `quant::quantize_row` 64 features at a time (the same codes: `quant.rs` checks the
-/// vector codes against the scalar ones; min and max are exact either way), each run of 64
-/// smoothed in registers straight from the row (a copied run cost twice the quantising).
-///
-/// # Safety
-/// AVX-512F/BW are available; `q.len()` is a multiple of 64 and at least `row.len()`.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_row(row: &[f32], smooth: &[f32], q: &mut [u8]) -> RowQ {
-    assert!(q.len().is_multiple_of(64) && q.len() >= row.len());
-    assert!(smooth.is_empty() || smooth.len() >= row.len());
-    let runs = q.len() / 64;
-    let (lo, hi) = (0..runs).fold((0f32, 0f32), |(lo, hi), c| {
-        // SAFETY: AVX-512F (this function's features); the run's reads as `smoothed_run`'s.
-        let (l, h) = quant::min_max4(unsafe { smoothed_run(row, smooth, c) });
-        (lo.min(l), hi.max(h))
-    });
-    let code = RowQ::new(lo, hi);
-    for c in 0..runs {
-        // SAFETY: AVX-512F/BW; q holds 64 bytes from 64·c.
-        unsafe { quant::quantize4(smoothed_run(row, smooth, c), code, q.as_mut_ptr().add(64 * c)) };
-    }
-    code
-}
-
-/// Features `64·c..64·c + 64` of `row`, times `smooth`'s when it is not empty, zero past the
-/// row: the same products as a copied run.
-///
-/// # Safety
-/// AVX-512F is available; `smooth` is empty or at least as long as `row`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn smoothed_run(row: &[f32], smooth: &[f32], c: usize) -> [__m512; 4] {
-    let n = row.len();
-    std::array::from_fn(|v| {
-        let at = 64 * c + 16 * v;
-        let lanes = n.saturating_sub(at).min(16);
-        let mask = ((1u32 << lanes) - 1) as __mmask16;
-        // SAFETY: the mask keeps lanes below n (of row, and of smooth when not empty).
-        unsafe {
-            let x = _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_add(at));
-            if smooth.is_empty() {
-                x
-            } else {
-                _mm512_mul_ps(x, _mm512_maskz_loadu_ps(mask, smooth.as_ptr().wrapping_add(at)))
-            }
-        }
-    })
 }
 
 /// `C[i][j] = (Σ q_a·q_w − z_i·colsum[j]) · s_j · s_i` for `R` rows from `r0` and panel `p`,

@@ -270,8 +270,7 @@ impl CpuBackend {
                     PartWeight::Bf16Dot(p) => kernel_bf16::matmul(m, x.data(), p, dst, n),
                     #[cfg(target_arch = "x86_64")]
                     PartWeight::AmxI8(p, held) => {
-                        gemm::matmul_amx_int8(m, x.data(), p, dst, n);
-                        held.add(m, x.data(), w.in_dim, dst, n);
+                        gemm::matmul_amx_int8(m, x.data(), p, held, dst, n)
                     }
                     PartWeight::I8(p, held) => {
                         kernel_int8::matmul_int8(m, x.data(), p, held, dst, n)

@@ -125,30 +125,8 @@ impl HeldOut {
     }
 
     /// The features held out.
-    #[cfg(test)]
     pub fn features(&self) -> &[usize] {
         &self.cols
-    }
-
-    /// `c[i][j] += Σ_h a[i][cols[h]] · W[j][cols[h]]` for rows `0..m` of `a` (`[m × k]`), rows
-    /// in parallel on the current rayon pool; each sum in the order of `cols`, so every int8
-    /// kernel (and CPU) gets the same bits.
-    ///
-    /// # Safety
-    /// `c` must be valid for `m` rows of `n` values at stride `ldc` and must not alias `a`.
-    pub unsafe fn add(&self, m: usize, a: &[f32], k: usize, c: *mut f32, ldc: usize) {
-        use rayon::prelude::*;
-        if self.cols.is_empty() || self.n == 0 || m == 0 {
-            return;
-        }
-        let xs = self.gather(m, a, k);
-        let out = Out(c);
-        let out = &out;
-        (0..m.div_ceil(HELD_ROWS)).into_par_iter().for_each(|b| {
-            let r0 = b * HELD_ROWS;
-            // SAFETY: rows 0..m of c at stride ldc (caller); each block's rows are its own.
-            unsafe { self.add_tile(&xs, r0, (m - r0).min(HELD_ROWS), 0..self.n, out.0, ldc) }
-        });
     }
 
     /// The number of features held out, and the weights of the 64 columns from `64·b`
@@ -167,10 +145,11 @@ impl HeldOut {
         (0..m).flat_map(|i| self.cols.iter().map(move |&kk| a[i * k + kk])).collect()
     }
 
-    /// As [`HeldOut::add`] for rows `r0..r0 + rows` and `cols` of `c` only, on this thread, the
-    /// activations from [`HeldOut::gather`]: an int8 kernel's tile, just written and still in
-    /// cache (a pass over the whole output read it back from memory: 8 % of an int8 run's time
-    /// on a Zen 4 EPYC). The same operations per output, so the same bits.
+    /// `c[i][j] += Σ_h a[i][cols[h]] · W[j][cols[h]]` for rows `r0..r0 + rows` and `cols` of
+    /// `c`, on this thread, the activations from [`HeldOut::gather`]; each sum in the order of
+    /// the features, skipping zero activations, so every int8 kernel (and CPU) gets the same
+    /// bits. Called on an int8 kernel's tile, just written and still in cache (a pass over the
+    /// whole output read it back from memory: 8 % of an int8 run's time on a Zen 4 EPYC).
     ///
     /// # Safety
     /// `c` must be valid for those rows and columns at stride `ldc`, must not alias `a`, and
@@ -211,16 +190,6 @@ impl HeldOut {
         }
     }
 }
-
-/// Rows per work item of [`HeldOut::add`] (the AMX path's pass): each block of held-out weights
-/// is read once for this many rows.
-const HELD_ROWS: usize = 8;
-
-/// `C`, written by blocks of rows in parallel.
-struct Out(*mut f32);
-// SAFETY: blocks write disjoint rows of `C`.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
 
 /// `w` (`[held × n]`, a feature's weights per row) by blocks of 64 columns: block `b` holds
 /// each feature's 64 weights in turn, zero past `n` — the weights a tile adds, one run.
@@ -315,54 +284,80 @@ pub fn quantize_row<Q: From<u8>>(row: &[f32], smooth: &[f32], q: &mut [Q]) -> Ro
     code
 }
 
-/// Minimum and maximum of 64 values.
+/// `row`'s code and codes as [`quantize_row`] gives them (times `smooth` when it is not empty),
+/// vectorised 64 features at a time: run `c`'s 64 codes go to `out(c)`, zeros past the row.
+/// Min and max are exact either way; the MXCSR default rounds to nearest even, the zero point
+/// is added in integers, then clamped to `0..=255`. Each run is smoothed in registers straight
+/// from the row (a copied run cost twice the quantising on AVX512-VNNI).
 ///
 /// # Safety
-/// The CPU has AVX-512F.
+/// AVX-512F/BW are available; `out(c)` is valid for 64 bytes for each `c < runs`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-pub unsafe fn min_max64(run: &[f32; 64]) -> (f32, f32) {
-    // SAFETY: 64 floats, four unaligned loads.
-    min_max4(std::array::from_fn(|v| unsafe {
-        std::arch::x86_64::_mm512_loadu_ps(run.as_ptr().add(16 * v))
-    }))
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn quantize_runs(
+    row: &[f32],
+    smooth: &[f32],
+    runs: usize,
+    out: impl Fn(usize) -> *mut u8,
+) -> RowQ {
+    assert!(64 * runs >= row.len(), "quantize_runs: runs for the row");
+    assert!(smooth.is_empty() || smooth.len() >= row.len(), "quantize_runs: smoothing");
+    let (lo, hi) = (0..runs).fold((0f32, 0f32), |(lo, hi), c| {
+        let (l, h) = min_max4(smoothed_run(row, smooth, c));
+        (lo.min(l), hi.max(h))
+    });
+    let code = RowQ::new(lo, hi);
+    for c in 0..runs {
+        // SAFETY: AVX-512F/BW (this function's features); 64 bytes at out(c) (caller).
+        unsafe { quantize4(smoothed_run(row, smooth, c), code, out(c)) };
+    }
+    code
 }
 
-/// [`min_max64`] of 64 values in four registers.
+/// Features `64·c..64·c + 64` of `row`, times `smooth`'s when it is not empty, zero past the
+/// row: the same products as a copied run.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub fn min_max4(v: [std::arch::x86_64::__m512; 4]) -> (f32, f32) {
+fn smoothed_run(row: &[f32], smooth: &[f32], c: usize) -> [std::arch::x86_64::__m512; 4] {
+    use std::arch::x86_64::*;
+    let n = row.len();
+    assert!(smooth.is_empty() || smooth.len() >= n);
+    std::array::from_fn(|v| {
+        let at = 64 * c + 16 * v;
+        let lanes = n.saturating_sub(at).min(16);
+        let mask = ((1u32 << lanes) - 1) as __mmask16;
+        // SAFETY: the mask keeps lanes below n (of row, and of smooth when not empty).
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, row.as_ptr().wrapping_add(at));
+            if smooth.is_empty() {
+                x
+            } else {
+                _mm512_mul_ps(x, _mm512_maskz_loadu_ps(mask, smooth.as_ptr().wrapping_add(at)))
+            }
+        }
+    })
+}
+
+/// Minimum and maximum of 64 values in four registers.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn min_max4(v: [std::arch::x86_64::__m512; 4]) -> (f32, f32) {
     use std::arch::x86_64::*;
     let lo = _mm512_min_ps(_mm512_min_ps(v[0], v[1]), _mm512_min_ps(v[2], v[3]));
     let hi = _mm512_max_ps(_mm512_max_ps(v[0], v[1]), _mm512_max_ps(v[2], v[3]));
     (_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi))
 }
 
-/// 64 values' codes into `out` ([`RowQ::quantize`], vectorised: the MXCSR default rounds to
-/// nearest even, the zero point is added in integers, then clamped to `0..=255`).
-///
-/// # Safety
-/// The CPU has AVX-512F and BW; `out` is valid for 64 bytes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-pub unsafe fn quantize64(run: &[f32; 64], q: RowQ, out: *mut u8) {
-    // SAFETY: 64 floats in, four unaligned loads; `out` as the caller promises.
-    unsafe {
-        let v =
-            std::array::from_fn(|v| std::arch::x86_64::_mm512_loadu_ps(run.as_ptr().add(16 * v)));
-        quantize4(v, q, out)
-    }
-}
-
-/// [`quantize64`] of 64 values in four registers.
+/// 64 values' codes (in four registers) into `out`.
 ///
 /// # Safety
 /// The CPU has AVX-512F and BW; `out` is valid for 64 bytes.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-pub unsafe fn quantize4(v: [std::arch::x86_64::__m512; 4], q: RowQ, out: *mut u8) {
+unsafe fn quantize4(v: [std::arch::x86_64::__m512; 4], q: RowQ, out: *mut u8) {
     use std::arch::x86_64::*;
     let (inv, zp) = (_mm512_set1_ps(q.inv), _mm512_set1_epi32(q.zp));
     let (lo, hi) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
@@ -416,7 +411,7 @@ mod tests {
     }
 
     /// A held-out feature (factor 0) leaves the int8 operands as zeros and its exact f32
-    /// product is what `HeldOut::add` puts back.
+    /// product is what `HeldOut::add_tile` puts back.
     #[test]
     fn held_out_features_leave_the_int8_operands_and_come_back_exact() {
         let (n, k, m) = (5, 7, 3);
@@ -434,7 +429,7 @@ mod tests {
         let ldc = n + 2;
         let mut c = vec![0.5f32; m * ldc];
         // SAFETY: c is [m × ldc], ldc ≥ n.
-        unsafe { held.add(m, &a, k, c.as_mut_ptr(), ldc) };
+        unsafe { held.add_tile(&held.gather(m, &a, k), 0, m, 0..n, c.as_mut_ptr(), ldc) };
         for i in 0..m {
             for j in 0..ldc {
                 let want = if j < n {
@@ -452,7 +447,7 @@ mod tests {
     #[test]
     fn held_out_rows_add_in_feature_order_on_every_path() {
         // Two 64-column blocks, a ragged one, vector tails; 11 rows at stride 153 (a full
-        // block of HELD_ROWS and a partial one), each with a zero feature somewhere.
+        // block of 8 rows and a partial one), each with a zero feature somewhere.
         let (n, ldc, m) = (150, 153, 11);
         let w: Vec<f32> = (0..3 * n).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 77.0).collect();
         let wb = blocked(&w, 3, n);
@@ -469,9 +464,9 @@ mod tests {
             }
         }
         let bits = |v: &[f32]| v.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
-        // Blocks of HELD_ROWS rows (the AMX path's pass) and 6 × 64 tiles (the int8 kernels').
+        // Blocks of 8 rows over all columns and 6 × 64 tiles (the int8 kernels').
         let check = |name: &str, add: &dyn Fn(*mut f32, usize, usize, std::ops::Range<usize>)| {
-            for (rows_per, cols_per) in [(HELD_ROWS, n), (6, 64)] {
+            for (rows_per, cols_per) in [(8, n), (6, 64)] {
                 let mut got = start.clone();
                 for i0 in (0..m).step_by(rows_per) {
                     for j0 in (0..n).step_by(cols_per) {
@@ -505,6 +500,8 @@ mod tests {
         }
     }
 
+    /// The vector codes (and row codes) against the scalar ones, plain and smoothed, on ragged
+    /// rows: partial runs, zeros past the row, one-sided rows, a zero row, an empty row.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_codes_equal_the_scalar_ones() {
@@ -512,15 +509,28 @@ mod tests {
             println!("skipped: this CPU has no AVX-512BW");
             return;
         }
-        let run: [f32; 64] = std::array::from_fn(|i| ((i * 37 % 61) as f32 - 20.0) / 7.0);
-        // SAFETY: AVX-512 checked; 64 bytes out.
-        let (lo, hi) = unsafe { min_max64(&run) };
-        assert_eq!((lo, hi), (-20.0 / 7.0, 40.0 / 7.0));
-        let q = RowQ::new(lo, hi);
-        let mut out = [0u8; 64];
-        unsafe { quantize64(&run, q, out.as_mut_ptr()) };
-        for (x, &o) in run.iter().zip(&out) {
-            assert_eq!(o, q.quantize(*x), "{x}");
+        let base: Vec<f32> = (0..300).map(|i| ((i * 37 % 61) as f32 - 20.0) / 7.0).collect();
+        let smooth: Vec<f32> = (0..300).map(|i| [0.5, 1.25, 0.0, 3.0][i % 4]).collect();
+        for len in [0, 1, 17, 64, 65, 130, 300] {
+            let rows = [base[..len].to_vec(), base[..len].iter().map(|x| x.abs()).collect()];
+            for (row, s) in
+                rows.iter().chain([&vec![0.0; len]]).flat_map(|r| [(r, &[][..]), (r, &smooth[..])])
+            {
+                let runs = len.div_ceil(64) + 1;
+                let mut got = vec![7u8; 64 * runs];
+                let p = got.as_mut_ptr();
+                // SAFETY: AVX-512BW checked; 64 bytes per run in `got`.
+                let code = unsafe { quantize_runs(row, s, runs, |c| p.wrapping_add(64 * c)) };
+                // Past the row: zeros, whose code is the zero point (a factor of 1 is exact).
+                let pad = |v: &[f32], x: f32| -> Vec<f32> {
+                    v.iter().copied().chain(std::iter::repeat(x)).take(64 * runs).collect()
+                };
+                let padded = (pad(row, 0.0), pad(s, 1.0));
+                let mut want = vec![0u8; 64 * runs];
+                let want_code = quantize_row(&padded.0, &padded.1, &mut want);
+                assert_eq!(code, want_code, "{len} features, smoothed {}", !s.is_empty());
+                assert_eq!(got, want, "{len} features, smoothed {}", !s.is_empty());
+            }
         }
     }
 }
