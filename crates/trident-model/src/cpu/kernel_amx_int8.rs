@@ -235,14 +235,8 @@ unsafe fn dequantize(
                 _mm512_mul_ps(_mm512_mul_ps(v, sw[h]), s)
             });
             for f in 0..features {
-                let x = *xs.get_unchecked(i * features + f);
-                // A zero activation adds nothing, not even a −0 + 0 (as `HeldOut::add_tile`).
-                let keep: __mmask16 = if x != 0.0 { !0 } else { 0 };
-                let x = _mm512_set1_ps(x);
-                for (h, y) in y.iter_mut().enumerate() {
-                    let w = _mm512_loadu_ps(hw.as_ptr().add(f * 64 + h * TN));
-                    *y = _mm512_mask_add_ps(*y, keep, *y, _mm512_mul_ps(x, w));
-                }
+                let w = std::array::from_fn(|h| _mm512_loadu_ps(hw.as_ptr().add(f * 64 + h * TN)));
+                quant::add_held(&mut y, *xs.get_unchecked(i * features + f), &w);
             }
             for (h, &y) in y.iter().enumerate() {
                 _mm512_mask_storeu_ps(c.add(i * ldc + h * TN), mask(h), y);

@@ -134,13 +134,7 @@ unsafe fn tile<const R: usize>(
             let wv: [__m512; 4] =
                 std::array::from_fn(|v| _mm512_loadu_ps(hw.as_ptr().add(h * NR + 16 * v)));
             for (r, y) in y.iter_mut().enumerate() {
-                let x = xs[(r0 + r) * features + h];
-                // A zero activation adds nothing, not even a −0 + 0 (as `HeldOut::add_tile`).
-                let keep: __mmask16 = if x != 0.0 { !0 } else { 0 };
-                let x = _mm512_set1_ps(x);
-                for (y, &wv) in y.iter_mut().zip(&wv) {
-                    *y = _mm512_mask_add_ps(*y, keep, *y, _mm512_mul_ps(x, wv));
-                }
+                quant::add_held(y, xs[(r0 + r) * features + h], &wv);
             }
         }
         panel::store_tile(c, ldc, r0, p, w.n, &y);

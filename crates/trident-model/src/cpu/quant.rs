@@ -303,26 +303,49 @@ pub unsafe fn quantize_runs(
     assert!(64 * runs >= row.len(), "quantize_runs: runs for the row");
     assert!(smooth.is_empty() || smooth.len() >= row.len(), "quantize_runs: smoothing");
     let (lo, hi) = (0..runs).fold((0f32, 0f32), |(lo, hi), c| {
-        let (l, h) = min_max4(smoothed_run(row, smooth, c));
+        // SAFETY: smooth asserted above.
+        let (l, h) = min_max4(unsafe { smoothed_run(row, smooth, c) });
         (lo.min(l), hi.max(h))
     });
     let code = RowQ::new(lo, hi);
     for c in 0..runs {
-        // SAFETY: AVX-512F/BW (this function's features); 64 bytes at out(c) (caller).
+        // SAFETY: AVX-512F/BW (this function's features); 64 bytes at out(c) (caller); smooth
+        // asserted above.
         unsafe { quantize4(smoothed_run(row, smooth, c), code, out(c)) };
     }
     code
 }
 
-/// Features `64·c..64·c + 64` of `row`, times `smooth`'s when it is not empty, zero past the
-/// row: the same products as a copied run.
+/// One held-out feature's products `x · w[v]` added to the sums `y[v]` in registers, as
+/// [`HeldOut::add_tile`] adds them (multiply, then add; a zero `x` adds nothing, not even a
+/// `−0 + 0`): what the VNNI and AMX-INT8 kernels do before their stores, so the same bits.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn smoothed_run(row: &[f32], smooth: &[f32], c: usize) -> [std::arch::x86_64::__m512; 4] {
+pub fn add_held<const V: usize>(
+    y: &mut [std::arch::x86_64::__m512; V],
+    x: f32,
+    w: &[std::arch::x86_64::__m512; V],
+) {
+    use std::arch::x86_64::*;
+    let keep: __mmask16 = if x != 0.0 { !0 } else { 0 };
+    let x = _mm512_set1_ps(x);
+    for (y, &w) in y.iter_mut().zip(w) {
+        *y = _mm512_mask_add_ps(*y, keep, *y, _mm512_mul_ps(x, w));
+    }
+}
+
+/// Features `64·c..64·c + 64` of `row`, times `smooth`'s when it is not empty, zero past the
+/// row: the same products as a copied run.
+///
+/// # Safety
+/// `smooth` is empty or at least as long as `row` ([`quantize_runs`] asserts it).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn smoothed_run(row: &[f32], smooth: &[f32], c: usize) -> [std::arch::x86_64::__m512; 4] {
     use std::arch::x86_64::*;
     let n = row.len();
-    assert!(smooth.is_empty() || smooth.len() >= n);
     std::array::from_fn(|v| {
         let at = 64 * c + 16 * v;
         let lanes = n.saturating_sub(at).min(16);
