@@ -5,22 +5,30 @@
 //! activation codes follow each token's own range, where ONNX Runtime's dynamic quantisation
 //! takes one scale for the whole tensor.
 //!
-//! Tiles as in `kernel_amx.rs` (16 rows × 64 bytes, same configuration), but an `A` tile row
+//! Tiles as in `amx_unit.rs` (16 rows × 64 bytes, same configuration), but an `A` tile row
 //! holds 64 u8 features and a `B` tile row holds 16 column *quads* (row `r`, column `c`:
 //! `W[j][4r..4r + 4]`).
 
-use super::kernel_amx::{emulated, emulated_block, tile_block, Line, Strided, TileOp, TM, TN};
+use super::amx_unit::{emulated, emulated_block, tile_block, Line, TileOp, TM, TN};
+use super::kernel_amx::Strided;
 use super::quant::{self, HeldOut, QuantizedRows, RowQ};
+use super::tile_check;
 
 /// Input features per tile row (64 bytes of int8).
 pub const TK: usize = 64;
 
 /// Whether this process may run the int8 path: everything [`super::kernel_amx::available`]
-/// needs (its attention stays on AMX-BF16) and AMX-INT8.
+/// needs (its attention stays on AMX-BF16) and AMX-INT8, whose products agree with their
+/// definition (`tile_check.rs`).
 pub fn available() -> bool {
-    use std::arch::x86_64::__cpuid_count;
-    // CPUID.(7,0).EDX bit 25: AMX-INT8.
-    super::kernel_amx::available() && (emulated() || __cpuid_count(7, 0).edx & (1 << 25) != 0)
+    super::kernel_amx::available()
+        // SAFETY: AMX-BF16's hardware is available (not emulated) and has AMX-INT8.
+        && (emulated() || has_amx_int8() && unsafe { tile_check::hardware_agrees(TileOp::U8I8) })
+}
+
+/// Whether the CPU reports AMX-INT8 (CPUID.(7,0).EDX bit 25).
+pub(super) fn has_amx_int8() -> bool {
+    std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 25) != 0
 }
 
 impl Line {

@@ -8,6 +8,8 @@
 //! below AMX, on AVX512-VNNI (`kernel_vnni.rs`), AVX2 (`kernel_madd.rs`) or portable code, with
 //! the same results (attention as at bf16).
 
+#[cfg(target_arch = "x86_64")]
+mod amx_unit;
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_bf16;
@@ -39,6 +41,8 @@ mod smooth;
 #[cfg(target_arch = "x86_64")]
 mod softmax_bf16;
 mod tile;
+#[cfg(target_arch = "x86_64")]
+mod tile_check;
 
 use std::sync::Arc;
 
