@@ -11,7 +11,7 @@ use super::gemm::with_scratch;
 use super::kernel::{block, pack_a, pack_b_cols, pack_b_rows, Aligned, MR, NR};
 use super::ops::softmax;
 #[cfg(target_arch = "x86_64")]
-use super::{kernel_amx, softmax_bf16};
+use super::{amx_unit, kernel_amx, softmax_bf16};
 
 /// Query rows per block (a multiple of `MR`): the score block `QBLOCK × L` stays within L2 for
 /// a few thousand keys.
@@ -142,8 +142,8 @@ fn head(
 struct AmxScratch {
     keys: kernel_amx::AmxWeight,
     values: kernel_amx::AmxWeight,
-    queries: Vec<kernel_amx::Line>,
-    probs: Vec<kernel_amx::Line>,
+    queries: Vec<amx_unit::Line>,
+    probs: Vec<amx_unit::Line>,
     scores: Vec<f32>,
 }
 
@@ -191,7 +191,8 @@ unsafe fn head_amx(
     heads: usize,
     (start, end, h): (usize, usize, usize),
 ) {
-    use kernel_amx::{a_lines, block, pack_a, Line, Strided, TK, TM};
+    use amx_unit::{Line, TM};
+    use kernel_amx::{a_lines, block, pack_a, Strided, TK};
     let (d, ld, len) = (hidden / heads, 3 * hidden, end - start);
     let scale = 1.0 / (d as f32).sqrt();
     // B operands: Kᵀ (keys as columns, the head's features as the reduction) and V (the head's
@@ -214,7 +215,7 @@ unsafe fn head_amx(
     // SAFETY: AMX is available (caller); every block lies inside `scores` or inside this item's
     // rows × head columns of `out`.
     unsafe {
-        kernel_amx::configure();
+        amx_unit::configure();
         let mut q0 = start;
         while q0 < end {
             let rows = (2 * TM).min(end - q0);
@@ -249,7 +250,7 @@ unsafe fn head_amx(
             softmax_bf16::divide(out.0.add(q0 * hidden + h * d), hidden, d, &sums[..rows]);
             q0 += rows;
         }
-        kernel_amx::release();
+        amx_unit::release();
     }
 }
 

@@ -121,7 +121,7 @@ fn amx_for(precision: CpuPrecision) -> bool {
 /// Marks AMX kernels that run in software (`TRIDENT_AMX_EMULATE`, tests only).
 fn emulated() -> &'static str {
     #[cfg(target_arch = "x86_64")]
-    if super::kernel_amx::emulated() {
+    if super::amx_unit::emulated() {
         return " (emulated in software)";
     }
     ""

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::isa::{isa, Isa};
 use super::kernel::{block, pack_a, pack_b_rows_panel, Aligned, Element, MR, NR};
 #[cfg(target_arch = "x86_64")]
-use super::{kernel_amx, kernel_amx_int8};
+use super::{amx_unit, kernel_amx, kernel_amx_int8};
 
 /// Input features per packed block. Each block reads and writes every tile of `C` once, so fewer,
 /// longer blocks mean less `C` traffic; 512 (a 32 KiB `B` micro-panel) measured ~6 % faster than
@@ -207,7 +207,7 @@ pub(super) unsafe fn gemm_blocks<T: Element>(
 
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    static A_TILES: RefCell<Vec<kernel_amx::Line>> = RefCell::default();
+    static A_TILES: RefCell<Vec<amx_unit::Line>> = RefCell::default();
 }
 
 /// The AMX drivers' work split of `C[m × n]`: blocks of rows whose packed `A` (`row_bytes`
@@ -220,9 +220,9 @@ fn amx_items(
     m: usize,
     n: usize,
     row_bytes: usize,
-    item: impl Fn(usize, usize, std::ops::Range<usize>, &mut Vec<kernel_amx::Line>) + Sync,
+    item: impl Fn(usize, usize, std::ops::Range<usize>, &mut Vec<amx_unit::Line>) + Sync,
 ) {
-    use kernel_amx::{TM, TN};
+    use amx_unit::{TM, TN};
     let mc = ((1 << 20) / row_bytes.max(1)).clamp(2 * TM, 256) / (2 * TM) * (2 * TM);
     let pairs = n.div_ceil(2 * TN);
     let row_blocks = m.div_ceil(mc);
@@ -255,18 +255,18 @@ unsafe fn for_blocks(
     n: usize,
     kt: usize,
     pairs: std::ops::Range<usize>,
-    ap: &[kernel_amx::Line],
+    ap: &[amx_unit::Line],
     mut block: impl FnMut(
-        (*const kernel_amx::Line, *const kernel_amx::Line),
+        (*const amx_unit::Line, *const amx_unit::Line),
         usize,
         usize,
         usize,
         (usize, usize),
     ),
 ) {
-    use kernel_amx::{TM, TN};
+    use amx_unit::{TM, TN};
     // SAFETY: the caller's.
-    unsafe { kernel_amx::configure() };
+    unsafe { amx_unit::configure() };
     for q in pairs {
         let j = q * 2 * TN;
         for g in (0..rows.div_ceil(2 * TM) * 2).step_by(2) {
@@ -276,7 +276,7 @@ unsafe fn for_blocks(
         }
     }
     // SAFETY: as configure.
-    unsafe { kernel_amx::release() };
+    unsafe { amx_unit::release() };
 }
 
 /// `c[m × w.n] = bf16(a[m × w.k]) · wᵀ` on AMX tiles (f32 sums), row stride `ldc`. Each work
@@ -287,7 +287,8 @@ unsafe fn for_blocks(
 /// As [`matmul_wt`]; and [`kernel_amx::available`] returned true.
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn matmul_amx(m: usize, a: &[f32], w: &kernel_amx::AmxWeight, c: *mut f32, ldc: usize) {
-    use kernel_amx::{Line, Strided, TK};
+    use amx_unit::Line;
+    use kernel_amx::{Strided, TK};
     let (n, k) = (w.n, w.k);
     assert!(a.len() >= m * k, "matmul_amx operand sizes");
     if m == 0 || n == 0 {
@@ -327,7 +328,8 @@ pub unsafe fn matmul_amx_int8(
     ldc: usize,
 ) {
     use super::quant::RowQ;
-    use kernel_amx::{Line, Strided, TM};
+    use amx_unit::{Line, TM};
+    use kernel_amx::Strided;
     let (n, k) = (w.n, w.k);
     assert!(a.len() >= m * k, "matmul_amx_int8 operand sizes");
     if m == 0 || n == 0 {

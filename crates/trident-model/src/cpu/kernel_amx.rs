@@ -11,9 +11,7 @@
 
 use std::sync::OnceLock;
 
-use super::amx_unit::{emulated_block, hardware, tile_block, TileOp};
-// The unit's pieces the GEMM and attention use alongside this kernel.
-pub use super::amx_unit::{configure, emulated, release, Line, TM, TN};
+use super::amx_unit::{emulated, emulated_block, hardware, tile_block, Line, TileOp, TM, TN};
 use super::tile_check;
 
 /// Input features per tile row (64 bytes of bf16).
@@ -53,8 +51,8 @@ impl Strided<'_> {
     }
 }
 
-/// Whether this process may run AMX-BF16: [`hardware`], and the tile unit's products agree with
-/// their definition (`tile_check.rs`); or the products are [`emulated`]. Asked once.
+/// Whether this process may run AMX-BF16: `amx_unit::hardware`, and the tile unit's products
+/// agree with their definition (`tile_check.rs`); or the products are emulated. Asked once.
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     // SAFETY: hardware() holds and the products are not emulated.
@@ -244,8 +242,8 @@ fn cvt16(src: &[f32; 16]) -> [u16; 16] {
 /// `cols` (≤ 32 each) of `C`.
 ///
 /// # Safety
-/// [`configure`] ran on this thread; `c` is valid for `rows` rows of `cols` values at stride
-/// `ldc`; the tiles exist.
+/// `amx_unit::configure` ran on this thread; `c` is valid for `rows` rows of `cols` values at
+/// stride `ldc`; the tiles exist.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn block(
     kt: usize,

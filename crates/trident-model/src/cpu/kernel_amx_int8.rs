@@ -167,7 +167,7 @@ struct Acc([[i32; 2 * TN]; 2 * TM]);
 /// corrected, scaled sums plus the held-out products.
 ///
 /// # Safety
-/// `kernel_amx::configure` ran on this thread; `c` is valid for `rows` rows of `cols` values at
+/// `amx_unit::configure` ran on this thread; `c` is valid for `rows` rows of `cols` values at
 /// stride `ldc`; the tiles exist; `qa` has 32 values; `held` is `w`'s, or empty.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn block(
